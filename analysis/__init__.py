@@ -1,0 +1,1 @@
+"""Analyses (drift, depth study), figures and tables built from parquet results."""

@@ -1,0 +1,22 @@
+"""Content fingerprints of weights: the identity of a model in cache keys and result rows."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def state_dict_fingerprint(module: torch.nn.Module, length: int = 16) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of every tensor in ``module``'s state dict.
+
+    Two loads of the same weights (from .bin or .safetensors, on any device) give the same fingerprint.
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:length]

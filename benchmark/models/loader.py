@@ -1,0 +1,112 @@
+"""Loading a model name into a :class:`VLM`, offline-first, and describing where its weights come from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from .checkpoints import locate_hub_file, locate_pretrained, require_weights
+from .spec import ModelSpec, parse_model
+from .vlm import VLM
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a user error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but torch sees no CUDA device.", "use --device cpu or auto")
+    return device
+
+
+def _local_dir_for(spec: ModelSpec, allow_download: bool) -> str | None:
+    """The local-dir folder that holds ``spec`` (world models and cached Hub repos), if any."""
+    if spec.kind == "world":
+        from ..world.zoo import ensure_model
+
+        return str(ensure_model(spec.arch))
+    if spec.kind == "local-dir":
+        folder = Path(spec.arch)
+        if not (folder / "open_clip_config.json").is_file():
+            raise UserError(
+                f"{spec.alias!r}: {folder} holds no open_clip_config.json.",
+                "point local-dir: at a folder saved in open_clip's format (open_clip_config.json + weights)",
+            )
+        return str(folder)
+    if spec.kind == "hf-hub":
+        cfg = locate_hub_file(spec.arch, ("open_clip_config.json",))
+        weights = locate_hub_file(spec.arch, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
+        if cfg.present and weights.present and cfg.path.parent == weights.path.parent:
+            return str(cfg.path.parent)  # a Hub snapshot folder is exactly open_clip's local-dir layout
+        if not allow_download:
+            raise UserError(
+                f"Model {spec.alias!r} is not in the Hugging Face cache ({'; '.join(cfg.searched)}).",
+                "populate the Hugging Face cache on a machine with network, or pass --download",
+            )
+    return None
+
+
+def load_vlm(
+    name: str | ModelSpec,
+    pretrained: str | None = None,
+    device: str | torch.device = "auto",
+    allow_download: bool = False,
+) -> VLM:
+    """Load ``name`` (alias, ``open_clip:ARCH/TAG``, ``hf-hub:``, ``local-dir:`` or folder) as a frozen VLM.
+
+    Weights must be on disk unless ``allow_download``; random weights are never substituted.
+    """
+    import open_clip
+
+    from ..world.trunks import register_trunks
+
+    spec = name if isinstance(name, ModelSpec) else parse_model(name, pretrained)
+    device = resolve_device(device)
+    register_trunks()  # local-dir configs may name the world's EVA-style timm trunks
+    folder = _local_dir_for(spec, allow_download)
+    if folder is not None:
+        model = open_clip.create_model(f"local-dir:{folder}", device="cpu")
+        tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    elif spec.kind == "hf-hub":
+        model = open_clip.create_model(f"hf-hub:{spec.arch}", device="cpu")
+        tokenizer = open_clip.get_tokenizer(f"hf-hub:{spec.arch}")
+    else:
+        weights = require_weights(spec, allow_download)
+        # OpenAI weights need QuickGELU; a plain arch name with the openai tag would silently use GELU.
+        force_quick = bool(open_clip.get_pretrained_cfg(spec.arch, spec.pretrained).get("quick_gelu")) and not spec.quick_gelu
+        model = open_clip.create_model(
+            spec.arch,
+            pretrained=str(weights) if weights is not None else spec.pretrained,
+            device="cpu",
+            force_quick_gelu=force_quick,
+            load_weights=True,
+        )
+        tokenizer = open_clip.get_tokenizer(spec.arch)
+    return VLM(model, tokenizer, spec, device)
+
+
+def describe_model(name: str, pretrained: str | None = None) -> dict[str, Any]:
+    """What ``models show`` prints: the spec, where weights would come from, and whether they are present."""
+    spec = parse_model(name, pretrained)
+    info = spec.to_dict()
+    if spec.kind == "open_clip":
+        loc = locate_pretrained(spec.arch, spec.pretrained or "")
+        info.update(weights=str(loc.path) if loc.path else None, present=loc.present, searched=loc.searched)
+    elif spec.kind == "world":
+        from ..world.zoo import model_dir
+
+        folder = model_dir(spec.arch)
+        built = (folder / "open_clip_config.json").is_file()
+        info.update(weights=str(folder), present=built, searched=[str(folder)],
+                    note=None if built else "built on first use (or `upgradebench zoo build`)")
+    elif spec.kind == "local-dir":
+        present = (Path(spec.arch) / "open_clip_config.json").is_file()
+        info.update(weights=spec.arch, present=present, searched=[spec.arch])
+    else:
+        loc = locate_hub_file(spec.arch, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
+        info.update(weights=str(loc.path) if loc.path else None, present=loc.present, searched=loc.searched)
+    return info

@@ -1,0 +1,119 @@
+"""One typed registry class for methods and datasets.
+
+Targets may be objects or lazy ``"module:attr"`` strings that are imported on first use; a base-class
+check runs when a target is resolved; unknown names raise :class:`UnknownNameError` with a
+"did you mean"; every entry remembers where it came from (built-in, a distribution, the user).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from .errors import UnknownNameError, UserError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Entry(Generic[T]):
+    """One registered name: its target (object or ``"module:attr"``) and its provenance."""
+
+    name: str
+    target: Any
+    origin: str = "upgradebench"
+    origin_version: str = ""
+    builtin: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def import_target(ref: str) -> Any:
+    """Import ``"package.module:attr"`` and return ``attr``."""
+    module_name, _, attr = ref.partition(":")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split(".") if attr else []:
+        obj = getattr(obj, part)
+    return obj
+
+
+class Registry(Generic[T]):
+    """Names -> targets of one kind, resolved lazily and checked against ``base``."""
+
+    def __init__(self, kind: str, base: type | None = None) -> None:
+        self.kind = kind
+        self.base = base
+        self._entries: dict[str, Entry[T]] = {}
+        self._resolved: dict[str, T] = {}
+
+    def register(
+        self,
+        name: str,
+        target: Any,
+        *,
+        origin: str = "upgradebench",
+        origin_version: str = "",
+        builtin: bool = True,
+        replace: bool = False,
+        **meta: Any,
+    ) -> None:
+        """Register ``target`` under ``name``. A second registration of a name is refused unless ``replace``."""
+        if name in self._entries and not replace:
+            raise UserError(
+                f"{self.kind} {name!r} is already registered (from {self._entries[name].origin}).",
+                "choose another name",
+            )
+        self._entries[name] = Entry(name, target, origin, origin_version, builtin, dict(meta))
+        self._resolved.pop(name, None)
+
+    def decorator(self, name: str, **meta: Any):
+        """``@registry.decorator("name")`` registers the decorated class or function."""
+
+        def wrap(obj: T) -> T:
+            self.register(name, obj, **meta)
+            return obj
+
+        return wrap
+
+    def entry(self, name: str) -> Entry[T]:
+        """The entry of ``name``, or an error that lists the valid names and the closest ones."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self._entries) from None
+
+    def get(self, name: str) -> T:
+        """Resolve ``name`` to its target, importing lazy targets and checking the base class."""
+        if name in self._resolved:
+            return self._resolved[name]
+        entry = self.entry(name)
+        target = import_target(entry.target) if isinstance(entry.target, str) else entry.target
+        if self.base is not None and not (isinstance(target, type) and issubclass(target, self.base)):
+            raise UserError(
+                f"{self.kind} {name!r} from {entry.origin} is {target!r}, not a subclass of {self.base.__name__}.",
+                f"make it subclass {self.base.__module__}.{self.base.__name__}",
+            )
+        self._resolved[name] = target
+        return target
+
+    def names(self) -> list[str]:
+        """All registered names, sorted."""
+        return sorted(self._entries)
+
+    def entries(self) -> Iterator[Entry[T]]:
+        """All entries, sorted by name."""
+        for name in self.names():
+            yield self._entries[name]
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (used by tests and by users who replace a dataset definition)."""
+        self._entries.pop(name, None)
+        self._resolved.pop(name, None)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)

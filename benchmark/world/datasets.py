@@ -1,0 +1,1 @@
+"""Toy datasets of the embedded world (placeholder: registered when the world lands)."""
