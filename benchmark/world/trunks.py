@@ -33,6 +33,8 @@ def register_trunks() -> list[str]:
             def entrypoint(pretrained: bool = False, _args=dict(args), **kwargs):
                 if pretrained:
                     raise ValueError("the embedded world's trunks have no pretrained weights")
+                for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+                    kwargs.pop(key, None)  # timm's factory passes these; a bare Eva does not take them
                 merged = {**_args, **kwargs}
                 merged["ref_feat_shape"] = tuple(merged.get("ref_feat_shape") or ()) or None
                 return Eva(**merged)

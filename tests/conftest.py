@@ -1,0 +1,41 @@
+"""Shared fixtures: an isolated UPGRADEBENCH_HOME and micro open_clip models saved in local-dir format."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from upgradebench.world.modelio import create_model, save_local_dir
+
+MICRO_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3}
+MICRO_CLIP = {"embed_dim": 32, "quick_gelu": True,
+              "vision_cfg": {"image_size": 32, "layers": 2, "width": 48, "head_width": 16, "patch_size": 8},
+              "text_cfg": MICRO_TEXT}
+MICRO_EVA = {"embed_dim": 32, "custom_text": True,
+             "vision_cfg": {"image_size": 32, "timm_model_name": "ub_eva_micro_s32", "timm_model_pretrained": False,
+                            "timm_pool": "token", "timm_proj": None},
+             "text_cfg": MICRO_TEXT}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Every test writes under its own UPGRADEBENCH_HOME, never the user's cache."""
+    monkeypatch.setenv("UPGRADEBENCH_HOME", str(tmp_path_factory.mktemp("ubhome")))
+    monkeypatch.delenv("UPGRADEBENCH_DATA", raising=False)
+
+
+def make_micro(folder: Path, cfg: dict, seed: int) -> Path:
+    """Save a randomly initialised micro model (deterministic in ``seed``) to ``folder``."""
+    torch.manual_seed(seed)
+    model = create_model(copy.deepcopy(cfg))
+    return save_local_dir(model, cfg, folder)
+
+
+@pytest.fixture(scope="session")
+def micro_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Folders of a micro CLIP and a micro EVA-style CustomTextCLIP (local-dir format)."""
+    root = tmp_path_factory.mktemp("micro_models")
+    return {"clip": make_micro(root / "clip", MICRO_CLIP, 0), "eva": make_micro(root / "eva", MICRO_EVA, 1)}
