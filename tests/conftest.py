@@ -39,3 +39,16 @@ def micro_dirs(tmp_path_factory) -> dict[str, Path]:
     """Folders of a micro CLIP and a micro EVA-style CustomTextCLIP (local-dir format)."""
     root = tmp_path_factory.mktemp("micro_models")
     return {"clip": make_micro(root / "clip", MICRO_CLIP, 0), "eva": make_micro(root / "eva", MICRO_EVA, 1)}
+
+
+@pytest.fixture
+def tiny_dataset():
+    """Register the tiny colour dataset for one test."""
+    from upgradebench.data import DATASETS, dataset_names
+
+    from .tiny_data import TinyColours
+
+    dataset_names()  # load the built-ins first so the registry is complete
+    DATASETS.register("tiny-colours", lambda root: TinyColours(root), num_classes=4, kind="test", replace=True)
+    yield "tiny-colours"
+    DATASETS.unregister("tiny-colours")

@@ -14,7 +14,7 @@ import typer
 
 from ..errors import UserError
 from ._common import err_console
-from . import models
+from . import methods, models, results, run
 
 app = typer.Typer(
     name="upgradebench",
@@ -24,6 +24,11 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(models.app, name="models")
+app.add_typer(datasets.app, name="datasets")
+app.add_typer(methods.app, name="methods")
+app.add_typer(results.app, name="results")
+app.command("run")(run.run)
+app.command("eval")(run.evaluate)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

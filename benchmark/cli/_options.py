@@ -1,0 +1,23 @@
+"""Options shared by several commands, and parsing of repeated ``key=value`` options."""
+
+from __future__ import annotations
+
+import typer
+
+from ..errors import UserError
+
+DataRoot = typer.Option(None, "--data-root", envvar="UPGRADEBENCH_DATA",
+                        help="Root of the real datasets in the CoOp layout.")
+Device = typer.Option("auto", "--device", help="auto | cpu | cuda")
+Json = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def parse_pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    """``["k=v", ...]`` -> ``{"k": "v"}``, with an error naming the bad item."""
+    out: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{what} expects key=value, got {item!r}.")
+        out[key.strip()] = value.strip()
+    return out

@@ -1,0 +1,93 @@
+"""``upgradebench run`` and ``upgradebench eval``: fit on the source, evaluate on source and targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..results import harmonic
+from ..runner import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS, Runner, RunSpec, evaluate_module
+from ._common import err_console, print_json, print_table
+from ._options import DataRoot, Device, Json, parse_pairs
+
+
+def run(
+    method: str = typer.Option(..., "--method", "-m", help="Method name (see `upgradebench methods list`)."),
+    source: str = typer.Option(DEFAULT_SOURCE, "--source", "-s", help="Model the module is fitted on."),
+    target: list[str] = typer.Option(list(DEFAULT_TARGETS), "--target", "-t", help="Upgraded model(s); repeatable."),
+    dataset: list[str] = typer.Option([DEFAULT_DATASET], "--dataset", "-d", help="Dataset(s); repeatable."),
+    shots: int = typer.Option(16, "--shots", "-k", help="Training images per class."),
+    seed: list[int] = typer.Option([1], "--seed", help="Seed(s); repeatable."),
+    config: list[str] = typer.Option(None, "--config", "-c", help="Method config override key=value; repeatable."),
+    views: str = typer.Option("10", "--views", help="Cached augmented views per training image, or 'online'."),
+    ood: list[str] = typer.Option(None, "--ood", help="Extra test-only dataset(s) with the same classes (OOD)."),
+    results: Path = typer.Option(None, "--results", "-r", help="Results folder [default: $UPGRADEBENCH_HOME/results]."),
+    pretrained: list[str] = typer.Option(None, "--pretrained",
+                                         help="Local weights: MODEL=PATH (or PATH alone for the source); repeatable."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast for the image encoder)."),
+    device: str = Device,
+    data_root: Path = DataRoot,
+    download: bool = typer.Option(False, "--download", help="Allow open_clip to download missing weights."),
+    as_json: bool = Json,
+) -> None:
+    """Fit METHOD once on SOURCE and evaluate the module unchanged on SOURCE (Base) and each TARGET (New)."""
+    weights = {}
+    for item in pretrained or []:
+        weights.update(parse_pairs([item], "--pretrained") if "=" in item else {source: item})
+    runner = Runner(results, device, precision, data_root, download)
+    specs = [RunSpec(method=method, source=source, targets=list(target), dataset=d, shots=shots, seed=s,
+                     config=parse_pairs(config, "--config"), views=views, ood=list(ood or []), pretrained=weights)
+             for d in dataset for s in seed]
+    for spec in specs:  # every mistake is reported before the first fit
+        runner.validate(spec)
+    frames = []
+    for spec in specs:
+        err_console.print(f"[bold]run[/] {spec.method} on {spec.dataset}, {spec.shots} shots, seed {spec.seed}: "
+                      f"{spec.source} -> {', '.join(spec.targets)}", highlight=False)
+        frames.append(runner.run(spec))
+    import pandas as pd
+
+    df = pd.concat(frames, ignore_index=True)
+    rows = _summary_rows(df, method, source, list(target))
+    if as_json:
+        print_json({"results": str(runner.results), "rows": rows})
+        return
+    cols = ["dataset", "seed", "Base"] + [c for t in target for c in (f"New {t}", f"H {t}")] + \
+           [f"ZS {m}" for m in [source, *target]]
+    print_table(f"{method}: {source} -> {', '.join(target)}", cols, [[r.get(c, "") for c in cols] for r in rows])
+    err_console.print(f"rows written under {runner.results}", highlight=False)
+
+
+def _summary_rows(df, method: str, source: str, targets: list[str]) -> list[dict]:
+    out = []
+    mine = df[df.method == method]
+    zs = df[df.method == "zeroshot"]
+    for (dataset, seed), g in mine.groupby(["dataset", "seed"], sort=False):
+        base = float(g[g.role == "base"].top1.iloc[0])
+        row = {"dataset": dataset, "seed": int(seed), "Base": round(base, 2)}
+        for t in targets:
+            new = float(g[g.eval_model == t].top1.iloc[0])
+            row[f"New {t}"], row[f"H {t}"] = round(new, 2), round(harmonic(base, new), 2)
+        for m in [source, *targets]:
+            z = zs[(zs.dataset == dataset) & (zs.eval_model == m)]
+            row[f"ZS {m}"] = round(float(z.top1.iloc[0]), 2) if len(z) else None
+        out.append(row)
+    return out
+
+
+def evaluate(
+    module: Path = typer.Option(..., "--module", help="A saved module folder (RESULTS/<run_id>/module)."),
+    model: str = typer.Option(..., "--model", help="Model to plug the module into."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset whose test split is evaluated."),
+    pretrained: str = typer.Option(None, "--pretrained", help="Local weights file for --model."),
+    device: str = Device,
+    data_root: Path = DataRoot,
+    as_json: bool = Json,
+) -> None:
+    """Evaluate a saved module on any compatible model, without retraining."""
+    out = evaluate_module(module, model, dataset, device, data_root, pretrained)
+    if as_json:
+        print_json(out)
+        return
+    print_table("evaluation", list(out), [[round(v, 2) if isinstance(v, float) else v for v in out.values()]])

@@ -1,0 +1,246 @@
+"""The Method / Module contracts, and method discovery through the ``upgradebench.methods`` entry points.
+
+A :class:`Method` is what a plugin implements: a typed config (a dataclass whose defaults are the
+reference values) and ``fit(source, task, config, seed) -> Module``. A :class:`Module` is the plug-in
+artifact: ``logits(vlm, image_features, class_names)`` for *any* compatible VLM, saved as safetensors
+plus JSON (never a pickle). Built-in methods are registered through the same entry-point group as
+third-party ones; built-ins win a name clash, and a plugin that fails to import is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import typing
+from abc import ABC, abstractmethod
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_path, write_json
+from .errors import UnknownNameError, UserError
+from .models.vlm import VLM
+from .registry import Entry, Registry
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "upgradebench.methods"
+MODULE_WEIGHTS = "module.safetensors"
+MODULE_CONFIG = "module.json"
+
+
+class Module(ABC):
+    """A trained plug-in artifact, applicable unchanged to any compatible VLM.
+
+    Subclasses hold their trainable state as tensors (``tensors()``) and their non-tensor state as
+    JSON-able ``meta()``; ``from_state(tensors, meta)`` rebuilds them. ``logits`` receives all the images
+    of an evaluation at once, so class text features are computed once per call; a module whose cost is
+    per image (CoCoOp) batches internally.
+    """
+
+    method: ClassVar[str] = ""
+
+    @abstractmethod
+    def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+        """Class logits ``[N, C]`` of ``image_features`` (``[N, D]``, not normalised) with model ``vlm``."""
+
+    @abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The module's learned tensors, by name."""
+
+    @abstractmethod
+    def meta(self) -> dict[str, Any]:
+        """The module's JSON-able state (config, template, class names seen in training...)."""
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Module:
+        """Rebuild a module from :meth:`tensors` and :meth:`meta`."""
+
+    def save(self, folder: str | Path, provenance: dict[str, Any] | None = None) -> Path:
+        """Write ``module.safetensors`` and ``module.json`` into ``folder`` (atomically)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors().items()}
+        if tensors:
+            with atomic_path(folder / MODULE_WEIGHTS) as tmp:
+                save_file(tensors, str(tmp))
+        write_json(folder / MODULE_CONFIG, {"method": self.method, "meta": self.meta(),
+                                            "tensors": sorted(tensors), "provenance": provenance or {}})
+        return folder
+
+
+def load_module(folder: str | Path, device: str | torch.device = "cpu") -> Module:
+    """Load a saved module: the JSON names its method, whose Module class rebuilds it. Never unpickles."""
+    folder = Path(folder)
+    config_path = folder / MODULE_CONFIG
+    if not config_path.is_file():
+        raise UserError(f"{folder} is not a saved module ({MODULE_CONFIG} is missing).",
+                        "pass the module/ folder of a run, e.g. RESULTS/<run_id>/module")
+    try:
+        config = json.loads(config_path.read_text())
+        name = config["method"]
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"{config_path} is malformed ({exc}).") from None
+    method = get_method(name)
+    tensors = load_file(str(folder / MODULE_WEIGHTS), device=str(device)) if config.get("tensors") else {}
+    return method.module_class.from_state(tensors, config["meta"])
+
+
+class Method(ABC):
+    """A fine-tuning method: fitted once on the source model, producing a :class:`Module`.
+
+    Class attributes: ``name`` (the registry name), ``version`` (bump when results would change),
+    ``Config`` (a dataclass with the reference defaults), ``module_class``, ``description``, and
+    ``uses_train_views`` (False for methods that need no training images, e.g. zero-shot).
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    module_class: ClassVar[type[Module]]
+    uses_train_views: ClassVar[bool] = True
+
+    @abstractmethod
+    def fit(self, source: VLM, task: Any, config: Any, seed: int) -> Module:
+        """Train on ``task`` (a :class:`upgradebench.task.FewShotTask`) with the frozen ``source`` model."""
+
+    # ---- configs ---------------------------------------------------------------------------------------------
+    @classmethod
+    def default_config(cls) -> Any:
+        """The reference defaults."""
+        return cls.Config()
+
+    @classmethod
+    def make_config(cls, overrides: dict[str, str] | None = None, **values: Any) -> Any:
+        """Config with ``--config key=value`` overrides, parsed to each field's type; unknown keys are errors."""
+        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+        hints = typing.get_type_hints(cls.Config)
+        parsed: dict[str, Any] = dict(values)
+        for key, raw in (overrides or {}).items():
+            if key not in fields:
+                raise UnknownNameError(f"config key of method {cls.name!r}", key, fields,
+                                       fix=f"valid keys: {', '.join(sorted(fields))}")
+            parsed[key] = _parse_value(raw, hints[key], f"{cls.name}.{key}")
+        return cls.Config(**parsed)
+
+    @classmethod
+    def config_dict(cls, config: Any) -> dict[str, Any]:
+        """A config as a JSON-able dict."""
+        return dataclasses.asdict(config)
+
+
+def _parse_value(raw: Any, hint: Any, what: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if raw.lower() in ("none", "null"):
+            return None
+        for arg in args:
+            try:
+                return _parse_value(raw, arg, what)
+            except UserError:
+                continue
+        raise UserError(f"{what}: cannot read {raw!r} as {hint}.")
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        for choice in choices:
+            if str(choice) == raw:
+                return choice
+        raise UserError(f"{what}: {raw!r} is not one of {', '.join(map(str, choices))}.")
+    try:
+        if hint is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if hint in (int, float, str):
+            return hint(raw)
+        if origin in (tuple, list):
+            return hint.__origin__(json.loads(raw)) if raw.startswith("[") else origin(raw.split(","))
+    except ValueError:
+        raise UserError(f"{what}: cannot read {raw!r} as {getattr(hint, '__name__', hint)}.") from None
+    return raw
+
+
+# ---- discovery -------------------------------------------------------------------------------------------------
+METHODS: Registry[type[Method]] = Registry("method", base=Method)
+_discovered = False
+_broken: dict[str, str] = {}
+
+
+def discover_methods(force: bool = False) -> Registry[type[Method]]:
+    """Fill the method registry from the ``upgradebench.methods`` entry points (once).
+
+    Built-ins (distribution ``upgradebench``) are registered first and win a name clash. Third-party
+    plugins are skipped when ``UPGRADEBENCH_NO_PLUGINS=1``.
+    """
+    global _discovered
+    if _discovered and not force:
+        return METHODS
+    no_plugins = os.environ.get("UPGRADEBENCH_NO_PLUGINS", "") not in ("", "0")
+    eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: _dist_name(ep) != "upgradebench")
+    for ep in eps:
+        dist, version = _dist_name(ep), _dist_version(ep)
+        builtin = dist == "upgradebench"
+        if not builtin and no_plugins:
+            continue
+        if ep.name in METHODS:
+            existing = METHODS.entry(ep.name)
+            if existing.origin != dist or existing.target != ep.value:
+                log.warning("method %r from %s is ignored: the name is already taken by %s", ep.name, dist,
+                            existing.origin)
+                _broken[f"{ep.name} ({dist})"] = f"name already taken by {existing.origin}"
+            continue
+        METHODS.register(ep.name, ep.value, origin=dist, origin_version=version, builtin=builtin)
+    _discovered = True
+    return METHODS
+
+
+def _dist_name(ep) -> str:
+    return ep.dist.name if getattr(ep, "dist", None) is not None else "unknown"
+
+
+def _dist_version(ep) -> str:
+    return ep.dist.version if getattr(ep, "dist", None) is not None else ""
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered as ``name``; a plugin that fails to import is a clear error."""
+    registry = discover_methods()
+    entry = registry.entry(name)
+    try:
+        cls = registry.get(name)
+    except UserError:
+        raise
+    except Exception as exc:  # a broken plugin must not look like a bug of upgradebench
+        raise UserError(f"method {name!r} from {entry.origin} {entry.origin_version} failed to load: {exc!r}",
+                        f"fix or uninstall the package {entry.origin}") from None
+    return cls
+
+
+def method_entry(name: str) -> Entry:
+    """The registry entry of ``name`` (origin distribution and version)."""
+    return discover_methods().entry(name)
+
+
+def available_methods() -> tuple[list[tuple[Entry, type[Method]]], dict[str, str]]:
+    """Every method that loads, with its entry, and the ones that failed (name -> reason), warned once."""
+    ok: list[tuple[Entry, type[Method]]] = []
+    broken = dict(_broken)
+    for entry in list(discover_methods().entries()):
+        try:
+            ok.append((entry, get_method(entry.name)))
+        except UserError as exc:
+            broken[entry.name] = exc.message
+            log.warning("%s (skipped)", exc.message)
+    return ok, broken

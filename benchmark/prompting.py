@@ -1,0 +1,106 @@
+"""Prompt building blocks shared by the prompt-learning methods (CoOp, CoCoOp, KgCoOp, ContCoOp, depth study).
+
+CoOp's layout (``trainers/coop.py``): ``[SOS] ctx_1..ctx_N classname-tokens "." [EOS] pad``. The prefix
+(SOS) and suffix (class name, ".", EOS) embeddings are rebuilt from the token embeddings of the model in
+use, so a context trained on one model can be spliced into another model's text encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .models.vlm import VLM
+
+PLACEHOLDER = "X"
+
+
+def clean_name(name: str) -> str:
+    """CoOp's class-name rule: ``_`` becomes a space."""
+    return name.replace("_", " ")
+
+
+@dataclass
+class ClassPrompts:
+    """Tokenised ``"X X .. X classname."`` prompts of one model, truncated to the longest EOT + 1."""
+
+    tokens: torch.Tensor  # [C, L]
+    eot: torch.Tensor  # [C]
+    prefix: torch.Tensor  # [C, 1, D]  SOS embedding
+    suffix: torch.Tensor  # [C, L - 1 - n_ctx, D]  class name, ".", EOS, padding
+    name_lengths: torch.Tensor  # [C] tokens of each class name
+    n_ctx: int
+
+
+def class_prompts(vlm: VLM, class_names: list[str], n_ctx: int) -> ClassPrompts:
+    """Token ids and frozen prefix/suffix embeddings of ``vlm`` for each class."""
+    names = [clean_name(n) for n in class_names]
+    texts = [" ".join([PLACEHOLDER] * n_ctx + [n]) + "." for n in names]
+    tokens = vlm.tokenize(texts)
+    eot = vlm.eot_index(tokens)
+    length = int(eot.max()) + 1
+    tokens = tokens[:, :length]
+    with torch.no_grad():
+        emb = vlm.token_embeddings(tokens)
+    name_lengths = eot - 1 - n_ctx - 1  # minus SOS, context and "."
+    return ClassPrompts(tokens, eot, emb[:, :1], emb[:, 1 + n_ctx:], name_lengths, n_ctx)
+
+
+def text_embedding(vlm: VLM, text: str) -> torch.Tensor:
+    """Token embeddings ``[T, D]`` of ``text`` without SOS/EOS (e.g. CoOp's "a photo of a" init)."""
+    tokens = vlm.tokenize([text])
+    eot = int(vlm.eot_index(tokens)[0])
+    with torch.no_grad():
+        return vlm.token_embeddings(tokens)[0, 1:eot].clone()
+
+
+def assemble(prompts: ClassPrompts, ctx: torch.Tensor) -> torch.Tensor:
+    """Prompt embeddings ``[C, L, D]`` from context ``[N, D]`` (shared) or ``[C, N, D]`` (per class)."""
+    classes = prompts.prefix.shape[0]
+    if ctx.dim() == 2:
+        ctx = ctx.unsqueeze(0).expand(classes, -1, -1)
+    return torch.cat([prompts.prefix, ctx.to(prompts.prefix.dtype), prompts.suffix], dim=1)
+
+
+def encode_prompts(vlm: VLM, prompts: ClassPrompts, ctx: torch.Tensor, depth: int = 0) -> torch.Tensor:
+    """Text features ``[C, E]`` of the prompts with context ``ctx`` inserted at block ``depth``.
+
+    ``depth == 0`` is CoOp: the context replaces the token embeddings of the placeholder positions.
+    ``depth == k`` feeds the frozen prompt through blocks ``0..k-1`` and replaces the hidden states of the
+    context positions at the input of block ``k`` (the paper's Fig. 2d).
+    """
+    if depth == 0:
+        return vlm.encode_text_embeddings(assemble(prompts, ctx), prompts.eot)
+    with torch.no_grad():
+        hidden = vlm.hidden_states_at(prompts.tokens, depth)
+    if ctx.dim() == 2:
+        ctx = ctx.unsqueeze(0).expand(hidden.shape[0], -1, -1)
+    n = prompts.n_ctx
+    hidden = torch.cat([hidden[:, :1], ctx.to(hidden.dtype), hidden[:, 1 + n:]], dim=1)
+    return vlm.encode_text_embeddings(hidden, prompts.eot, start_layer=depth)
+
+
+def zeroshot_text_features(vlm: VLM, class_names: list[str], template: str, batch_size: int = 256) -> torch.Tensor:
+    """Text features ``[C, E]`` (not normalised) of ``template.format(name)`` for every class."""
+    texts = [template.format(clean_name(n)) for n in class_names]
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            out.append(vlm.encode_text(vlm.tokenize(texts[start:start + batch_size])))
+    return torch.cat(out).float()
+
+
+def condition_embeddings(vlm: VLM, class_names: list[str], condition: str = "{}") -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings of each class's condition text (``"{}"`` = the class name alone), padded: ``([C, T, D], mask [C, T])``.
+
+    ``mask`` is True at real tokens. Taken from ``vlm``'s own token embeddings, so they follow the model in use.
+    """
+    texts = [condition.format(clean_name(n)) for n in class_names]
+    tokens = vlm.tokenize(texts)
+    eot = vlm.eot_index(tokens)
+    width = int((eot - 1).max())
+    with torch.no_grad():
+        emb = vlm.token_embeddings(tokens)[:, 1:1 + width]
+    mask = torch.arange(width, device=tokens.device).unsqueeze(0) < (eot - 1).unsqueeze(1)
+    return emb, mask

@@ -1,0 +1,144 @@
+"""Result rows: the schema (as data), the parquet store, and Base / New / H aggregation.
+
+One row per (run x evaluated model x evaluated dataset). Files are written atomically; reading a folder
+reads every ``*.parquet`` under it. Old files are brought to the current schema by explicit migrations
+(``MIGRATIONS``), never silently. ``results/SCHEMA.md`` documents every column.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from .atomic import write_atomic
+from .errors import UserError
+
+SCHEMA_VERSION = 1
+
+# name -> (pandas dtype, description). The order is the column order of every file.
+COLUMNS: dict[str, tuple[str, str]] = {
+    "schema_version": ("int64", "version of this schema (migrations bring older files up to date)"),
+    "run_id": ("string", "identity of the run: method, variant, dataset, shots, seed, source and a hash of all inputs"),
+    "created_at": ("string", "UTC time the row was written, ISO 8601"),
+    "upgradebench_version": ("string", "version of upgradebench that produced the row"),
+    "git_sha": ("string", "git commit of the upgradebench source when run from a checkout, else empty"),
+    "method": ("string", "method name (registry / entry-point name)"),
+    "method_version": ("string", "version declared by the method class"),
+    "method_origin": ("string", "distribution that supplied the method, as name==version"),
+    "method_config": ("string", "the full method config as JSON"),
+    "method_variant": ("string", "config keys that differ from the method's defaults (k=v,...); empty for defaults"),
+    "config_hash": ("string", "hash of (method, method_version, method_config): one per method variant"),
+    "dataset": ("string", "dataset the row's accuracy was measured on"),
+    "dataset_fingerprint": ("string", "fingerprint of that dataset (class names, template, splits)"),
+    "train_dataset": ("string", "dataset the module was fitted on (differs from dataset for OOD rows)"),
+    "shots": ("int64", "K, training images per class"),
+    "seed": ("int64", "seed of the few-shot sample and of training"),
+    "views": ("string", "cached augmented views per training image, or 'online'"),
+    "source": ("string", "alias of the model the module was fitted on"),
+    "source_fingerprint": ("string", "hash of the source weights"),
+    "eval_model": ("string", "alias of the model evaluated in this row"),
+    "eval_fingerprint": ("string", "hash of the evaluated model's weights"),
+    "role": ("string", "'base' (eval_model is the source) or 'new' (a target)"),
+    "top1": ("float64", "top-1 accuracy in percent on the test split"),
+    "n_test": ("int64", "number of test images"),
+    "fit_seconds": ("float64", "wall time of fit (0 when the module was reused)"),
+    "eval_seconds": ("float64", "wall time of this evaluation (features + logits)"),
+    "device": ("string", "torch device of the run"),
+    "torch_version": ("string", "torch.__version__"),
+    "open_clip_version": ("string", "open_clip.__version__"),
+}
+
+# schema_version -> function bringing a frame of that version to the next one.
+MIGRATIONS: dict[int, Callable[[pd.DataFrame], pd.DataFrame]] = {}
+
+
+def _conform(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    version = int(df["schema_version"].iloc[0]) if "schema_version" in df and len(df) else SCHEMA_VERSION
+    if version > SCHEMA_VERSION:
+        raise UserError(f"{source} has result schema {version}, newer than this upgradebench ({SCHEMA_VERSION}).",
+                        "upgrade upgradebench to read it")
+    while version < SCHEMA_VERSION:
+        if version not in MIGRATIONS:
+            raise UserError(f"{source} has result schema {version} and no migration to {SCHEMA_VERSION} exists.")
+        df = MIGRATIONS[version](df)
+        version += 1
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"{source} is not an upgradebench result file (missing columns: {', '.join(missing)}).")
+    return df[list(COLUMNS)].astype({c: t for c, (t, _) in COLUMNS.items()})
+
+
+def write_rows(rows: list[dict], path: str | Path) -> Path:
+    """Write rows to a parquet file atomically, in schema order and types."""
+    df = _conform(pd.DataFrame(rows), str(path))
+    return write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def read_results(*paths: str | Path) -> pd.DataFrame:
+    """Every result row under the given folders (or files), migrated to the current schema."""
+    frames = []
+    for root in paths:
+        root = Path(root)
+        files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
+        if not root.exists():
+            raise UserError(f"Results folder {root} does not exist.", "pass the folder given to --results")
+        for f in files:
+            if f.name.startswith("."):
+                continue  # a temporary file of an interrupted write
+            try:
+                frame = pd.read_parquet(f)
+            except Exception as exc:  # pyarrow raises several types for a damaged file
+                raise UserError(f"{f} is not a readable parquet file ({exc}).", "delete it and re-run") from None
+            frames.append(_conform(frame, str(f)))
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, (t, _) in COLUMNS.items()})
+    return pd.concat(frames, ignore_index=True)
+
+
+def harmonic(base: float, new: float) -> float:
+    """H = 2 Base New / (Base + New)."""
+    return 2 * base * new / (base + new) if base + new > 0 else 0.0
+
+
+def method_label(method: str, variant: str) -> str:
+    """Display name of a method variant: ``coop`` or ``coop[n_ctx=4]``."""
+    return f"{method}[{variant}]" if variant else method
+
+
+def paired(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, target, dataset) with ``base`` and ``new`` accuracy side by side and per-seed ``H``."""
+    key = ["run_id", "method", "method_variant", "dataset", "train_dataset", "shots", "seed", "source"]
+    base = df[df.role == "base"][key + ["top1"]].rename(columns={"top1": "base"})
+    new = df[df.role == "new"][key + ["eval_model", "top1"]].rename(columns={"top1": "new", "eval_model": "target"})
+    out = base.merge(new, on=key, how="inner")
+    out["H"] = [harmonic(b, n) for b, n in zip(out["base"], out["new"])]
+    out["label"] = [method_label(m, v) for m, v in zip(out["method"], out["method_variant"])]
+    return out
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Paper Table 2 numbers: per (source, target, label, dataset) mean/std over seeds of Base, New and H.
+
+    ``H`` is the harmonic mean of the mean Base and mean New (as the paper reports it); ``H_std`` is the
+    standard deviation of the per-seed H. The ``Average`` rows average the per-dataset means, with H of the
+    averages.
+    """
+    pairs = paired(df)
+    if pairs.empty:
+        return pd.DataFrame(columns=["source", "target", "label", "dataset", "base", "base_std", "new", "new_std",
+                                     "H", "H_std", "seeds"])
+    group = ["source", "target", "label", "method", "dataset", "shots"]
+    agg = pairs.groupby(group, dropna=False).agg(
+        base=("base", "mean"), base_std=("base", "std"), new=("new", "mean"), new_std=("new", "std"),
+        H_std=("H", "std"), seeds=("seed", "nunique")).reset_index()
+    agg["H"] = [harmonic(b, n) for b, n in zip(agg["base"], agg["new"])]
+    avg = agg.groupby(["source", "target", "label", "method", "shots"]).agg(
+        base=("base", "mean"), new=("new", "mean"), seeds=("seeds", "min"), datasets=("dataset", "nunique")
+    ).reset_index()
+    avg["dataset"] = "Average"
+    avg["H"] = [harmonic(b, n) for b, n in zip(avg["base"], avg["new"])]
+    out = pd.concat([agg, avg], ignore_index=True)
+    return out.fillna({"base_std": math.nan})

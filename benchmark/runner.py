@@ -1,0 +1,223 @@
+"""The runner: fit a method once on the source, evaluate the module unchanged on the source and every target.
+
+Everything a run depends on goes into its ``run_id`` (method, version, config, dataset fingerprint, shots,
+seed, source fingerprint, views, precision), so a run whose module and rows already exist is not redone
+("only missing" resume): a new target for an old run only evaluates the saved module.
+Layout of a results folder::
+
+    RESULTS/<run_id>/module/{module.safetensors, module.json}
+    RESULTS/<run_id>/<eval_model>--<dataset>.parquet      one file per evaluated (model, dataset)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .data import Dataset, fewshot, get_dataset
+from .errors import UserError
+from .features import FeatureCache
+from .method import MODULE_CONFIG, Method, Module, get_method, load_module, method_entry
+from .models import VLM, load_vlm, parse_model, resolve_device
+from .paths import default_results_dir
+from .provenance import now, stable_hash, versions
+from .results import read_results, write_rows
+from .task import ONLINE, FewShotTask
+
+DEFAULT_SOURCE = "toy-clip"
+DEFAULT_TARGETS = ("toy-eva",)
+DEFAULT_DATASET = "toy-pattern"
+
+
+@dataclass
+class RunSpec:
+    """Everything one ``upgradebench run`` needs. ``config`` holds ``--config key=value`` strings."""
+
+    method: str
+    source: str = DEFAULT_SOURCE
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    dataset: str = DEFAULT_DATASET
+    shots: int = 16
+    seed: int = 1
+    config: dict[str, str] = field(default_factory=dict)
+    views: int | str = 10
+    ood: list[str] = field(default_factory=list)
+    device: str = "auto"
+    precision: str = "fp32"
+    results: str | Path | None = None
+    data_root: str | Path | None = None
+    pretrained: dict[str, str] = field(default_factory=dict)
+    allow_download: bool = False
+    zeroshot_reference: bool = True
+
+
+def safe_name(name: str) -> str:
+    """A model or dataset name usable in a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any training when results cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"Results folder {folder} is not writable ({exc.strerror or exc}).",
+                        "pass --results DIR with a folder you can write to") from None
+
+
+def parse_views(value: str | int) -> int | str:
+    """``--views``: a positive number of cached views or ``online``."""
+    if str(value) == ONLINE:
+        return ONLINE
+    try:
+        views = int(value)
+    except ValueError:
+        views = 0
+    if views < 1:
+        raise UserError(f"--views must be a positive number or 'online', got {value!r}.")
+    return views
+
+
+def variant_of(method: type[Method], config) -> str:
+    """``k=v,...`` of the config fields that differ from the method's defaults."""
+    default = dataclasses.asdict(method.default_config())
+    current = dataclasses.asdict(config)
+    return ",".join(f"{k}={current[k]}" for k in sorted(current) if current[k] != default.get(k))
+
+
+class Runner:
+    """Runs specs against shared state: loaded models, the feature cache and the results folder."""
+
+    def __init__(self, results: str | Path | None = None, device: str = "auto", precision: str = "fp32",
+                 data_root: str | Path | None = None, allow_download: bool = False) -> None:
+        self.results = Path(results) if results is not None else default_results_dir()
+        self.device = resolve_device(device)
+        self.cache = FeatureCache(precision=precision)
+        self.data_root = data_root
+        self.allow_download = allow_download
+        self._models: dict[tuple[str, str | None], VLM] = {}
+        self._datasets: dict[str, Dataset] = {}
+
+    # ---- shared state ------------------------------------------------------------------------------------------
+    def model(self, name: str, pretrained: str | None = None) -> VLM:
+        """Load (once) a model by name."""
+        key = (name, pretrained)
+        if key not in self._models:
+            self._models[key] = load_vlm(name, pretrained, self.device, self.allow_download)
+        return self._models[key]
+
+    def dataset(self, name: str) -> Dataset:
+        """Build (once) a dataset by name."""
+        if name not in self._datasets:
+            self._datasets[name] = get_dataset(name, self.data_root)
+        return self._datasets[name]
+
+    # ---- one run -----------------------------------------------------------------------------------------------
+    def validate(self, spec: RunSpec) -> tuple[type[Method], object]:
+        """Check names, config and the results folder before anything slow happens."""
+        method = get_method(spec.method)
+        config = method.make_config(spec.config)
+        parse_views(spec.views)
+        for name in [spec.source, *spec.targets]:
+            parse_model(name, spec.pretrained.get(name))
+        for name in [spec.dataset, *spec.ood]:
+            self.dataset(name)
+        if spec.source in spec.targets:
+            raise UserError(f"{spec.source!r} is both the source and a target.", "drop it from --target")
+        check_writable(self.results)
+        return method, config
+
+    def run(self, spec: RunSpec) -> pd.DataFrame:
+        """Fit (or reuse) the module of ``spec`` and evaluate it; returns this run's rows (and zero-shot rows)."""
+        method, config = self.validate(spec)
+        source = self.model(spec.source, spec.pretrained.get(spec.source))
+        targets = [self.model(t, spec.pretrained.get(t)) for t in spec.targets]
+        dataset = self.dataset(spec.dataset)
+        views = parse_views(spec.views) if method.uses_train_views else 0
+        config_json = method.config_dict(config)
+        identity = {"method": method.name, "version": method.version, "config": config_json,
+                    "dataset": dataset.fingerprint, "shots": spec.shots, "seed": spec.seed,
+                    "source": source.fingerprint, "views": views, "precision": self.cache.precision}
+        variant = variant_of(method, config)
+        run_id = "-".join(filter(None, [safe_name(method.name), stable_hash(variant, 6) if variant else "",
+                                        safe_name(dataset.name), f"k{spec.shots}", f"s{spec.seed}",
+                                        safe_name(spec.source), stable_hash(identity, 10)]))
+        run_dir = self.results / run_id
+        module, fit_seconds = self._fit_or_load(method, config, source, dataset, spec, views, run_dir, identity)
+
+        entry = method_entry(method.name)
+        common = {
+            "run_id": run_id, "method": method.name, "method_version": method.version,
+            "method_origin": f"{entry.origin}=={entry.origin_version}", "method_config": json.dumps(config_json, sort_keys=True),
+            "method_variant": variant, "config_hash": stable_hash([method.name, method.version, config_json]),
+            "train_dataset": dataset.name, "shots": spec.shots, "seed": spec.seed, "views": str(views),
+            "source": source.name, "source_fingerprint": source.fingerprint, "device": str(self.device),
+            "schema_version": 1, **versions(),
+        }
+        rows = []
+        for role, vlm in [("base", source)] + [("new", t) for t in targets]:
+            for eval_ds in [dataset] + [self.dataset(d) for d in spec.ood]:
+                path = run_dir / f"{safe_name(vlm.name)}--{safe_name(eval_ds.name)}.parquet"
+                existing = read_results(path) if path.is_file() else None
+                if existing is not None and existing["eval_fingerprint"].iloc[0] == vlm.fingerprint:
+                    rows.append(existing)
+                    continue
+                top1, n_test, seconds = self.evaluate(module, vlm, eval_ds)
+                row = {**common, "created_at": now(), "dataset": eval_ds.name,
+                       "dataset_fingerprint": eval_ds.fingerprint, "eval_model": vlm.name,
+                       "eval_fingerprint": vlm.fingerprint, "role": role, "top1": top1, "n_test": n_test,
+                       "fit_seconds": fit_seconds, "eval_seconds": seconds}
+                write_rows([row], path)
+                rows.append(read_results(path))
+        out = pd.concat(rows, ignore_index=True)
+        if spec.zeroshot_reference and method.name != "zeroshot":
+            zs = dataclasses.replace(spec, method="zeroshot", config={}, zeroshot_reference=False)
+            out = pd.concat([out, self.run(zs)], ignore_index=True)
+        return out
+
+    def _fit_or_load(self, method: type[Method], config, source: VLM, dataset: Dataset, spec: RunSpec,
+                     views: int | str, run_dir: Path, identity: dict) -> tuple[Module, float]:
+        module_dir = run_dir / "module"
+        if (module_dir / MODULE_CONFIG).is_file():
+            return load_module(module_dir), 0.0
+        split = fewshot(dataset, spec.shots, spec.seed)
+        task = FewShotTask(dataset, split, source, self.cache, views=views or 10)
+        torch.manual_seed(spec.seed)
+        start = time.perf_counter()
+        module = method().fit(source, task, config, spec.seed)
+        seconds = time.perf_counter() - start
+        module.save(module_dir, provenance={"run_identity": identity, "created_at": now(), **versions()})
+        return module, seconds
+
+    def evaluate(self, module: Module, vlm: VLM, dataset: Dataset) -> tuple[float, int, float]:
+        """Top-1 (%) of ``module`` plugged into ``vlm`` on ``dataset``'s test split."""
+        start = time.perf_counter()
+        items = dataset.split("test")
+        feats = self.cache.get(vlm, dataset, "test", items, vlm.test_transform_spec)
+        labels = torch.tensor([y for _, y in items])
+        with torch.no_grad():
+            logits = module.logits(vlm, feats, dataset.classnames)
+        top1 = float((logits.argmax(-1).cpu() == labels).float().mean() * 100)
+        return top1, len(items), time.perf_counter() - start
+
+
+def evaluate_module(folder: str | Path, model: str, dataset: str, device: str = "auto",
+                    data_root: str | Path | None = None, pretrained: str | None = None) -> dict:
+    """``upgradebench eval``: a saved module on another model, without retraining."""
+    runner = Runner(results=os.devnull, device=device, data_root=data_root)
+    module = load_module(folder)
+    vlm = runner.model(model, pretrained)
+    top1, n_test, seconds = runner.evaluate(module, vlm, runner.dataset(dataset))
+    return {"module": str(folder), "method": module.method, "model": vlm.name, "model_fingerprint": vlm.fingerprint,
+            "dataset": dataset, "top1": top1, "n_test": n_test, "eval_seconds": seconds}

@@ -1,0 +1,93 @@
+"""The training recipe shared by the prompt methods (CoOp ``vit_b16.yaml`` + Dassl defaults), as helpers.
+
+SGD (lr 0.002, momentum 0.9, weight decay 5e-4), cosine schedule stepped per epoch, 1 warm-up epoch at a
+constant 1e-5, batch 32, epochs by shots (50 / 100 / 100 / 200 / 200 for 1 / 2 / 4 / 8 / 16; ImageNet 50).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+
+from .task import FewShotTask
+
+
+def coop_epochs(shots: int, dataset: str = "") -> int:
+    """CoOp's number of epochs for K shots (ImageNet: 50)."""
+    if dataset == "imagenet":
+        return 50
+    return 50 if shots <= 1 else 100 if shots <= 4 else 200
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, epochs: int, warmup_epochs: int = 1,
+                  warmup_lr: float = 1e-5) -> torch.optim.lr_scheduler.LambdaLR:
+    """Dassl's ConstantWarmupScheduler around CosineAnnealingLR(T_max=epochs), stepped once per epoch.
+
+    Epochs ``< warmup_epochs`` run at ``warmup_lr``; epoch ``e`` after that at ``base * (1 + cos(pi e / T)) / 2``.
+    """
+    bases = [g["lr"] for g in optimizer.param_groups]
+
+    def factor(i: int) -> Callable[[int], float]:
+        def f(epoch: int) -> float:
+            if epoch < warmup_epochs:
+                return warmup_lr / bases[i]
+            return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+        return f
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(i) for i in range(len(bases))])
+
+
+def sgd(params: Iterable[torch.nn.Parameter], lr: float = 0.002, momentum: float = 0.9,
+        weight_decay: float = 5e-4) -> torch.optim.SGD:
+    """CoOp's optimizer."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Shuffled index batches; the last partial batch is dropped when there is at least one full batch (Dassl)."""
+    order = torch.randperm(n, generator=generator)
+    drop_last = n >= batch_size
+    stop = (n // batch_size) * batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
+
+
+def fit_epochs(
+    task: FewShotTask,
+    params: list[torch.nn.Parameter],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    warmup_epochs: int = 1,
+    warmup_lr: float = 1e-5,
+) -> list[float]:
+    """Run CoOp's recipe: per epoch, one augmented view per image, shuffled batches, ``loss_fn(feats, labels)``.
+
+    Returns the mean loss of each epoch.
+    """
+    device = task.source.device
+    optimizer = sgd(params, lr, momentum, weight_decay)
+    scheduler = warmup_cosine(optimizer, epochs, warmup_epochs, warmup_lr)
+    generator = torch.Generator().manual_seed(seed)
+    labels = task.train_labels
+    history = []
+    for epoch in range(epochs):
+        feats = task.epoch_features(epoch, generator)
+        total, count = 0.0, 0
+        for idx in minibatches(len(labels), batch_size, generator):
+            loss = loss_fn(feats[idx].to(device), labels[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        scheduler.step()
+        history.append(total / max(count, 1))
+    return history

@@ -1,0 +1,167 @@
+"""ContCoOp (Wang et al., "Towards Compatible Fine-tuning for Vision-Language Model Updates", Sec. 3.2, 4.1).
+
+No official code was found; this follows the paper and METHODS.md:
+- learnable context ``p`` (N = 16, N(0, 0.02)); class embedding ``c_i`` = token embeddings of class name i
+  taken from the model in use, so the prompts follow the model when it is upgraded;
+- ``X = [p; c_i]``, single-head attention ``O = softmax(Q K^T / sqrt(D)) V W_O`` with ``W_Q, W_K, W_V, W_O``
+  (D x D, no bias as in Eq. 1; "Kaiming init" = PyTorch's Linear default, kaiming_uniform); ``p(c_i) = p + O[:N]``;
+  class names of several tokens are several rows of X (padded and masked across classes);
+- ``w_i = T([SOS, p(c_i), c_i, ".", EOS])``; logits ``cos(w_i, f) / tau`` with the model's logit scale
+  (``1/tau = 100`` for CLIP);
+- ``L = CE + lambda * (1/C) sum_i ||w_i - w_zs_i||_2`` on L2-normalised features, ``w_zs`` = zero-shot
+  features of the source with the dataset template; lambda = 1;
+- optimiser and epochs: CoOp's recipe (the paper gives none).
+Ablation knobs (paper Tables 4-7, Fig. 4): ``attention``, ``kd``, ``kd_weight``, ``heads``, ``condition``, ``n_ctx``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from upgradebench.errors import UserError
+from upgradebench.method import Method, Module
+from upgradebench.models import VLM
+from upgradebench.prompting import assemble, class_prompts, condition_embeddings, zeroshot_text_features
+from upgradebench.training import coop_epochs, fit_epochs
+
+from .coop import check_width, init_context
+
+
+@dataclass
+class ContCoOpConfig:
+    """Paper defaults: N = 16, one head, lambda = 1, condition on the class name alone; CoOp's optimiser."""
+
+    n_ctx: int = 16
+    init_std: float = 0.02
+    attention: bool = True
+    heads: int = 1
+    kd: bool = True
+    kd_weight: float = 1.0
+    condition: str = "{}"
+    epochs: int | None = None
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+
+
+class ClassConditioner(nn.Module):
+    """Eq. (1): attention over ``X = [p; c]`` whose first N outputs are added to the context."""
+
+    def __init__(self, width: int, heads: int = 1) -> None:
+        super().__init__()
+        if width % heads:
+            raise UserError(f"heads={heads} must divide the text width {width}.")
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(width, width, bias=False) for _ in range(4))
+
+    def forward(self, ctx: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Class-conditioned contexts ``[C, N, D]`` from ``ctx [N, D]``, ``cond [C, T, D]``, ``mask [C, T]``."""
+        classes, n, width = cond.shape[0], ctx.shape[0], ctx.shape[1]
+        x = torch.cat([ctx.unsqueeze(0).expand(classes, -1, -1), cond.to(ctx.dtype)], dim=1)  # [C, N+T, D]
+        keep = torch.cat([mask.new_ones(classes, n), mask], dim=1)  # [C, N+T]
+        h, d = self.heads, width // self.heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(classes, -1, h, d).transpose(1, 2)  # [C, h, L, d]
+
+        q, k, v = split(self.q(x[:, :n])), split(self.k(x)), split(self.v(x))  # only the first N rows are kept
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d)
+        scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+        out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(classes, n, width)
+        return ctx.unsqueeze(0) + self.o(out)
+
+
+class ContCoOpModule(Module):
+    """Context ``p`` + the attention network; class embeddings come from whichever model it is plugged into."""
+
+    method = "contcoop"
+
+    def __init__(self, ctx: torch.Tensor, conditioner: ClassConditioner | None, condition: str = "{}") -> None:
+        self.ctx, self.conditioner, self.condition = ctx, conditioner, condition
+
+    def prompt_context(self, vlm: VLM, class_names: list[str], ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """``p(c_i)`` for every class ``[C, N, D]`` (or the shared ``[N, D]`` without attention)."""
+        ctx = self.ctx if ctx is None else ctx
+        if self.conditioner is None:
+            return ctx
+        cond, mask = condition_embeddings(vlm, class_names, self.condition)
+        return self.conditioner(ctx, cond, mask)
+
+    def text_features(self, vlm: VLM, class_names: list[str]) -> torch.Tensor:
+        """Class text features ``w_i`` of ``vlm``."""
+        check_width(vlm, self.ctx, "ContCoOp context")
+        prompts = class_prompts(vlm, class_names, self.ctx.shape[0])
+        ctx = self.prompt_context(vlm, class_names, self.ctx.to(vlm.device))
+        return vlm.encode_text_embeddings(assemble(prompts, ctx), prompts.eot)
+
+    @torch.no_grad()
+    def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+        if self.conditioner is not None:
+            self.conditioner.to(vlm.device)
+        return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"ctx": self.ctx}
+        if self.conditioner is not None:
+            out.update({f"attn.{k}": v for k, v in self.conditioner.state_dict().items()})
+        return out
+
+    def meta(self) -> dict[str, Any]:
+        return {"condition": self.condition, "attention": self.conditioner is not None,
+                "heads": self.conditioner.heads if self.conditioner is not None else 0}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> ContCoOpModule:
+        conditioner = None
+        if meta["attention"]:
+            conditioner = ClassConditioner(tensors["ctx"].shape[1], meta["heads"])
+            conditioner.load_state_dict({k[len("attn."):]: v for k, v in tensors.items() if k.startswith("attn.")})
+            conditioner.requires_grad_(False)
+        return cls(tensors["ctx"], conditioner, meta["condition"])
+
+
+class ContCoOp(Method):
+    """Class-conditioned Context Optimization (the paper's method), see the module docstring."""
+
+    name = "contcoop"
+    version = "1"
+    description = "CoOp context conditioned on the class embeddings of the model in use by an attention layer, with KD."
+    Config = ContCoOpConfig
+    module_class = ContCoOpModule
+
+    def fit(self, source: VLM, task: Any, config: ContCoOpConfig, seed: int) -> ContCoOpModule:
+        ctx = nn.Parameter(init_context(source, config.n_ctx, None, config.init_std, seed).to(source.device))
+        conditioner = None
+        if config.attention:
+            torch.manual_seed(seed)  # Kaiming init of W_Q, W_K, W_V, W_O, reproducible per seed
+            conditioner = ClassConditioner(source.text_width, config.heads).to(source.device)
+        names = task.class_names
+        prompts = class_prompts(source, names, config.n_ctx)
+        cond = condition_embeddings(source, names, config.condition) if conditioner is not None else None
+        zs = F.normalize(zeroshot_text_features(source, names, task.template), dim=-1)
+        kd_weight = config.kd_weight if config.kd else 0.0
+
+        def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            pc = conditioner(ctx, *cond) if conditioner is not None else ctx
+            text = source.encode_text_embeddings(assemble(prompts, pc), prompts.eot)
+            loss = F.cross_entropy(source.logits(feats, text), labels)
+            if kd_weight:
+                loss = loss + kd_weight * (F.normalize(text, dim=-1) - zs).norm(dim=-1).mean()
+            return loss
+
+        params = [ctx, *(conditioner.parameters() if conditioner is not None else [])]
+        fit_epochs(task, params, loss_fn, epochs=config.epochs or coop_epochs(task.shots, task.dataset.name),
+                   batch_size=config.batch_size, lr=config.lr, seed=seed, momentum=config.momentum,
+                   weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr)
+        if conditioner is not None:
+            conditioner.requires_grad_(False).cpu()
+        return ContCoOpModule(ctx.detach().cpu(), conditioner, config.condition)

@@ -1,0 +1,111 @@
+"""CoOp (Zhou et al., 2022; KaiyangZhou/CoOp ``trainers/coop.py``): learnable context vectors.
+
+16 context vectors shared across classes, initialised N(0, 0.02) (or from the embeddings of a phrase),
+class token at the end; only the context is trained, with cross-entropy. Transplant: the same vectors
+are spliced into the target's token embeddings of the class names and run through the target's text
+encoder. ``depth > 0`` inserts the context at the input of block ``depth`` instead (paper Fig. 2d).
+Logits use the logit scale of the model in use (100 for OpenAI CLIP), as the reference does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from upgradebench.errors import UserError
+from upgradebench.method import Method, Module
+from upgradebench.models import VLM
+from upgradebench.prompting import class_prompts, encode_prompts, text_embedding
+from upgradebench.training import coop_epochs, fit_epochs
+
+
+@dataclass
+class CoOpConfig:
+    """CoOp's ``vit_b16`` recipe. ``epochs=None`` follows the shots (50/100/100/200/200; ImageNet 50)."""
+
+    n_ctx: int = 16
+    ctx_init: str | None = None
+    init_std: float = 0.02
+    depth: int = 0
+    epochs: int | None = None
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+
+
+def init_context(vlm: VLM, n_ctx: int, ctx_init: str | None, init_std: float, seed: int) -> torch.Tensor:
+    """CoOp's context init: the embeddings of ``ctx_init`` (its token count sets N) or N(0, init_std)."""
+    if ctx_init:
+        ctx = text_embedding(vlm, ctx_init)
+        if len(ctx) != n_ctx:
+            raise UserError(f"ctx_init {ctx_init!r} has {len(ctx)} tokens but n_ctx is {n_ctx}.",
+                            f"pass --config n_ctx={len(ctx)}")
+        return ctx.float()
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n_ctx, vlm.text_width, generator=generator) * init_std
+
+
+def check_width(vlm: VLM, ctx: torch.Tensor, what: str) -> None:
+    """A context trained on one text width cannot enter a tower of another width."""
+    if ctx.shape[-1] != vlm.text_width:
+        raise UserError(f"{what} has width {ctx.shape[-1]} but {vlm.name}'s text tower has width {vlm.text_width}.",
+                        "source and target must share the text-embedding width")
+
+
+class CoOpModule(Module):
+    """Learned context ``[N, D]`` (+ the depth it is inserted at)."""
+
+    method = "coop"
+
+    def __init__(self, ctx: torch.Tensor, depth: int = 0) -> None:
+        self.ctx, self.depth = ctx, depth
+
+    def text_features(self, vlm: VLM, class_names: list[str]) -> torch.Tensor:
+        """Class text features of ``vlm`` with this context."""
+        check_width(vlm, self.ctx, "CoOp context")
+        prompts = class_prompts(vlm, class_names, self.ctx.shape[0])
+        return encode_prompts(vlm, prompts, self.ctx.to(vlm.device), self.depth)
+
+    @torch.no_grad()
+    def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+        return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"ctx": self.ctx}
+
+    def meta(self) -> dict[str, Any]:
+        return {"depth": self.depth}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> CoOpModule:
+        return cls(tensors["ctx"], meta.get("depth", 0))
+
+
+class CoOp(Method):
+    """Context Optimization (Zhou et al., IJCV 2022), reference KaiyangZhou/CoOp ff61507."""
+
+    name = "coop"
+    version = "1"
+    description = "Learnable context vectors at the input of the text encoder (16, shared, class token at the end)."
+    Config = CoOpConfig
+    module_class = CoOpModule
+
+    def fit(self, source: VLM, task: Any, config: CoOpConfig, seed: int) -> CoOpModule:
+        ctx = torch.nn.Parameter(init_context(source, config.n_ctx, config.ctx_init, config.init_std, seed)
+                                 .to(source.device))
+        prompts = class_prompts(source, task.class_names, config.n_ctx)
+
+        def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            text = encode_prompts(source, prompts, ctx, config.depth)
+            return F.cross_entropy(source.logits(feats, text), labels)
+
+        fit_epochs(task, [ctx], loss_fn, epochs=config.epochs or coop_epochs(task.shots, task.dataset.name),
+                   batch_size=config.batch_size, lr=config.lr, seed=seed, momentum=config.momentum,
+                   weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr)
+        return CoOpModule(ctx.detach().cpu(), config.depth)

@@ -1,0 +1,59 @@
+"""Zero-shot CLIP (CoOp ``trainers/zsclip.py``): the dataset template through the text encoder of the model in use.
+
+Nothing is trained; the "module" is the template, and the classifier is recomputed with every model, which
+is why zero-shot transfers perfectly to an upgraded model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from upgradebench.method import Method, Module
+from upgradebench.models import VLM
+from upgradebench.prompting import zeroshot_text_features
+
+
+@dataclass
+class ZeroShotConfig:
+    """``template``: None uses the dataset's template (METHODS.md table), e.g. ``"{} texture."`` for DTD."""
+
+    template: str | None = None
+
+
+class ZeroShotModule(Module):
+    """A template; logits = ``logit_scale * cos(f, T(template.format(class)))`` with the model in use."""
+
+    method = "zeroshot"
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+
+    def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+        return vlm.logits(image_features.to(vlm.device), zeroshot_text_features(vlm, class_names, self.template))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def meta(self) -> dict[str, Any]:
+        return {"template": self.template}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> ZeroShotModule:
+        return cls(meta["template"])
+
+
+class ZeroShot(Method):
+    """Zero-shot CLIP with the dataset's hand-written template (Radford et al., 2021; CoOp's zsclip)."""
+
+    name = "zeroshot"
+    version = "1"
+    description = "Zero-shot classifier from the dataset template (no training)."
+    Config = ZeroShotConfig
+    module_class = ZeroShotModule
+    uses_train_views = False
+
+    def fit(self, source: VLM, task: Any, config: ZeroShotConfig, seed: int) -> ZeroShotModule:
+        return ZeroShotModule(config.template or task.template)

@@ -1,0 +1,178 @@
+"""The runner and the run / eval / results commands, on micro models and a tiny dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from upgradebench.data import fewshot, get_dataset
+from upgradebench.features import FeatureCache
+from upgradebench.models import load_vlm
+from upgradebench.results import read_results, summarize
+
+from .cli_helpers import run_cli, run_json
+
+
+@pytest.fixture
+def models(micro_dirs):
+    return f"local-dir:{micro_dirs['clip']}", f"local-dir:{micro_dirs['eva']}"
+
+
+def _run(capsys, models, tiny_dataset, results, *extra):
+    src, tgt = models
+    return run_json(capsys, "run", "--method", "coop", "--source", src, "--target", tgt, "--dataset", tiny_dataset,
+                    "--shots", "2", "--views", "2", "--config", "epochs=3", "--config", "n_ctx=4",
+                    "--results", str(results), *extra)
+
+
+def test_run_writes_rows_module_and_zeroshot_reference(capsys, models, tiny_dataset, tmp_path):
+    out = _run(capsys, models, tiny_dataset, tmp_path / "res", "--seed", "1")
+    row = out["rows"][0]
+    assert set(row) >= {"dataset", "Base", f"New {models[1]}", f"H {models[1]}", f"ZS {models[0]}"}
+    df = read_results(tmp_path / "res")
+    assert set(df.method) == {"coop", "zeroshot"}
+    coop = df[df.method == "coop"]
+    assert sorted(coop.role) == ["base", "new"]
+    assert coop.n_test.tolist() == [120, 120]
+    assert set(coop.method_variant) == {"epochs=3,n_ctx=4"}
+    assert coop.source_fingerprint.iloc[0] == load_vlm(models[0], device="cpu").fingerprint
+    new = coop[coop.role == "new"]
+    assert new.eval_fingerprint.iloc[0] != new.source_fingerprint.iloc[0]
+    module_dir = tmp_path / "res" / coop.run_id.iloc[0] / "module"
+    assert sorted(p.name for p in module_dir.iterdir()) == ["module.json", "module.safetensors"]
+    # the eval command reproduces the stored New accuracy from the saved module alone
+    ev = run_json(capsys, "eval", "--module", str(module_dir), "--model", models[1], "--dataset", tiny_dataset)
+    assert ev["top1"] == pytest.approx(new.top1.iloc[0])
+
+
+def test_same_seed_same_accuracy_and_resume(capsys, models, tiny_dataset, tmp_path):
+    a = _run(capsys, models, tiny_dataset, tmp_path / "a")["rows"][0]
+    b = _run(capsys, models, tiny_dataset, tmp_path / "b")["rows"][0]
+    assert a == b  # same seed, fresh results folders, same numbers
+    before = read_results(tmp_path / "a")
+    again = _run(capsys, models, tiny_dataset, tmp_path / "a")["rows"][0]
+    assert again == a
+    after = read_results(tmp_path / "a")
+    assert len(after) == len(before) and after.created_at.tolist() == before.created_at.tolist()  # nothing redone
+
+
+def test_different_seeds_sample_different_shots(tiny_dataset):
+    ds = get_dataset(tiny_dataset)
+    one, two = fewshot(ds, 4, 1), fewshot(ds, 4, 2)
+    assert one.train != two.train
+    assert fewshot(ds, 4, 1) == one  # reread from JSON, identical
+    assert (ds.fewshot_dir / "shot_4-seed_1.json").is_file()
+    assert len(one.val) == 4 * 4 and len(fewshot(ds, 2, 1).val) == 2 * 4  # min(K, 4) per class
+
+
+def test_feature_cache_computes_once_and_views_do_not_depend_on_batch(micro_dirs, tiny_dataset):
+    vlm = load_vlm(f"local-dir:{micro_dirs['clip']}", device="cpu")
+    ds = get_dataset(tiny_dataset)
+    items = ds.split("train")[:10]
+    cache = FeatureCache()
+    spec = vlm.train_transform_spec
+    full = cache.get(vlm, ds, "train", items, spec, view=3)
+    assert cache.computed == 10
+    again = FeatureCache().get(vlm, ds, "train", items[4:6], spec, view=3)
+    assert torch_equal(again, full[4:6])
+    alone = FeatureCache(root=cache.root.parent / "other").get(vlm, ds, "train", items[5:6], spec, view=3)
+    assert torch_equal(alone, full[5:6])  # view 3 of an item is the same whatever else is encoded
+    other_view = cache.get(vlm, ds, "train", items[5:6], spec, view=4)
+    assert not torch_equal(other_view, full[5:6])
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.allclose(a, b, atol=1e-6))
+
+
+def test_results_show_table2_layout(capsys, models, tiny_dataset, tmp_path):
+    for seed in ("1", "2"):
+        _run(capsys, models, tiny_dataset, tmp_path / "r", "--seed", seed)
+    summary = run_json(capsys, "results", "show", str(tmp_path / "r"))
+    coop = [r for r in summary if r["label"] == "coop[epochs=3,n_ctx=4]" and r["dataset"] == tiny_dataset][0]
+    df = read_results(tmp_path / "r")
+    c = df[df.method == "coop"]
+    base = c[c.role == "base"].top1.mean()
+    new = c[c.role == "new"].top1.mean()
+    assert coop["base"] == pytest.approx(base) and coop["new"] == pytest.approx(new)
+    assert coop["H"] == pytest.approx(2 * base * new / (base + new))
+    assert coop["seeds"] == 2
+    code, out, err = run_cli(capsys, "results", "show", str(tmp_path / "r"))
+    assert code == 0 and "Average" in out and "Base" in out
+
+
+def test_summarize_averages_per_dataset_means():
+    import pandas as pd
+
+    from upgradebench.results import COLUMNS
+
+    rows = []
+    for ds, seeds in {"a": [(80, 60), (90, 70)], "b": [(50, 50)]}.items():
+        for seed, (b, n) in enumerate(seeds):
+            for role, acc in (("base", b), ("new", n)):
+                row = {c: "" for c in COLUMNS}
+                row.update(schema_version=1, run_id=f"{ds}{seed}", method="m", method_variant="", dataset=ds,
+                           train_dataset=ds, shots=16, seed=seed, source="s", role=role, top1=float(acc), n_test=1,
+                           eval_model="s" if role == "base" else "t", fit_seconds=0.0, eval_seconds=0.0)
+                rows.append(row)
+    s = summarize(pd.DataFrame(rows).astype({c: t for c, (t, _) in COLUMNS.items()}))
+    avg = s[s.dataset == "Average"].iloc[0]
+    assert avg.base == pytest.approx((85 + 50) / 2) and avg.new == pytest.approx((65 + 50) / 2)
+    assert avg.H == pytest.approx(2 * 67.5 * 57.5 / 125)
+    a = s[s.dataset == "a"].iloc[0]
+    assert a.base_std == pytest.approx(7.0710678) and a.seeds == 2
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--method", "cop"], "Did you mean 'coop'"),
+    (["--method", "coop", "--config", "nctx=4"], "n_ctx"),
+    (["--method", "coop", "--config", "n_ctx=four"], "cannot read 'four'"),
+    (["--method", "coop", "--source", "clipp"], "Did you mean 'clip'"),
+    (["--method", "coop", "--dataset", "toy-nope"], "Unknown dataset"),
+    (["--method", "coop", "--views", "0", "--dataset", "tiny-colours"], "--views"),
+])
+def test_bad_input_is_one_line_no_traceback(capsys, tiny_dataset, args, expect):
+    code, out, err = run_cli(capsys, "run", *args)
+    assert code == 2
+    assert expect in err and "Traceback" not in err + out
+
+
+def test_unwritable_results_fail_before_training(capsys, models, tiny_dataset, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IREAD | stat.S_IEXEC)
+    if os.access(locked, os.W_OK):
+        pytest.skip("running as a user who can write anywhere (root); covered by the file case below")
+    code, _, err = run_cli(capsys, "run", "--method", "coop", "--dataset", tiny_dataset, "--results", str(locked))
+    assert code == 2 and "not writable" in err
+
+
+def test_results_path_that_is_a_file_fails_before_training(capsys, models, tiny_dataset, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    src, tgt = models
+    code, _, err = run_cli(capsys, "run", "--method", "coop", "--source", src, "--target", tgt,
+                           "--dataset", tiny_dataset, "--results", str(blocker / "sub"))
+    assert code == 2 and "not writable" in err
+    assert not list(tmp_path.glob("**/*.safetensors"))  # nothing was computed
+
+
+def test_missing_real_weights_fail_fast_with_the_fix(capsys, tiny_dataset):
+    code, out, err = run_cli(capsys, "run", "--method", "coop", "--source", "clip", "--target", "eva-clip",
+                             "--dataset", tiny_dataset)
+    assert code == 2 and "Traceback" not in err
+    for needle in ("'clip'", "ViT-B-16-quickgelu", "openai", "Hugging Face cache", "--pretrained"):
+        assert needle in err, needle
+
+
+def test_module_json_has_no_pickle(capsys, models, tiny_dataset, tmp_path):
+    _run(capsys, models, tiny_dataset, tmp_path / "r")
+    module_json = next((tmp_path / "r").glob("*/module/module.json"))
+    meta = json.loads(module_json.read_text())
+    assert meta["method"] == "coop" and meta["tensors"] == ["ctx"]
+    assert meta["provenance"]["run_identity"]["shots"] == 2
