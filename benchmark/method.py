@@ -187,6 +187,7 @@ def discover_methods(force: bool = False) -> Registry[type[Method]]:
     global _discovered
     if _discovered and not force:
         return METHODS
+    _broken.clear()
     no_plugins = os.environ.get("UPGRADEBENCH_NO_PLUGINS", "") not in ("", "0")
     eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: _dist_name(ep) != "upgradebench")
     for ep in eps:

@@ -172,7 +172,7 @@ def test_missing_real_weights_fail_fast_with_the_fix(capsys, tiny_dataset):
 
 def test_module_json_has_no_pickle(capsys, models, tiny_dataset, tmp_path):
     _run(capsys, models, tiny_dataset, tmp_path / "r")
-    module_json = next((tmp_path / "r").glob("*/module/module.json"))
+    module_json = next((tmp_path / "r").glob("coop-*/module/module.json"))
     meta = json.loads(module_json.read_text())
     assert meta["method"] == "coop" and meta["tensors"] == ["ctx"]
     assert meta["provenance"]["run_identity"]["shots"] == 2

@@ -1,0 +1,62 @@
+"""Nearest class prototype: a complete third-party upgradebench method in one file.
+
+The module stores the mean normalised source image feature of each class and classifies by cosine
+similarity. It uses only upgradebench's public API, like any plugin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from upgradebench.method import Method, Module
+from upgradebench.models import VLM
+
+
+@dataclass
+class PrototypeConfig:
+    """``scale`` multiplies the cosine similarities."""
+
+    scale: float = 100.0
+
+
+class PrototypeModule(Module):
+    """Class prototypes ``[C, D]`` in the source's image-feature space."""
+
+    method = "prototype"
+
+    def __init__(self, prototypes: torch.Tensor, scale: float) -> None:
+        self.prototypes, self.scale = prototypes, scale
+
+    def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+        f = F.normalize(image_features.float().cpu(), dim=-1)
+        return self.scale * f @ self.prototypes.T
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"prototypes": self.prototypes}
+
+    def meta(self) -> dict[str, Any]:
+        return {"scale": self.scale}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> PrototypeModule:
+        return cls(tensors["prototypes"], meta["scale"])
+
+
+class Prototype(Method):
+    """Nearest class mean of the source's image features (a deep-layer method: it cannot follow an upgrade)."""
+
+    name = "prototype"
+    version = "0.1.0"
+    description = "Nearest class prototype of source image features (example plugin)."
+    Config = PrototypeConfig
+    module_class = PrototypeModule
+
+    def fit(self, source: VLM, task: Any, config: PrototypeConfig, seed: int) -> PrototypeModule:
+        feats = F.normalize(task.train_view_features().mean(0), dim=-1)  # [N, D], averaged over cached views
+        labels = task.train_labels
+        protos = torch.stack([feats[labels == c].mean(0) for c in range(len(task.class_names))])
+        return PrototypeModule(F.normalize(protos, dim=-1), config.scale)

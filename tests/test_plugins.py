@@ -1,0 +1,84 @@
+"""Third-party methods arrive through the ``upgradebench.methods`` entry-point group, like the built-ins."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from upgradebench.method import METHODS, discover_methods, get_method
+from upgradebench.results import read_results
+
+from .cli_helpers import run_cli, run_json
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "upgradebench-example-method"
+
+
+def _fake_dist(root: Path, name: str, entry_points: str) -> None:
+    """A minimal installed distribution (dist-info with entry_points.txt) on ``root``."""
+    info = root / f"{name.replace('-', '_')}-9.9.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 9.9\n")
+    (info / "entry_points.txt").write_text(f"[upgradebench.methods]\n{entry_points}\n")
+
+
+@pytest.fixture
+def plugin_path(tmp_path, monkeypatch):
+    """A site folder on sys.path; the method registry is rescanned and cleaned afterwards."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    before = set(METHODS.names())
+    yield site
+    for name in set(METHODS.names()) - before:
+        METHODS.unregister(name)
+
+
+def test_builtins_come_from_the_entry_point_group(capsys):
+    listed = {m["name"]: m for m in run_json(capsys, "methods", "list")["methods"]}
+    assert {"zeroshot", "linear-probe", "coop", "contcoop"} <= set(listed)
+    assert all(listed[n]["origin"] == "upgradebench" and listed[n]["builtin"] for n in ("coop", "contcoop"))
+    assert listed["contcoop"]["config"]["kd_weight"] == 1.0 and listed["coop"]["config"]["n_ctx"] == 16
+
+
+def test_readme_example_package_installs_and_runs_end_to_end(capsys, plugin_path, micro_dirs, tiny_dataset, tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(plugin_path), str(EXAMPLE)], check=True, capture_output=True)
+    discover_methods(force=True)
+    listed = {m["name"]: m for m in run_json(capsys, "methods", "list")["methods"]}
+    assert listed["prototype"]["origin"] == "upgradebench-example-method"
+    assert listed["prototype"]["origin_version"] == "0.1.0" and not listed["prototype"]["builtin"]
+    src, tgt = f"local-dir:{micro_dirs['clip']}", f"local-dir:{micro_dirs['eva']}"
+    run_json(capsys, "run", "--method", "prototype", "--source", src, "--target", tgt, "--dataset", tiny_dataset,
+             "--shots", "4", "--views", "2", "--results", str(tmp_path / "r"))
+    df = read_results(tmp_path / "r")
+    rows = df[df.method == "prototype"]
+    assert set(rows.role) == {"base", "new"}
+    assert rows.method_origin.iloc[0] == "upgradebench-example-method==0.1.0"
+    assert rows[rows.role == "base"].top1.iloc[0] > 50  # colour prototypes work on the source
+
+
+def test_broken_plugin_is_skipped_with_a_warning(capsys, plugin_path):
+    _fake_dist(plugin_path, "ub-broken", "broken = ub_does_not_exist:Method")
+    discover_methods(force=True)
+    code, out, err = run_cli(capsys, "methods", "list", "--json")
+    assert code == 0
+    assert "broken" in err and "skipped" in err
+    assert "coop" in out
+    assert get_method("coop").name == "coop"  # every other method still works
+
+
+def test_plugin_cannot_shadow_a_builtin(plugin_path):
+    _fake_dist(plugin_path, "ub-shadow", "coop = ub_example_method:Prototype")
+    discover_methods(force=True)
+    assert METHODS.entry("coop").origin == "upgradebench"
+    assert get_method("coop").__module__ == "upgradebench.methods.coop"
+
+
+def test_plugins_can_be_switched_off(plugin_path, monkeypatch):
+    _fake_dist(plugin_path, "ub-other", "other = ub_example_method:Prototype")
+    monkeypatch.setenv("UPGRADEBENCH_NO_PLUGINS", "1")
+    discover_methods(force=True)
+    assert "other" not in METHODS
