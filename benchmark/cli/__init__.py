@@ -14,6 +14,7 @@ import typer
 
 from ..errors import UserError
 from ._common import err_console
+from . import datasets
 from . import methods, models, results, run
 
 app = typer.Typer(

@@ -68,7 +68,7 @@ def fewshot(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
                     [(str(r), int(y)) for r, y in data["train"]],
                     [(str(r), int(y)) for r, y in data["val"]],
                 )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"Few-shot file {path} is malformed ({exc}).", "delete it; it will be sampled again") from None
     split = sample_fewshot(dataset, shots, seed)
     try:
