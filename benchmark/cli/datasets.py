@@ -23,7 +23,8 @@ app = typer.Typer(help="Datasets: what is registered, what one contains, what is
 
 T = TypeVar("T")
 
-DATA_ROOT_HELP = "Folder that holds the datasets in the CoOp layout (default: $UPGRADEBENCH_DATA, else $UPGRADEBENCH_HOME/data)."
+DATA_ROOT_HELP = ("Folder that holds the datasets in the CoOp layout "
+                  "(default: $UPGRADEBENCH_DATA, else $UPGRADEBENCH_HOME/data).")
 JSON_HELP = "Print JSON instead of a table."
 
 

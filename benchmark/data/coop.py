@@ -62,8 +62,9 @@ class CoopDataset(Dataset):
                 f"or point --data-root / UPGRADEBENCH_DATA at the folder that holds {spec.folder}/")]
         problems = []
         if not self.image_root.is_dir():
-            problems.append(UserError(f"{spec.title} image folder {self.image_root} is missing.",
-                                      f"extract the {spec.title} images into {self.image_root} ({DATASETS_MD})"))
+            problems.append(UserError(
+                f"{spec.title} image folder {self.image_root} is missing.",
+                f"extract the {spec.title} images into {self.image_root}, as described in {DATASETS_MD}"))
         files = [spec.classes_file] if spec.classes_file else []
         if spec.layout == "split_json":
             files.append(spec.split_file)

@@ -168,16 +168,18 @@ def _describe_split_problems(ds: CoopDataset, report: DatasetCheck) -> None:
     for s in report.splits:
         if s.absent:
             report.problems.append((
-                f"{s.split}: {len(s.absent)} of {s.images} images are absent under {ds.image_root}: {_examples(s.absent)}",
-                f"the copy is incomplete: extract the {ds.spec.title} images again ({DATASETS_MD})"))
+                f"{s.split}: {len(s.absent)} of {s.images} images are absent under {ds.image_root}: "
+                f"{_examples(s.absent)}",
+                f"the copy is incomplete: extract the {ds.spec.title} images again, "
+                f"as described in {DATASETS_MD}"))
         if s.unreadable:
-            first = next(iter(s.unreadable.items()))
+            first_error = next(iter(s.unreadable.values()))
             report.problems.append((
                 f"{s.split}: {len(s.unreadable)} of {s.images} images are unreadable: {_examples(s.unreadable)} "
-                f"({first[0]}: {first[1]})",
+                f"(first error: {first_error})",
                 f"replace them, or run `upgradebench datasets check {ds.name} --skip-corrupt` to leave them out"))
         if s.empty_classes:
             report.problems.append((
                 f"{s.split}: {len(s.empty_classes)} classes have no image: {_examples(s.empty_classes)}",
-                f"extract the complete {ds.spec.title} ({DATASETS_MD})"))
+                f"extract the complete {ds.spec.title}, as described in {DATASETS_MD}"))
 

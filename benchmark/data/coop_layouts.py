@@ -38,11 +38,14 @@ def _redownload(spec: CoopSpec, filename: str) -> str:
     return f"download {filename} for {spec.title} again as described in {DATASETS_MD}"
 
 
-def _checked_ref(ref: str, where: str, spec: CoopSpec, filename: str) -> str:
-    if not is_safe_ref(ref):
-        raise UserError(f"{where}: image path {ref!r} escapes the image folder (absolute or '..').",
-                        f"fix the entry, or {_redownload(spec, filename)}")
-    return ref
+def _escapes(where: str, ref: str, spec: CoopSpec, filename: str) -> UserError:
+    return UserError(f"{where}: image path {ref!r} escapes the image folder (absolute or '..').",
+                     f"fix the entry, or {_redownload(spec, filename)}")
+
+
+def _entry(path: Path, split: str, i: int, row: object) -> str:
+    """How an error names a split-file entry (built only on error: Food101 has ~100k entries)."""
+    return f"{path}: {split}[{i}] = {json.dumps(row)[:200]}"
 
 
 def _read_lines(path: Path, spec: CoopSpec) -> list[tuple[int, str]]:
@@ -79,15 +82,17 @@ def read_split_json(spec: CoopSpec, root: Path) -> LayoutData:
     for split in SPLITS:
         rows[split] = []
         for i, row in enumerate(data[split]):
-            where = f"{path}: {split}[{i}] = {json.dumps(row)[:200]}"
             if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str)
                     and type(row[1]) is int and row[1] >= 0 and isinstance(row[2], str)):
-                raise UserError(f"{where}: expected [relative_image_path, label >= 0, classname].", fix)
+                raise UserError(f"{_entry(path, split, i, row)}: expected [relative_path, label >= 0, classname].", fix)
             ref, label, name = row
             previous = raw_names.setdefault(label, name)
             if previous != name:
-                raise UserError(f"{where}: label {label} is {name!r} here but {previous!r} elsewhere.", fix)
-            rows[split].append((_checked_ref(ref, where, spec, spec.split_file), label))
+                raise UserError(f"{_entry(path, split, i, row)}: label {label} is {name!r} here "
+                                f"but {previous!r} elsewhere.", fix)
+            if not is_safe_ref(ref):
+                raise _escapes(_entry(path, split, i, row), ref, spec, spec.split_file)
+            rows[split].append((ref, label))
 
     if not raw_names:
         raise UserError(f"Split file {path} has no entries.", fix)
@@ -118,7 +123,9 @@ def read_fgvc_variants(spec: CoopSpec, root: Path) -> LayoutData:
             if variant.strip() not in label_of:
                 raise UserError(f"{where}: expected '<image id> <variant>' with a variant of {spec.classes_file}.",
                                 _redownload(spec, filename))
-            items.append((_checked_ref(f"{image_id}.jpg", where, spec, filename), label_of[variant.strip()]))
+            if not is_safe_ref(f"{image_id}.jpg"):
+                raise _escapes(where, f"{image_id}.jpg", spec, filename)
+            items.append((f"{image_id}.jpg", label_of[variant.strip()]))
         splits[split] = items
     return LayoutData([coop_classname(v, spec) for v in variants], splits)
 
