@@ -17,15 +17,12 @@ from ..data.coop_check import DatasetCheck, Track, check_coop_dataset
 from ..errors import UserError
 from ..paths import data_root as resolve_data_root
 from ._common import console, err_console, print_json, print_table
+from ._options import DataRoot, Json
 
 app = typer.Typer(help="Datasets: what is registered, what one contains, what is missing on disk.",
                   no_args_is_help=True)
 
 T = TypeVar("T")
-
-DATA_ROOT_HELP = ("Folder that holds the datasets in the CoOp layout "
-                  "(default: $UPGRADEBENCH_DATA, else $UPGRADEBENCH_HOME/data).")
-JSON_HELP = "Print JSON instead of a table."
 
 
 def _found(name: str, kind: str, root: Path) -> bool:
@@ -41,8 +38,8 @@ def _found(name: str, kind: str, root: Path) -> bool:
 
 @app.command("list")
 def list_datasets(
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    data_root: Path = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    as_json: bool = Json,
+    data_root: Path = DataRoot,
 ) -> None:
     """List every registered dataset with its number of classes, kind and whether it is on disk."""
     root = resolve_data_root(data_root)
@@ -68,8 +65,8 @@ def list_datasets(
 @app.command("show")
 def show_dataset(
     name: str = typer.Argument(..., help="Dataset name (see `upgradebench datasets list`)."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    data_root: Path = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    as_json: bool = Json,
+    data_root: Path = DataRoot,
 ) -> None:
     """Show one dataset as loaded: template, class names (after CoOp's rules), split sizes, fingerprint."""
     dataset = get_dataset(name, resolve_data_root(data_root))
@@ -123,8 +120,8 @@ def _print_report(report: DatasetCheck) -> None:
 @app.command("check")
 def check_datasets(
     names: list[str] = typer.Argument(None, help="Datasets to check (default: every CoOp dataset found on disk)."),
-    data_root: Path = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the reports as JSON."),
+    data_root: Path = DataRoot,
+    as_json: bool = Json,
     decode: bool = typer.Option(True, "--decode/--exists-only",
                                 help="Decode every image (default), or only check that the files exist (fast)."),
     skip_corrupt: bool = typer.Option(False, "--skip-corrupt",
