@@ -1,0 +1,122 @@
+"""CLIP-Adapter (Gao et al., IJCV 2023; gaopengcuhk/CLIP-Adapter 08d07f8, ``trainers/clip_adapter.py``).
+
+A visual adapter ``Linear(D, D/4, bias=False) -> ReLU -> Linear(D/4, D, bias=False) -> ReLU`` on the
+(unnormalised) image feature, mixed residually: ``f' = ratio * adapter(f) + (1 - ratio) * f`` with
+ratio 0.2. The classifier is the zero-shot text features of the dataset template, recomputed with the
+model in use; logits use the model's logit scale, as the reference does. Only the adapter is trained.
+Transplant (the paper's deep-layer baseline): the adapter is applied to the *target's* image features, so
+source and target must share the image-feature width.
+Departure: the reference released no training config, so CoOp's recipe is used (METHODS.md Decision):
+SGD 0.002, momentum 0.9, weight decay 5e-4, cosine, 1 warm-up epoch at 1e-5, batch 32, CoOp's epochs
+(200 at 16 shots). The adapter's init is PyTorch's Linear default (as in the reference), seeded per run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from upgradebench.errors import UserError
+from upgradebench.method import Method, Module
+from upgradebench.models import VLM
+from upgradebench.prompting import zeroshot_text_features
+from upgradebench.training import coop_epochs, fit_epochs
+
+
+@dataclass
+class CLIPAdapterConfig:
+    """Residual ratio 0.2 and reduction 4 (reference); CoOp's optimiser recipe (no reference config)."""
+
+    ratio: float = 0.2
+    reduction: int = 4
+    template: str | None = None
+    epochs: int | None = None
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+
+
+def check_image_width(vlm: VLM, width: int, features: torch.Tensor, what: str) -> None:
+    """A module fitted on image features of one width cannot read another model's features of another width."""
+    if features.shape[-1] != width:
+        raise UserError(f"{what} was fitted on {width}-d image features but {vlm.name} gives "
+                        f"{features.shape[-1]}-d ones.", "source and target must share the image-feature width")
+
+
+class VisualAdapter(nn.Module):
+    """The reference's ``Adapter``: ``width -> hidden -> width`` bias-free linear layers, each followed by ReLU."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``ReLU(fc2(ReLU(fc1(x))))``."""
+        return F.relu(self.fc2(F.relu(self.fc1(x))))
+
+
+def adapt(adapter: VisualAdapter, features: torch.Tensor, ratio: float) -> torch.Tensor:
+    """``ratio * adapter(f) + (1 - ratio) * f`` on unnormalised image features."""
+    return ratio * adapter(features) + (1 - ratio) * features
+
+
+class CLIPAdapterModule(Module):
+    """The visual adapter, its residual ratio and the template of the zero-shot classifier."""
+
+    method = "clip-adapter"
+
+    def __init__(self, adapter: VisualAdapter, ratio: float, template: str) -> None:
+        self.adapter, self.ratio, self.template = adapter, ratio, template
+
+    @torch.no_grad()
+    def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+        check_image_width(vlm, self.adapter.fc1.in_features, image_features, "CLIP-Adapter")
+        self.adapter.to(vlm.device)
+        feats = adapt(self.adapter, image_features.to(vlm.device).float(), self.ratio)
+        return vlm.logits(feats, zeroshot_text_features(vlm, class_names, self.template))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"adapter.{k}": v for k, v in self.adapter.state_dict().items()}
+
+    def meta(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "template": self.template}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> CLIPAdapterModule:
+        hidden, width = tensors["adapter.fc1.weight"].shape
+        adapter = VisualAdapter(width, hidden)
+        adapter.load_state_dict({k[len("adapter."):]: v for k, v in tensors.items()})
+        return cls(adapter.requires_grad_(False), meta["ratio"], meta["template"])
+
+
+class CLIPAdapter(Method):
+    """CLIP-Adapter (Gao et al., 2023), reference gaopengcuhk/CLIP-Adapter 08d07f8; see the module docstring."""
+
+    name = "clip-adapter"
+    version = "1"
+    description = "Residual bottleneck adapter on the image features; zero-shot text classifier of the model in use."
+    Config = CLIPAdapterConfig
+    module_class = CLIPAdapterModule
+
+    def fit(self, source: VLM, task: Any, config: CLIPAdapterConfig, seed: int) -> CLIPAdapterModule:
+        template = config.template or task.template
+        torch.manual_seed(seed)  # the adapter's default (Kaiming-uniform) init, reproducible per seed
+        adapter = VisualAdapter(source.embed_dim, source.embed_dim // config.reduction).to(source.device)
+        text = zeroshot_text_features(source, task.class_names, template)  # frozen classifier, computed once
+
+        def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(source.logits(adapt(adapter, feats, config.ratio), text), labels)
+
+        fit_epochs(task, list(adapter.parameters()), loss_fn,
+                   epochs=config.epochs or coop_epochs(task.shots, task.dataset.name),
+                   batch_size=config.batch_size, lr=config.lr, seed=seed, momentum=config.momentum,
+                   weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr)
+        return CLIPAdapterModule(adapter.requires_grad_(False).cpu(), config.ratio, template)

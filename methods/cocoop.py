@@ -1,0 +1,145 @@
+"""CoCoOp (Zhou et al., CVPR 2022; KaiyangZhou/CoOp ff61507, ``trainers/cocoop.py``): image-conditioned context.
+
+4 context vectors initialised from the embeddings of "a photo of a"; a meta-net
+``Linear(D_img, D_img/16) -> ReLU -> Linear(D_img/16, D_txt)`` (with biases, PyTorch's default init) maps
+the L2-normalised image feature to a bias added to every context vector, so each image has its own
+prompts ``[SOS, ctx + pi(f), classname, ".", EOS]``; logits ``logit_scale * cos(f, T(prompt_c(f)))``.
+Recipe (``vit_b16_c4_ep10_batch1_ctxv1.yaml``): batch 1, 10 epochs, SGD 0.002 (momentum 0.9, weight decay
+5e-4), cosine, 1 constant warm-up epoch at 1e-5; context and meta-net are trained with cross-entropy.
+Transplant: the context and the meta-net, fed with the *target's* normalised image features, are spliced
+into the target's token embeddings of the class names and run through the target's text encoder (the
+image-feature widths of source and target must match, as the meta-net reads them).
+
+Speed (CoOp issues #21, #48; ``benchmarks/cocoop_speed.py``): the reference encodes the prompts of each
+image with one full-context (77 tokens) text-encoder call per image. Here the prompts of a batch of images
+(images x classes rows) go through the truncated text encoder (positions ``0..max(eot)``, exact) in one call,
+in chunks of at most ``max_prompts`` rows to bound memory; evaluation processes the images in such chunks.
+Departure: fp32 instead of the reference's fp16 (``PREC: fp16``), as for every method of the harness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from upgradebench.method import Method, Module
+from upgradebench.models import VLM
+from upgradebench.prompting import ClassPrompts, class_prompts
+from upgradebench.training import fit_epochs
+
+from .clip_adapter import check_image_width
+from .coop import check_width, init_context
+
+MAX_PROMPTS = 4096  # prompt rows (images x classes) per text-encoder call at evaluation
+
+
+@dataclass
+class CoCoOpConfig:
+    """CoCoOp's ``vit_b16_c4_ep10_batch1_ctxv1`` recipe; ``meta_reduction`` is the meta-net's bottleneck (16)."""
+
+    n_ctx: int = 4
+    ctx_init: str | None = "a photo of a"
+    init_std: float = 0.02
+    meta_reduction: int = 16
+    epochs: int = 10
+    batch_size: int = 1
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+
+
+class MetaNet(nn.Module):
+    """The reference's ``meta_net``: ``Linear(D_img, hidden) -> ReLU -> Linear(hidden, D_txt)``."""
+
+    def __init__(self, image_width: int, hidden: int, text_width: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(image_width, hidden)
+        self.linear2 = nn.Linear(hidden, text_width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The context bias ``[B, D_txt]`` of normalised image features ``[B, D_img]``."""
+        return self.linear2(F.relu(self.linear1(x)))
+
+
+def image_contexts(ctx: torch.Tensor, meta_net: MetaNet, image_features: torch.Tensor) -> torch.Tensor:
+    """Per-image contexts ``[B, N, D]``: ``ctx + meta_net(normalize(f))`` added to every context vector."""
+    bias = meta_net(F.normalize(image_features.to(ctx.dtype), dim=-1))
+    return ctx.unsqueeze(0) + bias.unsqueeze(1)
+
+
+def conditional_logits(vlm: VLM, prompts: ClassPrompts, contexts: torch.Tensor,
+                       image_features: torch.Tensor) -> torch.Tensor:
+    """Logits ``[B, C]`` of each image against its own prompts: one text-encoder call over ``B x C`` rows."""
+    images, classes = contexts.shape[0], prompts.prefix.shape[0]
+    rows = (images, classes, -1, -1)
+    embeds = torch.cat([prompts.prefix.unsqueeze(0).expand(rows),
+                        contexts.to(prompts.prefix.dtype).unsqueeze(1).expand(rows),
+                        prompts.suffix.unsqueeze(0).expand(rows)], dim=2).flatten(0, 1)  # [B*C, L, D]
+    text = vlm.encode_text_embeddings(embeds, prompts.eot.repeat(images)).view(images, classes, -1)
+    img = F.normalize(image_features.to(text.dtype), dim=-1)
+    return vlm.logit_scale * torch.einsum("bd,bcd->bc", img, F.normalize(text, dim=-1))
+
+
+class CoCoOpModule(Module):
+    """Context ``[N, D_txt]`` and meta-net; ``max_prompts`` bounds the rows of one text-encoder call."""
+
+    method = "cocoop"
+
+    def __init__(self, ctx: torch.Tensor, meta_net: MetaNet, max_prompts: int = MAX_PROMPTS) -> None:
+        self.ctx, self.meta_net, self.max_prompts = ctx, meta_net, max_prompts
+
+    @torch.no_grad()
+    def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+        check_width(vlm, self.ctx, "CoCoOp context")
+        check_image_width(vlm, self.meta_net.linear1.in_features, image_features, "CoCoOp's meta-net")
+        ctx, meta_net = self.ctx.to(vlm.device), self.meta_net.to(vlm.device)
+        prompts = class_prompts(vlm, class_names, ctx.shape[0])
+        chunk = max(1, self.max_prompts // len(class_names))  # images per text-encoder call
+        feats = image_features.to(vlm.device).float()
+        return torch.cat([conditional_logits(vlm, prompts, image_contexts(ctx, meta_net, f), f)
+                          for f in feats.split(chunk)])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"ctx": self.ctx, **{f"meta_net.{k}": v for k, v in self.meta_net.state_dict().items()}}
+
+    def meta(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> CoCoOpModule:
+        hidden, image_width = tensors["meta_net.linear1.weight"].shape
+        meta_net = MetaNet(image_width, hidden, tensors["meta_net.linear2.weight"].shape[0])
+        meta_net.load_state_dict({k[len("meta_net."):]: v for k, v in tensors.items() if k.startswith("meta_net.")})
+        return cls(tensors["ctx"], meta_net.requires_grad_(False))
+
+
+class CoCoOp(Method):
+    """Conditional Context Optimization (Zhou et al., 2022), reference KaiyangZhou/CoOp ff61507."""
+
+    name = "cocoop"
+    version = "1"
+    description = "Context vectors shifted per image by a meta-net on the image feature (batched text encoding)."
+    Config = CoCoOpConfig
+    module_class = CoCoOpModule
+
+    def fit(self, source: VLM, task: Any, config: CoCoOpConfig, seed: int) -> CoCoOpModule:
+        ctx = nn.Parameter(init_context(source, config.n_ctx, config.ctx_init, config.init_std, seed).to(source.device))
+        torch.manual_seed(seed)  # the meta-net's default init, reproducible per seed
+        width = source.embed_dim
+        meta_net = MetaNet(width, width // config.meta_reduction, source.text_width).to(source.device)
+        prompts = class_prompts(source, task.class_names, config.n_ctx)
+
+        def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            logits = conditional_logits(source, prompts, image_contexts(ctx, meta_net, feats), feats)
+            return F.cross_entropy(logits, labels)
+
+        fit_epochs(task, [ctx, *meta_net.parameters()], loss_fn, epochs=config.epochs, batch_size=config.batch_size,
+                   lr=config.lr, seed=seed, momentum=config.momentum, weight_decay=config.weight_decay,
+                   warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr)
+        return CoCoOpModule(ctx.detach().cpu(), meta_net.requires_grad_(False).cpu())
