@@ -10,6 +10,10 @@ import torch
 
 from upgradebench.world.modelio import create_model, save_local_dir
 
+# Tests use tiny models: one intra-op thread avoids OpenMP spin-waiting, which on a loaded 2-core machine
+# turned every micro op into a scheduler time slice (10 ms) and the suite into minutes.
+torch.set_num_threads(1)
+
 MICRO_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3}
 MICRO_CLIP = {"embed_dim": 32, "quick_gelu": True,
               "vision_cfg": {"image_size": 32, "layers": 2, "width": 48, "head_width": 16, "patch_size": 8},

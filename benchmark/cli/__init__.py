@@ -15,7 +15,7 @@ import typer
 from ..errors import UserError
 from ._common import err_console
 from . import datasets
-from . import methods, models, results, run
+from . import methods, models, results, run, sweep
 
 app = typer.Typer(
     name="upgradebench",
@@ -30,6 +30,10 @@ app.add_typer(methods.app, name="methods")
 app.add_typer(results.app, name="results")
 app.command("run")(run.run)
 app.command("eval")(run.evaluate)
+app.add_typer(analyze.app, name="analyze")
+app.command("figures")(figures.figures)
+app.add_typer(leaderboard.app, name="leaderboard")
+app.command("sweep")(sweep.sweep)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

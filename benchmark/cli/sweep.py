@@ -1,0 +1,67 @@
+"""``upgradebench sweep``: a resumable grid of runs, from a YAML grid file or from options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import UserError
+from ..runner import DEFAULT_SOURCE, DEFAULT_TARGETS, Runner
+from ..sweep import Grid, describe, load_grid, run_local, run_slurm
+from ._common import err_console, print_json, print_table
+from ._options import DataRoot, Device, Json
+
+
+def sweep(
+    grid: Path = typer.Option(None, "--grid", "-g", help="YAML grid file (see upgradebench.sweep)."),
+    method: list[str] = typer.Option(None, "--method", "-m", help="Method(s), when no --grid."),
+    dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Dataset(s), when no --grid."),
+    seed: list[int] = typer.Option(None, "--seed", help="Seed(s) [default 1 2 3]."),
+    shots: list[int] = typer.Option(None, "--shots", "-k", help="Shots [default 16]."),
+    source: str = typer.Option(None, "--source", "-s", help=f"Source model [default {DEFAULT_SOURCE}]."),
+    target: list[str] = typer.Option(None, "--target", "-t", help=f"Target(s) [default {' '.join(DEFAULT_TARGETS)}]."),
+    results: Path = typer.Option(None, "--results", "-r", help="Results folder [default: $UPGRADEBENCH_HOME/results]."),
+    executor: str = typer.Option("local", "--executor", help="local | slurm (submitit)."),
+    slurm_partition: str = typer.Option(None, "--slurm-partition", help="SLURM partition."),
+    slurm_gpus: int = typer.Option(1, "--slurm-gpus", help="GPUs per SLURM job."),
+    slurm_minutes: int = typer.Option(60, "--slurm-minutes", help="Time limit per SLURM job."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and exit."),
+    stop_on_error: bool = typer.Option(False, "--stop-on-error", help="Stop at the first failed run."),
+    device: str = Device,
+    data_root: Path = DataRoot,
+    as_json: bool = Json,
+) -> None:
+    """Run every (method, dataset, shots, seed, variant) of a grid; finished runs are skipped (resume)."""
+    if grid is not None:
+        g = load_grid(grid)
+    elif method and dataset:
+        g = Grid(methods=list(method), datasets=list(dataset))
+    else:
+        raise UserError("sweep needs --grid FILE, or --method and --dataset.")
+    if grid is None or seed:
+        g.seeds = list(seed) if seed else g.seeds
+    g.shots = list(shots) if shots else g.shots
+    g.source = source or g.source
+    g.targets = list(target) if target else g.targets
+    specs = g.specs()
+    if dry_run:
+        rows = [describe(s) for s in specs]
+        print_json(rows) if as_json else print_table(f"{len(rows)} runs", ["run"], [[r] for r in rows])
+        return
+    runner_kwargs = {"results": results, "device": device, "data_root": data_root}
+    if executor == "slurm":
+        slurm = {"slurm_partition": slurm_partition, "gpus_per_node": slurm_gpus, "timeout_min": slurm_minutes}
+        jobs = run_slurm(specs, runner_kwargs, Path(results or ".") / "slurm", {k: v for k, v in slurm.items() if v})
+        err_console.print(f"submitted {len(jobs)} jobs")
+        return
+    if executor != "local":
+        raise UserError(f"Unknown executor {executor!r}.", "use local or slurm")
+    report = run_local(specs, Runner(**runner_kwargs), keep_going=not stop_on_error)
+    if as_json:
+        print_json({"total": report.total, "completed": report.completed, "failed": report.failed})
+    else:
+        print_table(f"sweep: {len(report.completed)}/{report.total} runs done", ["failed run", "why"],
+                    list(report.failed.items()))
+    if report.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,48 @@
+"""Sweeps expand grids, resume after interruption, and report failures without losing the other runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from upgradebench.errors import UserError
+from upgradebench.results import read_results
+from upgradebench.sweep import Grid, load_grid
+
+from .cli_helpers import run_cli, run_json
+
+
+def test_grid_expands_variants_and_ood(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("methods: [coop, contcoop]\ndatasets: [a]\nseeds: [1, 2]\n"
+                    "variants: {contcoop: [{kd: false}]}\nood: {a: [b]}\n")
+    specs = load_grid(path).specs()
+    assert len(specs) == 2 * (1 + 2)
+    assert {tuple(sorted(s.config.items())) for s in specs if s.method == "contcoop"} == {(), (("kd", "False"),)}
+    assert all(s.ood == ["b"] for s in specs)
+
+
+def test_bad_grid_names_the_key(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("methods: [coop]\ndatasets: [a]\nseed: [1]\n")
+    with pytest.raises(UserError, match="unknown keys: seed"):
+        load_grid(path)
+
+
+def test_sweep_resumes_and_reports_failures(capsys, micro_dirs, tiny_dataset, tmp_path):
+    src, tgt = f"local-dir:{micro_dirs['clip']}", f"local-dir:{micro_dirs['eva']}"
+    grid = tmp_path / "g.yaml"
+    grid.write_text(f"source: '{src}'\ntargets: ['{tgt}']\nmethods: [zeroshot, coop]\n"
+                    f"datasets: [{tiny_dataset}]\nseeds: [1, 2]\nshots: [1]\n")
+    out = run_json(capsys, "sweep", "--grid", str(grid), "--results", str(tmp_path / "r"))
+    assert out["total"] == 4 and len(out["completed"]) == 4 and not out["failed"]
+    first = read_results(tmp_path / "r")
+    assert set(first.method) == {"zeroshot", "coop"} and set(first.seed) == {1, 2}
+    run_json(capsys, "sweep", "--grid", str(grid), "--results", str(tmp_path / "r"))
+    assert read_results(tmp_path / "r").created_at.tolist() == first.created_at.tolist()  # resumed, nothing redone
+    code, out, err = run_cli(capsys, "sweep", "--method", "nope", "--dataset", tiny_dataset)
+    assert code == 2 and "Unknown method" in err
+
+
+def test_dry_run_lists_runs(capsys, tiny_dataset):
+    rows = run_json(capsys, "sweep", "--method", "coop", "--dataset", tiny_dataset, "--seed", "1", "--dry-run")
+    assert rows == [f"coop {tiny_dataset} k=16 seed=1"]
