@@ -15,6 +15,7 @@ import typer
 from ..errors import UserError
 from ._common import err_console
 from . import datasets
+from . import analyze, figures, leaderboard
 from . import methods, models, results, run, sweep
 
 app = typer.Typer(

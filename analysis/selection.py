@@ -1,0 +1,100 @@
+"""Which result rows each figure and table reads, chosen from the rows alone (no method code is imported).
+
+- The *main* comparison (Table 2, Table 8, Fig. 2a, the leaderboard ranking) uses each method's reference
+  configuration (``method_variant == ""``) on the dataset it was trained on.
+- *OOD* rows (Table 3) are those whose ``dataset`` differs from ``train_dataset``.
+- A *sweep* (Fig. 2d, Fig. 4, Tables 4-7) varies one or more config keys of one method while every other
+  key stays fixed; the keys are read from ``method_config`` (JSON), so sweeps run with extra overrides
+  (e.g. fewer epochs) are found as well.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+import pandas as pd
+
+from upgradebench.results import method_label, summarize
+
+
+def in_distribution(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows measured on the dataset the module was trained on."""
+    return df[df.dataset == df.train_dataset]
+
+
+def main_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`~upgradebench.results.summarize` of the reference configurations, in distribution."""
+    rows = in_distribution(df)
+    return summarize(rows[rows.method_variant == ""])
+
+
+def ordered_pairs(summary: pd.DataFrame) -> list[tuple[str, str]]:
+    """(source, target) pairs, the one with the most summary rows first (the paper's main pair)."""
+    if summary.empty:
+        return []
+    counts = summary.groupby(["source", "target"]).size().reset_index(name="n")
+    counts = counts.sort_values(["n", "source", "target"], ascending=[False, True, True])
+    return list(zip(counts.source, counts.target))
+
+
+def ordered_labels(labels: Sequence[str]) -> list[str]:
+    """Method labels with zero-shot first, the rest alphabetical."""
+    return sorted(set(labels), key=lambda label: (label != "zeroshot", label))
+
+
+def ordered_datasets(datasets: Sequence[str]) -> list[str]:
+    """``Average`` first, then the datasets alphabetically (the paper's Table 2 order)."""
+    names = sorted(set(datasets) - {"Average"})
+    return (["Average"] if "Average" in set(datasets) else []) + names
+
+
+def zeroshot_accuracy(df: pd.DataFrame, dataset: str, model: str) -> float | None:
+    """Zero-shot top-1 of ``model`` on ``dataset`` (mean over its rows), or None without such rows."""
+    hit = df[(df.method == "zeroshot") & (df.dataset == dataset) & (df.eval_model == model)]
+    return float(hit.top1.mean()) if len(hit) else None
+
+
+def slug(*parts: str) -> str:
+    """A file-name-safe join of names (``toy-clip--toy-eva``)."""
+    return "--".join(re.sub(r"[^A-Za-z0-9._-]+", "_", p).strip("_") or "x" for p in parts)
+
+
+def sweep_summary(df: pd.DataFrame, method: str, knobs: Sequence[str]) -> pd.DataFrame:
+    """Base / New / H per value of the config keys ``knobs`` of ``method``, the other keys held fixed.
+
+    Per (source, train dataset, shots) the runs are grouped by their config without ``knobs``; the group
+    of the reference configuration is used when it varies the knobs, else the group with the most values.
+    Returns the per-dataset rows of :func:`summarize` plus one column per knob; sections where the knobs
+    take a single value are dropped (nothing was swept there).
+    """
+    rows = in_distribution(df[df.method == method])
+    if rows.empty:
+        return pd.DataFrame()
+    configs = rows.method_config.map(json.loads)
+    # config values as canonical JSON, so that any JSON value (lists included) can be grouped
+    rows = rows.assign(
+        _value=configs.map(lambda c: json.dumps([c.get(k) for k in knobs])),
+        _rest=configs.map(lambda c: json.dumps({k: v for k, v in c.items() if k not in knobs}, sort_keys=True)),
+    )
+    reference = set(rows[rows.method_variant == ""]._rest)
+    chosen = []
+    for _, section in rows.groupby(["source", "train_dataset", "shots"]):
+        spread = section.groupby("_rest")._value.nunique()
+        spread = spread[spread > 1]
+        if spread.empty:
+            continue
+        preferred = [r for r in spread.index if r in reference]
+        best = preferred[0] if preferred else spread.sort_values(ascending=False, kind="stable").index[0]
+        chosen.append(section[section._rest == best])
+    if not chosen:
+        return pd.DataFrame()
+    picked = pd.concat(chosen)
+    values = {method_label(m, v): json.loads(value)
+              for m, v, value in zip(picked.method, picked.method_variant, picked._value)}
+    out = summarize(picked.drop(columns=["_value", "_rest"]))
+    out = out[out.dataset != "Average"].copy()
+    for i, knob in enumerate(knobs):
+        out[knob] = [values[label][i] for label in out.label]
+    return out.reset_index(drop=True)

@@ -1,0 +1,106 @@
+"""``upgradebench analyze drift`` and ``upgradebench analyze depth``: why modules break (paper Fig. 2b-d)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from upgradebench.analysis.depth import DEPTH_KEY, depth_specs, depth_summary, parse_layers, run_depth_study
+from upgradebench.analysis.drift import dataset_prompts, drift_frame, write_drift
+from upgradebench.analysis.selection import slug, zeroshot_accuracy
+
+from ..data import get_dataset
+from ..models import load_vlm, resolve_device
+from ..paths import home
+from ..runner import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS, Runner
+from ._common import err_console, print_json, print_table
+from ._options import DataRoot, Device, Json, parse_pairs
+
+app = typer.Typer(help="Analyses: text-encoder drift and the CoOp depth study.", no_args_is_help=True)
+
+Source = typer.Option(DEFAULT_SOURCE, "--source", "-s", help="Source model.")
+Targets = typer.Option(list(DEFAULT_TARGETS), "--target", "-t", help="Upgraded model(s); repeatable.")
+Pretrained = typer.Option(None, "--pretrained", help="Local weights MODEL=PATH; repeatable.")
+
+
+@app.command("drift")
+def drift(
+    source: str = Source,
+    target: list[str] = Targets,
+    dataset: list[str] = typer.Option([DEFAULT_DATASET], "--dataset", "-d",
+                                      help="Dataset(s) whose class names in their template form the prompt set."),
+    out: Path = typer.Option(None, "--out", "-o",
+                             help="Parquet file to write [default: $UPGRADEBENCH_HOME/analysis/drift-SOURCE.parquet]."),
+    pretrained: list[str] = Pretrained,
+    device: str = Device,
+    data_root: Path = DataRoot,
+    download: bool = typer.Option(False, "--download", help="Allow open_clip to download missing weights."),
+    as_json: bool = Json,
+) -> None:
+    """Per text-encoder layer: how much parameters and output features change from SOURCE to each TARGET."""
+    weights = parse_pairs(pretrained, "--pretrained")
+    datasets = [get_dataset(d, data_root) for d in dataset]  # a bad name fails before any model loads
+    prompts = dataset_prompts(datasets)
+    dev = resolve_device(device)
+    src = load_vlm(source, weights.get(source), dev, download)
+    frames = []
+    for name in target:
+        err_console.print(f"[bold]drift[/] {source} -> {name} on {len(prompts)} prompts", highlight=False)
+        frames.append(drift_frame(src, load_vlm(name, weights.get(name), dev, download), prompts, dataset))
+    df = pd.concat(frames, ignore_index=True)
+    path = write_drift(df, out or home() / "analysis" / f"drift-{slug(source)}.parquet")
+    if as_json:
+        print_json({"out": str(path), "rows": df.to_dict(orient="records")})
+        return
+    for kind, part in df.groupby("kind", sort=False):
+        print_table(f"{kind} drift from {source}", ["target", "layer", "mean |change|", "relative change"],
+                    [[r.target, r.layer, f"{r.mean_abs_change:.4g}", f"{r.relative_change:.4g}"]
+                     for r in part.itertuples()])
+    err_console.print(f"drift written to {path}", highlight=False)
+
+
+@app.command("depth")
+def depth(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset to train and evaluate on."),
+    layers: str = typer.Option(..., "--layers", help="Depths k (context enters block k): 0,1,2 or 0-11."),
+    source: str = Source,
+    target: list[str] = Targets,
+    seed: list[int] = typer.Option([1], "--seed", help="Seed(s); repeatable."),
+    shots: int = typer.Option(16, "--shots", "-k", help="Training images per class."),
+    config: list[str] = typer.Option(None, "--config", "-c", help="Other CoOp config key=value; repeatable."),
+    views: str = typer.Option("10", "--views", help="Cached augmented views per training image, or 'online'."),
+    results: Path = typer.Option(None, "--results", "-r", help="Results folder [default: $UPGRADEBENCH_HOME/results]."),
+    pretrained: list[str] = Pretrained,
+    device: str = Device,
+    data_root: Path = DataRoot,
+    as_json: bool = Json,
+) -> None:
+    """Train CoOp with its context inserted at block k of SOURCE's text encoder, for each k; evaluate on TARGETs."""
+    runner = Runner(results, device, data_root=data_root)
+    specs = depth_specs(dataset, parse_layers(layers), seed, source=source, targets=list(target), shots=shots,
+                        config=parse_pairs(config, "--config"), views=views,
+                        pretrained=parse_pairs(pretrained, "--pretrained"))
+
+    def announce(spec) -> None:
+        err_console.print(f"[bold]depth {spec.config[DEPTH_KEY]}[/] coop on {dataset}, seed {spec.seed}: "
+                          f"{source} -> {', '.join(target)}", highlight=False)
+
+    df = run_depth_study(runner, specs, announce)
+    summary = depth_summary(df)
+    rows = [{"depth": int(r[DEPTH_KEY]), "target": r.target, "seeds": int(r.seeds), "Base": round(r.base, 2),
+             "New": round(r.new, 2), "H": round(r.H, 2),
+             "ZS target": _rounded(zeroshot_accuracy(df, dataset, r.target))}
+            for _, r in summary.iterrows()]
+    if as_json:
+        print_json({"results": str(runner.results), "rows": rows})
+        return
+    cols = ["depth", "target", "seeds", "Base", "New", "H", "ZS target"]
+    print_table(f"CoOp depth study on {dataset}: {source} -> {', '.join(target)}", cols,
+                [[r[c] for c in cols] for r in rows])
+    err_console.print(f"rows written under {runner.results}", highlight=False)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)

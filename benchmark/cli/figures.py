@@ -1,0 +1,36 @@
+"""``upgradebench figures``: the paper's figures and tables from a results folder (and a drift file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..results import read_results
+from ._common import console, print_json
+from ._options import Json
+
+
+def figures(
+    results: list[Path] = typer.Option(..., "--results", "-r", help="Results folder(s) of runs; repeatable."),
+    drift: Path = typer.Option(None, "--drift", help="Drift parquet from `upgradebench analyze drift` (Fig. 2b, 2c)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNG/PDF figures and Markdown/LaTeX tables."),
+    as_json: bool = Json,
+) -> None:
+    """Regenerate Fig. 2a-d, Fig. 4 and Tables 2-8 from parquet alone; missing inputs skip only their item."""
+    # imported here: matplotlib is slow to import and only this command needs it
+    from upgradebench.analysis.drift import read_drift
+    from upgradebench.analysis.figures import write_figures
+    from upgradebench.analysis.tables import write_tables
+
+    drift_rows = read_drift(drift) if drift is not None else None
+    df = read_results(*results)
+    outputs = write_figures(df, drift_rows, out)
+    outputs.extend(write_tables(df, out))
+    if as_json:
+        print_json(outputs.as_dict())
+        return
+    for path in outputs.written:
+        console.print(f"wrote   {path}", highlight=False)
+    for name, reason in outputs.skipped.items():
+        console.print(f"skipped {name}: {reason}", highlight=False)

@@ -1,0 +1,32 @@
+"""``upgradebench leaderboard build``: the static leaderboard site from a results folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from upgradebench.leaderboard.build import build_site
+
+from ..results import read_results
+from ._common import console, print_json
+from ._options import Json
+
+app = typer.Typer(help="The static leaderboard site.", no_args_is_help=True)
+
+
+@app.command("build")
+def build(
+    results: list[Path] = typer.Option(..., "--results", "-r", help="Results folder(s) of runs; repeatable."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for index.html and its assets."),
+    figures: Path = typer.Option(None, "--figures", help="Folder of PNGs from `upgradebench figures` to include."),
+    as_json: bool = Json,
+) -> None:
+    """Rank methods by average H per source -> target pair; a self-contained page that needs no network."""
+    written = build_site(read_results(*results), out, figures)
+    if as_json:
+        print_json({"index": str(written[0]), "written": [str(p) for p in written]})
+        return
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+    console.print(f"open file://{written[0].resolve()}", highlight=False)

@@ -1,0 +1,142 @@
+"""The static leaderboard: one ``index.html`` plus local assets, built from result rows alone.
+
+Per source -> target pair (and shot count) methods are ranked by their average H over datasets, with
+Base / New / H per dataset, seeds and run counts, and the zero-shot rows marked as the reference every
+module must beat. Provenance (tool, method and model versions) and copied figures complete the page.
+The page needs no network: CSS and the small sorting script are copied next to it. Every string that
+comes from results (method names and configs, dataset and model names: plugins choose them) goes through
+Jinja2's autoescaping, and the script only moves existing rows, never writes HTML.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from jinja2 import Environment, PackageLoader
+
+from upgradebench.analysis.selection import in_distribution, ordered_datasets, ordered_pairs
+from upgradebench.errors import UserError
+from upgradebench.provenance import now
+from upgradebench.results import method_label, paired, summarize
+
+ASSETS = ("style.css", "sort.js")
+REFERENCE_METHOD = "zeroshot"
+
+
+def _runs(df: pd.DataFrame) -> pd.Series:
+    """Number of distinct runs per (source, target, shots, label, dataset)."""
+    return paired(df).groupby(["source", "target", "shots", "label", "dataset"]).run_id.nunique()
+
+
+def _entry(row: pd.Series, runs: int) -> dict[str, Any]:
+    return {"label": row.label, "method": row.method, "reference": row.method == REFERENCE_METHOD,
+            "base": row.base, "new": row.new, "H": row.H, "base_std": row.get("base_std"),
+            "new_std": row.get("new_std"), "seeds": int(row.seeds), "runs": runs,
+            "datasets": int(row.datasets) if "datasets" in row and pd.notna(row.datasets) else None}
+
+
+def _configs(df: pd.DataFrame) -> dict[str, str]:
+    """label -> the method config (indented JSON) of that label's runs."""
+    out: dict[str, str] = {}
+    for method, variant, config in zip(df.method, df.method_variant, df.method_config):
+        out.setdefault(method_label(method, variant), json.dumps(json.loads(config or "{}"), indent=1, sort_keys=True))
+    return out
+
+
+def board(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """One section per (source, target, shots): ranked reference methods, ranked variants, per-dataset rows."""
+    rows = in_distribution(df)
+    summary = summarize(rows)
+    runs = _runs(rows)
+    configs = _configs(rows)
+    sections = []
+    for source, target in ordered_pairs(summary):
+        pair = summary[(summary.source == source) & (summary.target == target)]
+        for shots in sorted(pair.shots.unique(), reverse=True):
+            part = pair[pair.shots == shots]
+            avg = part[part.dataset == "Average"].sort_values("H", ascending=False)
+            n_datasets = part[part.dataset != "Average"].dataset.nunique()
+
+            def total_runs(label: str) -> int:
+                return int(runs.loc[(source, target, shots, label)].sum())
+
+            ranked, variant_rows = [], []
+            for _, row in avg.iterrows():
+                entry = {**_entry(row, total_runs(row.label)), "config": configs.get(row.label, "")}
+                (ranked if row.label == row.method else variant_rows).append(entry)  # label == method: defaults
+            for group in (ranked, variant_rows):
+                for rank, entry in enumerate(group, 1):
+                    entry["rank"] = rank
+            per_dataset = [_entry(r, int(runs.loc[(source, target, shots, r.label, r.dataset)])) | {"dataset": r.dataset}
+                           for _, r in part[part.dataset != "Average"].iterrows()]
+            zs = avg[avg.method == REFERENCE_METHOD]
+            sections.append({
+                "id": f"pair-{len(sections) + 1}", "source": source, "target": target, "shots": int(shots),
+                "datasets": [d for d in ordered_datasets(part.dataset) if d != "Average"], "n_datasets": n_datasets,
+                "ranked": ranked, "variants": variant_rows, "per_dataset": per_dataset,
+                "zeroshot_new": float(zs.new.iloc[0]) if len(zs) else None,
+            })
+    return sections
+
+
+def provenance(df: pd.DataFrame) -> dict[str, Any]:
+    """Who and what produced the rows: tool versions, methods with their origin, models with fingerprints."""
+    def distinct(columns: list[str]) -> list[dict[str, Any]]:
+        counts = df.groupby(columns, dropna=False).size().reset_index(name="rows")
+        return counts.to_dict(orient="records")
+
+    models = pd.concat([df[["source", "source_fingerprint"]].set_axis(["model", "fingerprint"], axis=1),
+                        df[["eval_model", "eval_fingerprint"]].set_axis(["model", "fingerprint"], axis=1)])
+    models = models.drop_duplicates().sort_values(["model", "fingerprint"])
+    changed = set(models.model[models.model.duplicated()])
+    return {
+        "software": distinct(["upgradebench_version", "git_sha", "torch_version", "open_clip_version", "device"]),
+        "methods": distinct(["method", "method_version", "method_origin"]),
+        "models": [{"model": m, "fingerprint": f, "changed": m in changed} for m, f in zip(models.model, models.fingerprint)],
+        "first": df.created_at.min(), "last": df.created_at.max(), "rows": len(df), "runs": df.run_id.nunique(),
+    }
+
+
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("upgradebench.leaderboard", "templates"), autoescape=True,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda v: "" if v is None or pd.isna(v) else f"{float(v):.2f}"
+    return env
+
+
+def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = None) -> list[Path]:
+    """Write ``index.html``, its assets and copies of the figure PNGs into ``out``; returns the files written."""
+    out = Path(out)
+    sections = board(df)
+    if not sections:
+        raise UserError("The results hold no paired Base/New rows, so there is nothing to rank.",
+                        "pass the folder given to `upgradebench run --results`")
+    figure_files = []
+    if figures is not None:
+        figures = Path(figures)
+        if not figures.is_dir():
+            raise UserError(f"Figures folder {figures} does not exist.", "run `upgradebench figures --out DIR` first")
+        figure_files = sorted(figures.glob("*.png"))
+    written = []
+    (out / "assets").mkdir(parents=True, exist_ok=True)
+    for name in ASSETS:
+        target = out / "assets" / name
+        target.write_text(files("upgradebench.leaderboard").joinpath("templates", name).read_text())
+        written.append(target)
+    copied = []
+    for png in figure_files:
+        target = out / "figures" / png.name
+        target.parent.mkdir(exist_ok=True)
+        shutil.copyfile(png, target)
+        written.append(target)
+        copied.append({"src": f"figures/{png.name}", "name": png.stem})
+    html = _environment().get_template("index.html").render(
+        sections=sections, provenance=provenance(df), figures=copied, generated=now())
+    index = out / "index.html"
+    index.write_text(html, encoding="utf-8")
+    return [index, *written]
