@@ -110,20 +110,19 @@ def fig_drift(drift: pd.DataFrame | None, kind: str, name: str, out: Path) -> li
         order = list(dict.fromkeys(part.tick))
         targets = sorted(part.target.unique())
         with _style():
-            fig = Figure(figsize=(max(8.0, 0.5 * len(order) * 2 + 2), 3.8))
-            axes = fig.subplots(1, 2)
-            for ax, column, title in ((axes[0], "mean_abs_change", "mean absolute change"),
-                                      (axes[1], "relative_change", "relative change ‖Δ‖ / ‖source‖")):
+            fig = Figure(figsize=(max(7.0, 0.5 * len(order) + 2), 6.4))
+            axes = fig.subplots(2, 1, sharex=True)
+            for ax, column, title in ((axes[0], "mean_abs_change", "mean |Δ|"),
+                                      (axes[1], "relative_change", "‖Δ‖ / ‖source‖")):
                 sns.barplot(data=part, x="tick", y=column, hue="target", order=order, hue_order=targets,
                             palette=PALETTE[:len(targets)], ax=ax)
-                ax.set_title(title)
-                ax.set_xlabel("text-encoder layer")
-                ax.set_ylabel("")
-                ax.tick_params(axis="x", labelrotation=60)
+                ax.set_ylabel(title)
                 ax.get_legend().remove()
-            axes[1].legend(*axes[0].get_legend_handles_labels(), title="target", frameon=False,
+            axes[1].set_xlabel("text-encoder layer")
+            axes[1].tick_params(axis="x", labelrotation=45)
+            axes[0].legend(*axes[0].get_legend_handles_labels(), title="target", frameon=False,
                            loc="upper left", bbox_to_anchor=(1.0, 1.0))
-            fig.suptitle(f"Change of the text encoder's {what}: {source} → {', '.join(targets)}")
+            axes[0].set_title(f"Change of the text encoder's {what}\n{source} → {', '.join(targets)}")
             fig.tight_layout()
             written += save(fig, out, f"{name}-{slug(source)}")
     return written
@@ -141,10 +140,10 @@ def fig2d(df: pd.DataFrame, out: Path) -> list[Path]:
         with _style():
             fig = Figure(figsize=(6.4, 4.2))
             ax = fig.subplots()
-            for model, column, colour, marker in ((source, "base", PALETTE[0], "o"),
-                                                  (target, "new", PALETTE[1], "s")):
+            for model, column, role, colour, marker in ((source, "base", "Base", PALETTE[0], "o"),
+                                                        (target, "new", "New", PALETTE[1], "s")):
                 ax.errorbar(part[DEPTH_KEY], part[column], yerr=part[f"{column}_std"].fillna(0), color=colour,
-                            marker=marker, capsize=3, label=f"CoOp on {model} ({'Base' if column == 'base' else 'New'})")
+                            marker=marker, capsize=3, label=f"CoOp on {model} ({role})")
                 zs = zeroshot_accuracy(df, dataset, model)
                 if zs is not None:
                     ax.axhline(zs, color=colour, linestyle="--" if column == "new" else ":", linewidth=1.2,

@@ -71,8 +71,8 @@ def _markdown_text(text: str) -> str:
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                 "<": r"\textless{}", ">": r"\textgreater{}", "[": "{[}", "]": "{]}", "✓": r"$\checkmark$", "✗": r"$\times$",
-                 "λ": r"$\lambda$", "→": r"$\rightarrow$"}
+                 "<": r"\textless{}", ">": r"\textgreater{}", "[": "{[}", "]": "{]}",
+                 "✓": r"$\checkmark$", "✗": r"$\times$", "λ": r"$\lambda$", "→": r"$\rightarrow$"}
 
 
 def latex_text(text: str) -> str:

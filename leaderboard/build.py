@@ -15,6 +15,7 @@ import shutil
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 from jinja2 import Environment, PackageLoader
@@ -34,6 +35,7 @@ def _runs(df: pd.DataFrame) -> pd.Series:
 
 
 def _entry(row: pd.Series, runs: int) -> dict[str, Any]:
+    """What the template shows of one summary row."""
     return {"label": row.label, "method": row.method, "reference": row.method == REFERENCE_METHOD,
             "base": row.base, "new": row.new, "H": row.H, "base_std": row.get("base_std"),
             "new_std": row.get("new_std"), "seeds": int(row.seeds), "runs": runs,
@@ -53,6 +55,7 @@ def board(df: pd.DataFrame) -> list[dict[str, Any]]:
     rows = in_distribution(df)
     summary = summarize(rows)
     runs = _runs(rows)
+    run_totals = runs.groupby(level=["source", "target", "shots", "label"]).sum()
     configs = _configs(rows)
     sections = []
     for source, target in ordered_pairs(summary):
@@ -61,19 +64,19 @@ def board(df: pd.DataFrame) -> list[dict[str, Any]]:
             part = pair[pair.shots == shots]
             avg = part[part.dataset == "Average"].sort_values("H", ascending=False)
             n_datasets = part[part.dataset != "Average"].dataset.nunique()
-
-            def total_runs(label: str) -> int:
-                return int(runs.loc[(source, target, shots, label)].sum())
-
             ranked, variant_rows = [], []
             for _, row in avg.iterrows():
-                entry = {**_entry(row, total_runs(row.label)), "config": configs.get(row.label, "")}
+                entry = {**_entry(row, int(run_totals.loc[(source, target, shots, row.label)])),
+                         "config": configs.get(row.label, "")}
                 (ranked if row.label == row.method else variant_rows).append(entry)  # label == method: defaults
             for group in (ranked, variant_rows):
                 for rank, entry in enumerate(group, 1):
                     entry["rank"] = rank
-            per_dataset = [_entry(r, int(runs.loc[(source, target, shots, r.label, r.dataset)])) | {"dataset": r.dataset}
-                           for _, r in part[part.dataset != "Average"].iterrows()]
+            # per dataset: reference configurations only (variants are ablations, listed by average above)
+            detail = part[(part.dataset != "Average") & (part.label == part.method)]
+            per_dataset = [{**_entry(r, int(runs.loc[(source, target, shots, r.label, r.dataset)])),
+                            "dataset": r.dataset}
+                           for _, r in detail.sort_values(["dataset", "H"], ascending=[True, False]).iterrows()]
             zs = avg[avg.method == REFERENCE_METHOD]
             sections.append({
                 "id": f"pair-{len(sections) + 1}", "source": source, "target": target, "shots": int(shots),
@@ -97,7 +100,8 @@ def provenance(df: pd.DataFrame) -> dict[str, Any]:
     return {
         "software": distinct(["upgradebench_version", "git_sha", "torch_version", "open_clip_version", "device"]),
         "methods": distinct(["method", "method_version", "method_origin"]),
-        "models": [{"model": m, "fingerprint": f, "changed": m in changed} for m, f in zip(models.model, models.fingerprint)],
+        "models": [{"model": m, "fingerprint": f, "changed": m in changed}
+                   for m, f in zip(models.model, models.fingerprint)],
         "first": df.created_at.min(), "last": df.created_at.max(), "rows": len(df), "runs": df.run_id.nunique(),
     }
 
@@ -126,7 +130,8 @@ def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = N
     (out / "assets").mkdir(parents=True, exist_ok=True)
     for name in ASSETS:
         target = out / "assets" / name
-        target.write_text(files("upgradebench.leaderboard").joinpath("templates", name).read_text())
+        source = files("upgradebench.leaderboard").joinpath("templates", name)
+        target.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
         written.append(target)
     copied = []
     for png in figure_files:
@@ -134,7 +139,7 @@ def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = N
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(png, target)
         written.append(target)
-        copied.append({"src": f"figures/{png.name}", "name": png.stem})
+        copied.append({"src": f"figures/{quote(png.name)}", "name": png.stem})
     html = _environment().get_template("index.html").render(
         sections=sections, provenance=provenance(df), figures=copied, generated=now())
     index = out / "index.html"

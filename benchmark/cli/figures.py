@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..results import read_results
+from ..runner import check_writable
 from ._common import console, print_json
 from ._options import Json
 
@@ -25,12 +26,13 @@ def figures(
 
     drift_rows = read_drift(drift) if drift is not None else None
     df = read_results(*results)
+    check_writable(out)
     outputs = write_figures(df, drift_rows, out)
     outputs.extend(write_tables(df, out))
     if as_json:
         print_json(outputs.as_dict())
         return
     for path in outputs.written:
-        console.print(f"wrote   {path}", highlight=False)
+        console.print(f"wrote   {path}", highlight=False, soft_wrap=True)
     for name, reason in outputs.skipped.items():
-        console.print(f"skipped {name}: {reason}", highlight=False)
+        console.print(f"skipped {name}: {reason}", highlight=False, soft_wrap=True)

@@ -9,6 +9,7 @@ import typer
 from upgradebench.leaderboard.build import build_site
 
 from ..results import read_results
+from ..runner import check_writable
 from ._common import console, print_json
 from ._options import Json
 
@@ -23,10 +24,12 @@ def build(
     as_json: bool = Json,
 ) -> None:
     """Rank methods by average H per source -> target pair; a self-contained page that needs no network."""
-    written = build_site(read_results(*results), out, figures)
+    df = read_results(*results)
+    check_writable(out)
+    written = build_site(df, out, figures)
     if as_json:
         print_json({"index": str(written[0]), "written": [str(p) for p in written]})
         return
     for path in written:
-        console.print(f"wrote {path}", highlight=False)
-    console.print(f"open file://{written[0].resolve()}", highlight=False)
+        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    console.print(f"open file://{written[0].resolve()}", highlight=False, soft_wrap=True)
