@@ -80,15 +80,15 @@ def latex_text(text: str) -> str:
     return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
-def _render(table: Table, text: Callable[[str], str], best: Callable[[str], str],
-            second: Callable[[str], str]) -> list[list[str]]:
+def _render(table: Table, text: Callable[[str], str], best: Callable[[str], str], second: Callable[[str], str],
+            missing: str) -> list[list[str]]:
     marks = ranks(table)
     out = []
     for i, row in enumerate(table.rows):
         cells = []
         for j, cell in enumerate(row):
             if cell is None or (isinstance(cell, float) and math.isnan(cell)):
-                cells.append("–" if text is _markdown_text else "--")
+                cells.append(missing)
             elif isinstance(cell, float):
                 value = f"{cell:.2f}"
                 cells.append({1: best, 2: second}.get(marks.get((i, j)), str)(value))
@@ -107,7 +107,7 @@ def to_markdown(doc: TableDoc) -> str:
                   "| " + " | ".join(_markdown_text(h) for h in table.header) + " |",
                   "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
         lines += ["| " + " | ".join(row) + " |"
-                  for row in _render(table, _markdown_text, lambda v: f"**{v}**", lambda v: f"<u>{v}</u>")]
+                  for row in _render(table, _markdown_text, lambda v: f"**{v}**", lambda v: f"<u>{v}</u>", "–")]
         lines.append("")
     return "\n".join(lines)
 
@@ -123,7 +123,8 @@ def to_latex(doc: TableDoc) -> str:
                   "\\begin{tabular}{" + "".join("r" if n else "l" for n in numeric) + "}", "\\toprule",
                   " & ".join(latex_text(h) for h in table.header) + " \\\\", "\\midrule"]
         lines += [" & ".join(row) + " \\\\"
-                  for row in _render(table, latex_text, lambda v: f"\\textbf{{{v}}}", lambda v: f"\\underline{{{v}}}")]
+                  for row in _render(table, latex_text, lambda v: f"\\textbf{{{v}}}", lambda v: f"\\underline{{{v}}}",
+                                     "--")]
         lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
     return "\n".join(lines)
 
@@ -223,18 +224,17 @@ def table3(df: pd.DataFrame) -> TableDoc:
 
 
 # ---- Tables 4-7: ContCoOp sweeps -----------------------------------------------------------------------------------
-def _sweep_sections(knobs: Sequence[str]) -> Callable[[pd.DataFrame], list[tuple[str, pd.DataFrame]]]:
-    def sections(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-        summary = sweep_summary(df, ABLATION_METHOD, knobs)
-        if summary.empty:
-            raise MissingInput(f"no {ABLATION_METHOD} runs that vary {' and '.join(knobs)}")
-        out = []
-        for (source, target, dataset, shots), part in summary.groupby(["source", "target", "dataset", "shots"]):
-            seeds = int(part.seeds.min())
-            out.append((f"{dataset}, {shots} shots, {source} → {target}, mean over {seeds} "
-                        f"seed{'s' * (seeds != 1)}", part.sort_values(list(knobs)).reset_index(drop=True)))
-        return out
-    return sections
+def sweep_sections(df: pd.DataFrame, knobs: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
+    """(heading, rows sorted by the knobs) per (pair, dataset, shots) where ContCoOp varies ``knobs``."""
+    summary = sweep_summary(df, ABLATION_METHOD, knobs)
+    if summary.empty:
+        raise MissingInput(f"no {ABLATION_METHOD} runs that vary {' and '.join(knobs)}")
+    out = []
+    for (source, target, dataset, shots), part in summary.groupby(["source", "target", "dataset", "shots"]):
+        seeds = int(part.seeds.min())
+        out.append((f"{dataset}, {shots} shots, {source} → {target}, mean over {seeds} seed{'s' * (seeds != 1)}",
+                    part.sort_values(list(knobs)).reset_index(drop=True)))
+    return out
 
 
 def _values_as_columns(knob: str, name: str, fmt: Callable[[object], str]) -> Callable[[str, pd.DataFrame], Table]:
@@ -281,7 +281,7 @@ SWEEP_TABLES = {
 def sweep_table(df: pd.DataFrame, name: str) -> TableDoc:
     """One of Tables 4-7 (see :data:`SWEEP_TABLES`)."""
     title, caption, knobs, layout = SWEEP_TABLES[name]
-    return TableDoc(name, title, caption, [layout(h, part) for h, part in _sweep_sections(knobs)(df)])
+    return TableDoc(name, title, caption, [layout(h, part) for h, part in sweep_sections(df, knobs)])
 
 
 def write_tables(df: pd.DataFrame, out: str | Path) -> Outputs:
