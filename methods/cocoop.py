@@ -12,8 +12,8 @@ image-feature widths of source and target must match, as the meta-net reads them
 
 Speed (CoOp issues #21, #48; ``benchmarks/cocoop_speed.py``): the reference encodes the prompts of each
 image with one full-context (77 tokens) text-encoder call per image. Here the prompts of a batch of images
-(images x classes rows) go through the truncated text encoder (positions ``0..max(eot)``, exact) in one call,
-in chunks of at most ``max_prompts`` rows to bound memory; evaluation processes the images in such chunks.
+(images x classes rows) go through the truncated text encoder (positions ``0..max(eot)``, exact) in one call;
+evaluation takes the images in chunks of at most ``max_prompts`` rows (4096) to bound memory.
 Departure: fp32 instead of the reference's fp16 (``PREC: fp16``), as for every method of the harness.
 """
 

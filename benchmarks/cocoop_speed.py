@@ -1,0 +1,96 @@
+"""CoCoOp's per-image text encoding: the batched, truncated path against the reference's per-image loop.
+
+The reference (CoOp ``trainers/cocoop.py``; its issues #21, #48) encodes the images every step and runs the
+text encoder once per image on the full 77-token context. Compared here, on a real architecture with random
+weights (nothing can be downloaded; timing does not depend on the weights) and synthetic images:
+
+- training epoch (batch 1, the recipe): ``fast`` = ``CoCoOp.fit`` on cached image features with the truncated
+  text encoder; ``naive_text`` = the same with ``NaiveVLM`` (full 77-token context); ``naive`` = ``NaiveVLM`` and
+  ``views=online`` (fresh images through the image encoder every epoch), i.e. what the reference does;
+- evaluation: ``fast`` = ``CoCoOpModule.logits`` (images x classes prompts per truncated text-encoder call,
+  chunked); ``naive`` = the same module on ``NaiveVLM`` with ``max_prompts=1``, one full-context call per image.
+  Both give the same logits (the largest difference is reported).
+
+    python benchmarks/cocoop_speed.py [--arch ViT-B-16-quickgelu] [--classes 10] [--shots 2] [--test-per-class 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import open_clip
+from speed import NaiveVLM, SyntheticDataset  # benchmarks/speed.py, next to this script
+from upgradebench.data import fewshot
+from upgradebench.features import FeatureCache
+from upgradebench.method import get_method
+from upgradebench.methods.cocoop import CoCoOpModule
+from upgradebench.models import VLM, ModelSpec
+from upgradebench.task import ONLINE, FewShotTask
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def bench(args) -> dict:
+    """Seconds per training epoch and per evaluation pass, fast against naive."""
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    model = open_clip.create_model(args.arch, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(args.arch)
+    spec = ModelSpec(args.arch, "open_clip", args.arch, None)
+    fast_vlm, naive_vlm = VLM(model, tokenizer, spec), NaiveVLM(model, tokenizer, spec)
+    dataset = SyntheticDataset(args.classes, max(args.shots, args.test_per_class))
+    split = fewshot(dataset, args.shots, 1)
+    method = get_method("cocoop")
+    config = method.make_config({"epochs": "1"})
+    out = {"arch": args.arch, "classes": args.classes, "shots": args.shots, "train_images": len(split.train),
+           "test_images": args.classes * args.test_per_class, "threads": torch.get_num_threads(), "device": "cpu"}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = FeatureCache(root=tmp)
+        fast_task = FewShotTask(dataset, split, fast_vlm, cache, views=args.views)
+        _, out["feature_extraction_s"] = _timed(fast_task.train_view_features)
+        module, fast = _timed(lambda: method().fit(fast_vlm, fast_task, config, seed=1))
+        _, naive_text = _timed(lambda: method().fit(naive_vlm, fast_task, config, seed=1))
+        naive_task = FewShotTask(dataset, split, naive_vlm, cache, views=ONLINE)
+        _, naive = _timed(lambda: method().fit(naive_vlm, naive_task, config, seed=1))
+        out["train_epoch_s"] = {"fast": fast, "naive_text": naive_text, "naive": naive,
+                                "speedup_text": naive_text / fast, "speedup": naive / fast}
+
+        items = dataset.split("test")[:out["test_images"]]
+        feats = cache.get(fast_vlm, dataset, "test", items, fast_vlm.test_transform_spec)
+        fast_logits, fast_eval = _timed(lambda: module.logits(fast_vlm, feats, dataset.classnames))
+        per_image = CoCoOpModule(module.ctx, module.meta_net, max_prompts=1)
+        naive_logits, naive_eval = _timed(lambda: per_image.logits(naive_vlm, feats, dataset.classnames))
+        out["eval_s"] = {"fast": fast_eval, "naive": naive_eval, "speedup": naive_eval / fast_eval,
+                         "max_abs_logit_diff": float((fast_logits - naive_logits).abs().max())}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="ViT-B-16-quickgelu")
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--shots", type=int, default=2)
+    parser.add_argument("--test-per-class", type=int, default=5)
+    parser.add_argument("--views", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, help="Also write the JSON result here.")
+    args = parser.parse_args()
+    text = json.dumps(bench(args), indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
