@@ -91,18 +91,20 @@ class FewShotTask:
         base = self.source.train_transform_spec
         return TransformSpec(base.size, base.mean, base.std, train=True, crop_scale=crop_scale)
 
-    def epoch_features(self, epoch: int, generator: torch.Generator) -> torch.Tensor:
+    def epoch_features(self, epoch: int, generator: torch.Generator,
+                       crop_scale: tuple[float, float] = (0.08, 1.0)) -> torch.Tensor:
         """The training features of one epoch ``[N, D]``: one augmented view per image.
 
-        Cached mode draws one of the ``V`` cached views per image; ``online`` encodes freshly augmented
-        images (view index = epoch, so each epoch sees new crops), as the reference code does.
+        Cached mode draws one of the ``V`` cached views (random-resized-crop at ``crop_scale`` + flip) per
+        image; ``online`` encodes freshly augmented images (view index = epoch, so each epoch sees new
+        crops), as the reference code does.
         """
         if self.views == ONLINE:
-            spec = self._train_spec((0.08, 1.0))
+            spec = self._train_spec(crop_scale)
             offset = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
             return encode_items(self.source, self.dataset, self.split.train, spec, view=offset + epoch,
                                 precision=self.cache.precision, description=f"online views, epoch {epoch}")
-        views = self.train_view_features()
+        views = self.train_view_features(crop_scale=crop_scale)
         pick = torch.randint(0, views.shape[0], (views.shape[1],), generator=generator)
         return views[pick, torch.arange(views.shape[1])]
 

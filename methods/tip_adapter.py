@@ -18,9 +18,9 @@ Departures, with the reason:
   selects the epoch on the test set (its issue #11), which would leak test labels into the module.
 - ``logit_scale`` of the model in use instead of a hard-coded 100 (the same for CLIP and EVA-CLIP), so that
   alpha = 0 is exactly zero-shot on any model.
-- Training features come from the harness (``task.epoch_features``): one augmented view per image per epoch,
-  drawn from the V cached views (or freshly encoded with ``views=online``), at the harness's crop scale
-  0.08-1; the reference draws fresh 0.5-1 crops every epoch (``epoch_features`` takes no crop scale).
+- Training features come from the harness (``task.epoch_features`` at the reference's 0.5-1 crop scale): one
+  augmented view per image per epoch, drawn from V cached views (the reference draws a fresh crop every
+  epoch; ``--views online`` does that too).
 - One template per dataset; the reference ensembles 7 templates on ImageNet only.
 - Datasets without a reference config (the embedded world) use ImageNet's: alpha 1.17, beta 1, scales (7, 3).
 - A run whose validation accuracy is 0 everywhere still keeps a grid point (the reference would keep
@@ -171,7 +171,7 @@ class TipAdapterF(Method):
         generator = torch.Generator().manual_seed(seed)
         best_acc, best_keys = -1.0, keys.detach().clone()
         for epoch in range(epochs):
-            feats = F.normalize(task.epoch_features(epoch, generator).to(device), dim=-1)
+            feats = F.normalize(task.epoch_features(epoch, generator, tuple(config.crop_scale)).to(device), dim=-1)
             for idx in torch.randperm(len(labels), generator=generator).split(config.batch_size):
                 idx = idx.to(device)
                 loss = F.cross_entropy(tip_logits(feats[idx], text, keys, values, alpha, beta, scale), labels[idx])
