@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .data import Dataset, fewshot, get_dataset
+from .data import Dataset, get_dataset, load_fewshot
 from .errors import UserError
 from .features import FeatureCache
 from .method import MODULE_CONFIG, Method, Module, get_method, load_module, method_entry
@@ -191,7 +191,7 @@ class Runner:
         module_dir = run_dir / "module"
         if (module_dir / MODULE_CONFIG).is_file():
             return load_module(module_dir), 0.0
-        split = fewshot(dataset, spec.shots, spec.seed)
+        split = load_fewshot(dataset, spec.shots, spec.seed)
         task = FewShotTask(dataset, split, source, self.cache, views=views or 10)
         torch.manual_seed(spec.seed)
         start = time.perf_counter()

@@ -26,7 +26,7 @@ import torch
 
 import open_clip
 from speed import NaiveVLM, SyntheticDataset  # benchmarks/speed.py, next to this script
-from upgradebench.data import fewshot
+from upgradebench.data import load_fewshot
 from upgradebench.features import FeatureCache
 from upgradebench.method import get_method
 from upgradebench.methods.cocoop import CoCoOpModule
@@ -49,7 +49,7 @@ def bench(args) -> dict:
     spec = ModelSpec(args.arch, "open_clip", args.arch, None)
     fast_vlm, naive_vlm = VLM(model, tokenizer, spec), NaiveVLM(model, tokenizer, spec)
     dataset = SyntheticDataset(args.classes, max(args.shots, args.test_per_class))
-    split = fewshot(dataset, args.shots, 1)
+    split = load_fewshot(dataset, args.shots, 1)
     method = get_method("cocoop")
     config = method.make_config({"epochs": "1"})
     out = {"arch": args.arch, "classes": args.classes, "shots": args.shots, "train_images": len(split.train),

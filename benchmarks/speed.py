@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 import open_clip
-from upgradebench.data import Dataset, fewshot, get_dataset
+from upgradebench.data import Dataset, load_fewshot, get_dataset
 from upgradebench.features import FeatureCache
 from upgradebench.method import get_method
 from upgradebench.models import VLM, ModelSpec, load_vlm
@@ -88,7 +88,7 @@ def bench_epochs(args) -> dict:
     spec = ModelSpec(args.arch, "open_clip", args.arch, None)
     fast_vlm, naive_vlm = VLM(model, tokenizer, spec), NaiveVLM(model, tokenizer, spec)
     dataset = SyntheticDataset(args.classes, args.shots)
-    split = fewshot(dataset, args.shots, 1)
+    split = load_fewshot(dataset, args.shots, 1)
     out = {"arch": args.arch, "classes": args.classes, "shots": args.shots, "views": args.views,
            "threads": torch.get_num_threads(), "device": "cpu"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +119,7 @@ def bench_fidelity(args) -> dict:
     config = method.make_config({})
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        split = fewshot(dataset, args.shots, seed)
+        split = load_fewshot(dataset, args.shots, seed)
         for path, vlm, views in (("fast", source, 10), ("naive", naive_source, ONLINE)):
             task = FewShotTask(dataset, split, vlm, runner.cache, views=views)
             torch.manual_seed(seed)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from upgradebench.data import fewshot, get_dataset
+from upgradebench.data import load_fewshot, get_dataset
 from upgradebench.features import FeatureCache
 from upgradebench.method import get_method, load_module
 from upgradebench.models import load_vlm
@@ -50,7 +50,7 @@ def _feats(vlm, n=7, seed=3):
 
 def _task(vlm, dataset_name, shots=2, seed=1):
     dataset = get_dataset(dataset_name)
-    return FewShotTask(dataset, fewshot(dataset, shots, seed), vlm, FeatureCache(), views=2)
+    return FewShotTask(dataset, load_fewshot(dataset, shots, seed), vlm, FeatureCache(), views=2)
 
 
 def _zeroshot(vlm, feats):

@@ -13,7 +13,7 @@ import pytest
 from .coop_fixtures import A_SUBSET, EXPECTED, FULL_CLASSES, IMAGENET_CLASSES, R_SUBSET, build, truncated_jpeg
 
 from upgradebench.cli import main
-from upgradebench.data import DATASETS, dataset_names, fewshot, get_dataset
+from upgradebench.data import DATASETS, dataset_names, load_fewshot, get_dataset
 from upgradebench.data.coop import SKIP_FILE
 from upgradebench.data.coop_spec import coop_classname, coop_specs
 from upgradebench.errors import UserError
@@ -161,7 +161,7 @@ def test_fingerprint_is_stable_and_follows_the_splits(tmp_path):
 
 def test_fewshot_is_deterministic_written_as_json_and_reused(tmp_path, monkeypatch):
     build(tmp_path, "dtd")
-    split = fewshot(get_dataset("dtd", tmp_path), 2, 1)
+    split = load_fewshot(get_dataset("dtd", tmp_path), 2, 1)
     path = tmp_path / "dtd" / "split_fewshot" / "shot_2-seed_1.json"
     stored = json.loads(path.read_text())
     assert [tuple(i) for i in stored["train"]] == split.train and [tuple(i) for i in stored["val"]] == split.val
@@ -176,21 +176,21 @@ def test_fewshot_is_deterministic_written_as_json_and_reused(tmp_path, monkeypat
 
     # the package exports a function named like the module, so reach the module through sys.modules
     monkeypatch.setattr(sys.modules["upgradebench.data.fewshot"], "sample_fewshot", no_sampling)
-    assert fewshot(get_dataset("dtd", tmp_path), 2, 1) == split
+    assert load_fewshot(get_dataset("dtd", tmp_path), 2, 1) == split
     monkeypatch.undo()
 
     path.unlink()
-    assert fewshot(get_dataset("dtd", tmp_path), 2, 1) == split  # a pure function of (dataset, K, seed)
-    assert fewshot(get_dataset("dtd", tmp_path), 2, 2).train != split.train
+    assert load_fewshot(get_dataset("dtd", tmp_path), 2, 1) == split  # a pure function of (dataset, K, seed)
+    assert load_fewshot(get_dataset("dtd", tmp_path), 2, 2).train != split.train
 
 
 def test_fewshot_val_has_min_k_4_per_class(tmp_path):
     build(tmp_path, "dtd", "imagenet")
-    eight = fewshot(get_dataset("dtd", tmp_path), 8, 1)
+    eight = load_fewshot(get_dataset("dtd", tmp_path), 8, 1)
     assert Counter(y for _, y in eight.train) == {0: 8, 1: 8, 2: 8}  # 3 per class on disk: drawn with replacement
     assert Counter(y for _, y in eight.val) == {0: 4, 1: 4, 2: 4}
     imagenet = get_dataset("imagenet", tmp_path)
-    one = fewshot(imagenet, 1, 1)
+    one = load_fewshot(imagenet, 1, 1)
     assert Counter(y for _, y in one.val) == {y: 1 for y in range(5)}
     assert not {r for r, _ in one.val} & {r for r, _ in imagenet.split("train")}
 
@@ -201,7 +201,7 @@ def test_malformed_fewshot_file_is_a_user_error(tmp_path):
     path.parent.mkdir()
     path.write_text("[]")
     with pytest.raises(UserError, match="malformed"):
-        fewshot(get_dataset("dtd", tmp_path), 1, 1)
+        load_fewshot(get_dataset("dtd", tmp_path), 1, 1)
 
 
 # --- bad input ------------------------------------------------------------------------------------------

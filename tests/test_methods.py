@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from upgradebench.data import fewshot, get_dataset
+from upgradebench.data import load_fewshot, get_dataset
 from upgradebench.features import FeatureCache
 from upgradebench.method import get_method
 from upgradebench.models import load_vlm
@@ -81,7 +81,7 @@ def test_multi_head_conditioner_shapes_and_padding_mask(vlm):
 
 
 def _task(vlm, dataset, shots=4, seed=1):
-    return FewShotTask(dataset, fewshot(dataset, shots, seed), vlm, FeatureCache(), views=2)
+    return FewShotTask(dataset, load_fewshot(dataset, shots, seed), vlm, FeatureCache(), views=2)
 
 
 def test_linear_probe_collapses_on_a_rotated_feature_space(micro_dirs, tiny_dataset):

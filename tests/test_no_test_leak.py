@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from upgradebench.data import DATASETS, dataset_names, fewshot
+from upgradebench.data import DATASETS, dataset_names, load_fewshot
 from upgradebench.features import FeatureCache
 from upgradebench.method import available_methods
 from upgradebench.models import load_vlm
@@ -46,7 +46,7 @@ def guarded():
 @pytest.mark.parametrize("name,method", _builtin_methods(), ids=[n for n, _ in _builtin_methods()])
 def test_fit_never_reads_the_test_split(name, method, guarded, micro_dirs):
     source = load_vlm(f"local-dir:{micro_dirs['clip']}", device="cpu")
-    task = FewShotTask(guarded, fewshot(guarded, 2, 1), source, FeatureCache(), views=2)
+    task = FewShotTask(guarded, load_fewshot(guarded, 2, 1), source, FeatureCache(), views=2)
     assert guarded.fingerprint  # the fingerprint hashes every split's list; it is computed before fitting
     fields = {f.name for f in dataclasses.fields(method.Config)}
     config = method.make_config({"epochs": "1"} if "epochs" in fields else {})

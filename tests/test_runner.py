@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from upgradebench.data import fewshot, get_dataset
+from upgradebench.data import load_fewshot, get_dataset
 from upgradebench.features import FeatureCache
 from upgradebench.models import load_vlm
 from upgradebench.results import read_results, summarize
@@ -61,11 +61,11 @@ def test_same_seed_same_accuracy_and_resume(capsys, models, tiny_dataset, tmp_pa
 
 def test_different_seeds_sample_different_shots(tiny_dataset):
     ds = get_dataset(tiny_dataset)
-    one, two = fewshot(ds, 4, 1), fewshot(ds, 4, 2)
+    one, two = load_fewshot(ds, 4, 1), load_fewshot(ds, 4, 2)
     assert one.train != two.train
-    assert fewshot(ds, 4, 1) == one  # reread from JSON, identical
+    assert load_fewshot(ds, 4, 1) == one  # reread from JSON, identical
     assert (ds.fewshot_dir / "shot_4-seed_1.json").is_file()
-    assert len(one.val) == 4 * 4 and len(fewshot(ds, 2, 1).val) == 2 * 4  # min(K, 4) per class
+    assert len(one.val) == 4 * 4 and len(load_fewshot(ds, 2, 1).val) == 2 * 4  # min(K, 4) per class
 
 
 def test_feature_cache_computes_once_and_views_do_not_depend_on_batch(micro_dirs, tiny_dataset):

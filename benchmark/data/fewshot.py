@@ -56,7 +56,7 @@ def sample_fewshot(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
     return FewShotSplit(dataset.name, shots, seed, [tuple(i) for i in train], [tuple(i) for i in val])
 
 
-def fewshot(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
+def load_fewshot(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
     """The few-shot sample of (dataset, K, seed): read from its JSON file, or drawn and written."""
     path = dataset.fewshot_dir / f"shot_{shots}-seed_{seed}.json"
     if path.is_file():
