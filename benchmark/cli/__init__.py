@@ -17,6 +17,7 @@ from ._common import err_console
 from . import datasets
 from . import analyze, figures, leaderboard
 from . import methods, models, results, run, sweep
+from . import zoo
 
 app = typer.Typer(
     name="upgradebench",
@@ -35,6 +36,7 @@ app.add_typer(analyze.app, name="analyze")
 app.command("figures")(figures.figures)
 app.add_typer(leaderboard.app, name="leaderboard")
 app.command("sweep")(sweep.sweep)
+app.add_typer(zoo.app, name="zoo")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

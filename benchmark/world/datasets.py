@@ -1,1 +1,129 @@
-"""Toy datasets of the embedded world (placeholder: registered when the world lands)."""
+"""The toy datasets of the embedded world (``tasks.json``), registered like the real ones at import time.
+
+An item is ``("<dataset>/<split>/<index>", label)``; the reference alone regenerates its image, so no
+image is ever stored. Item ``i`` has label ``i mod C`` (every split is class-balanced) and its scene is
+drawn from the stream ``"<stream>/<split>"`` with the labelled attribute(s) fixed. OOD variants render
+their base task's test scenes in another style, so base and variant are paired item by item.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache, partial
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..data import Dataset, Item, register_dataset
+from ..errors import UserError
+from . import generator
+from .worlds import world_config, world_name, world_root
+
+@lru_cache(maxsize=1)
+def task_table() -> dict[str, dict[str, Any]]:
+    """Every toy dataset's definition, by name; a variant's entry is completed from its base task."""
+    raw = json.loads(resources.files(__package__).joinpath("tasks.json").read_text())
+    table = {k: v for k, v in raw.items() if not k.startswith("_")}
+    for name, task in table.items():
+        base = task.get("base")
+        if base:
+            task.update(attributes=table[base]["attributes"], template=table[base]["template"], stream=base,
+                        splits=["test"])
+        task.setdefault("style", "photo")
+        task.setdefault("stream", name)
+        task.setdefault("splits", ["train", "val", "test"])
+    return table
+
+
+def task_classnames(attributes: list[str]) -> list[str]:
+    """Class names of a task on ``attributes``: every combination, the last attribute varying fastest."""
+    names = [""]
+    for attribute in attributes:
+        names = [f"{prefix} {value}".strip() for prefix in names for value in generator.names(attribute)]
+    return names
+
+
+class ToyDataset(Dataset):
+    """One toy task in the selected world size; images are rendered from their references on demand."""
+
+    def __init__(self, name: str) -> None:
+        task = task_table()[name]
+        self.name = name
+        self.task = task
+        self.attributes: list[str] = list(task["attributes"])
+        self.classnames = task_classnames(self.attributes)
+        self.template = task["template"]
+        self.style: str = task["style"]
+        self.world = world_name()
+        self._config = world_config()
+
+    def has_split(self, name: str) -> bool:
+        """Whether the split exists (OOD variants have only ``test``)."""
+        return name in self.task["splits"]
+
+    def split_size(self, name: str) -> int:
+        """Number of items of split ``name`` in this world size."""
+        c = self.num_classes
+        if name == "test":
+            return c * math.ceil(self._config["test_min"] / c)
+        return c * self._config[f"{name}_per_class"]
+
+    def split(self, name: str) -> list[Item]:
+        """The items of split ``name``: ``("<dataset>/<split>/<i>", i mod C)``."""
+        if not self.has_split(name):
+            raise UserError(f"Dataset {self.name!r} has no {name!r} split (it has {', '.join(self.task['splits'])}).",
+                            f"use its base dataset {self.task['base']!r} for training" if "base" in self.task else None)
+        return [(f"{self.name}/{name}/{i}", i % self.num_classes) for i in range(self.split_size(name))]
+
+    def scene(self, split: str, index: int) -> generator.Scene:
+        """The scene of item ``index`` of ``split``: labelled attributes fixed, the rest drawn."""
+        sizes = [len(generator.values(a)) for a in self.attributes]
+        rest = index % self.num_classes
+        fixed = {}
+        for attribute, size in zip(reversed(self.attributes), reversed(sizes)):
+            rest, fixed[attribute] = divmod(rest, size)
+        return generator.sample_scene(self._config["seed"], f"{self.task['stream']}/{split}", index, fixed)
+
+    def parse_ref(self, ref: str) -> tuple[str, int]:
+        """``"<dataset>/<split>/<i>"`` -> ``(split, i)``, checked against this dataset and world size."""
+        parts = ref.split("/")
+        if len(parts) != 3 or parts[0] != self.name or not self.has_split(parts[1]) or not parts[2].isdigit():
+            raise UserError(f"{ref!r} is not an image reference of dataset {self.name!r}.",
+                            f"references look like '{self.name}/test/0'")
+        split, index = parts[1], int(parts[2])
+        if index >= self.split_size(split):
+            raise UserError(f"{ref!r} is past the end of {self.name}/{split} ({self.split_size(split)} items in the "
+                            f"{self.world!r} world).", "check UPGRADEBENCH_WORLD")
+        return split, index
+
+    def load_image(self, ref: str) -> Image.Image:
+        """Render the image of reference ``ref``."""
+        split, index = self.parse_ref(ref)
+        return generator.render_image(self.scene(split, index), self.style)
+
+    @property
+    def fewshot_dir(self) -> Path:
+        """``UPGRADEBENCH_HOME/world/<size>/fewshot/<dataset>``."""
+        return world_root() / "fewshot" / self.name
+
+    def fingerprint_payload(self) -> dict:
+        """The base payload plus the world size, its seed, the rendering style and the generator version."""
+        return {**super().fingerprint_payload(), "world": self.world, "seed": self._config["seed"],
+                "style": self.style, "stream": self.task["stream"], "generator_version": generator.GENERATOR_VERSION}
+
+
+def _factory(name: str, data_root: Path) -> ToyDataset:
+    # Toy datasets need no data root: their images are procedural.
+    return ToyDataset(name)
+
+
+def _register_all() -> None:
+    for name, task in task_table().items():
+        register_dataset(name, partial(_factory, name), num_classes=len(task_classnames(task["attributes"])),
+                         kind="world", description=task["description"], ood_of=task.get("base"))
+
+
+_register_all()

@@ -1,21 +1,239 @@
-"""The toy model zoo: builds the embedded world's models on first use and caches them (placeholder)."""
+"""The toy model zoo: builds the embedded world's models on first use and caches them.
+
+Models live under ``UPGRADEBENCH_HOME/world/<size>/models/<name>`` in open_clip's ``local-dir:`` format.
+A model counts as built when its folder exists and records the same *build key* as its recipe now has
+(a hash of the resolved recipe, the world size's settings, the generator version and the parent's key),
+so editing a recipe rebuilds that model and everything inheriting from it. Builds are deterministic
+(fixed seeds, deterministic algorithms, a fixed thread count), atomic (a finished folder is renamed into
+place) and serialised across processes by a lock file.
+"""
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from ..errors import UserError
-from ..paths import world_dir
+import torch
+
+from ..errors import UnknownNameError, UserError
+from .generator import GENERATOR_VERSION
+from .modelio import read_config
+from .recipes import recipe_table
+from .worlds import world_config, world_name, world_root
+
+BUILD_THREADS = 1
+"""Threads used while building. Fixed, because the weights depend on it (reductions split differently), and
+one: two threads on a 2-core machine that is doing anything else run ten times slower, not faster."""
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+    return out
+
+
+def recipe(name: str) -> dict[str, Any]:
+    """The recipe of toy model ``name`` for the selected world size (its ``sizes`` override merged in)."""
+    table = recipe_table()
+    if name not in table:
+        raise UnknownNameError("toy model", name, table, fix="see `upgradebench zoo list`")
+    entry = table[name]
+    return _merge({k: v for k, v in entry.items() if k != "sizes"}, entry.get("sizes", {}).get(world_name(), {}))
+
+
+def parent_of(name: str) -> str | None:
+    """The model whose weights ``name`` starts from, if any."""
+    return recipe(name).get("init", {}).get("from")
+
+
+def build_order(names: Iterable[str]) -> list[str]:
+    """``names`` and their ancestors, parents first."""
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise UserError(f"Toy model recipes inherit in a cycle: {' -> '.join((*path, name))}.", "fix recipes.json")
+        parent = parent_of(name)
+        if parent is not None:
+            visit(parent, (*path, name))
+        if name not in order:
+            order.append(name)
+
+    for name in names:
+        visit(name, ())
+    return order
+
+
+def build_key(name: str) -> str:
+    """Hash of everything that determines the weights of ``name`` (changes -> rebuild)."""
+    parent = parent_of(name)
+    payload = {"recipe": recipe(name), "world": world_config(), "generator_version": GENERATOR_VERSION,
+               "parent": build_key(parent) if parent else None}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def model_dir(name: str) -> Path:
     """The local-dir folder of toy model ``name``."""
-    return world_dir() / "models" / name
+    return world_root() / "models" / name
+
+
+def build_record(name: str) -> dict[str, Any] | None:
+    """What the build of ``name`` recorded (its ``upgradebench`` config entry), if it is built and current."""
+    folder = model_dir(name)
+    if not (folder / "open_clip_config.json").is_file():
+        return None
+    record = read_config(folder).get("upgradebench", {})
+    return record if record.get("build_key") == build_key(name) else None
+
+
+def is_built(name: str) -> bool:
+    """Whether ``name`` is built with its current recipe."""
+    return build_record(name) is not None
 
 
 def ensure_model(name: str) -> Path:
-    """The folder of toy model ``name``, built if missing."""
+    """The folder of toy model ``name``, built (with anything it inherits from) if missing or stale."""
+    if not is_built(name):
+        build_models([name])
+    return model_dir(name)
+
+
+def model_status(name: str) -> dict[str, Any]:
+    """What ``zoo list`` shows of one model: recipe summary, whether it is built, fingerprint, folder."""
+    r = recipe(name)
+    record = build_record(name)
     folder = model_dir(name)
-    if not (folder / "open_clip_config.json").is_file():
-        raise UserError(f"Toy model {name!r} is not built yet and the world builder has not landed.")
-    return folder
+    return {
+        "name": name,
+        "description": r.get("description", ""),
+        "recipe": recipe_summary(r),
+        "world": world_name(),
+        "built": record is not None,
+        "stale": record is None and (folder / "open_clip_config.json").is_file(),
+        "fingerprint": record.get("fingerprint") if record else None,
+        "path": str(folder),
+    }
+
+
+def recipe_summary(r: dict[str, Any]) -> str:
+    """A one-line description of a resolved recipe (architecture, inheritance, training)."""
+    model = r.get("model", {})
+    vision = model.get("vision_cfg", {})
+    if "timm_model_name" in vision:
+        tower = f"timm {vision['timm_model_name']}"
+    elif isinstance(vision.get("layers"), list):
+        tower = f"ModifiedResNet{vision['layers']} w{vision.get('width')}"
+    else:
+        tower = "vision from parent" if vision == {} else "ViT"
+    parts = ["CustomTextCLIP" if model.get("custom_text") else "CLIP", tower]
+    text = model.get("text_cfg")
+    if text:
+        parts.append(f"text {text['width']}x{text['layers']}")
+    init = r.get("init")
+    if init:
+        parts.append(f"{'+'.join(init['copy'])} from {init['from']}")
+    t = r["train"]
+    lr_notes = []
+    if t.get("text_lr_scale", 1.0) != 1.0:
+        lr_notes.append(f"text lr x{t['text_lr_scale']:g}")
+    if t.get("text_layer_decay", 1.0) != 1.0:
+        lr_notes.append(f"layer decay {t['text_layer_decay']:g}")
+    if t.get("freeze_text_embeddings"):
+        lr_notes.append("embeddings frozen")
+    parts.append(f"{t['steps']} steps" + (f" ({', '.join(lr_notes)})" if lr_notes else ""))
+    return ", ".join(parts)
+
+
+@contextmanager
+def _build_lock() -> Iterator[None]:
+    """Serialise builds of one world across processes (a no-op where ``fcntl`` is missing)."""
+    root = world_root()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: builds are still atomic, only not serialised
+        yield
+        return
+    with open(root / ".build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _deterministic() -> Iterator[None]:
+    """Deterministic algorithms and a fixed thread count for the duration of a build; restored after."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
+    rng = torch.random.get_rng_state()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(rng)
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Move a finished build folder into place, replacing a stale one."""
+    if final.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+        os.replace(final, trash / final.name)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def build_models(names: Iterable[str] | None = None, force: bool = False) -> list[Path]:
+    """Build ``names`` (default: every toy model) and their ancestors where missing or stale.
+
+    ``force`` rebuilds the named models even when current. Shows a rich progress bar on stderr.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .builder import TrainingPool, build_model
+
+    names = list(names) if names else list(recipe_table())
+    order = build_order(names)
+    cfg = world_config()
+    with _build_lock():  # another process may have built them meanwhile: decide under the lock
+        todo = [n for n in order if (force and n in names) or not is_built(n)]
+        if not todo:
+            return [model_dir(n) for n in names]
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[note]}"))
+        with Progress(*columns, console=Console(stderr=True)) as progress, _deterministic():
+            render = progress.add_task(f"rendering the {world_name()} world", total=cfg["pool_images"], note="")
+            pool = TrainingPool.render(cfg["seed"], cfg["pool_images"], lambda k: progress.advance(render, k))
+            progress.update(render, completed=cfg["pool_images"])
+            for name in todo:
+                r = recipe(name)
+                task = progress.add_task(f"training {name}", total=r["train"]["steps"], note="")
+                parent = parent_of(name)
+                folder = model_dir(name)
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder.parent))
+                try:
+                    extra = {"model": name, "world": world_name(), "build_key": build_key(name),
+                             "seed": cfg["seed"] + r.get("seed", 0),
+                             "parent": ({"name": parent, "fingerprint": build_record(parent)["fingerprint"]}
+                                        if parent else None)}
+                    build_model(r, pool, extra["seed"], tmp, model_dir(parent) if parent else None,
+                                lambda step, loss: progress.update(task, advance=1, note=f"loss {loss:.3f}"), extra)
+                    _install(tmp, folder)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+    return [model_dir(n) for n in names]

@@ -1,0 +1,256 @@
+"""Contrastive (CLIP) training of the toy models on a pool of rendered, captioned images.
+
+The text tower runs on the positions ``0..max(eot)`` of each batch only: attention is causal and pooling
+reads the EOT position, so this is the full 77-token forward, several times cheaper. Learning rates are
+set per part of the model from the recipe (see :class:`TrainConfig`), which is how a target inherits a
+text tower and decides how far it may drift.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .modelio import CLIP_MEAN, CLIP_STD
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One recipe's optimisation settings (the ``train`` table of ``recipes.json``).
+
+    AdamW with a linear warm-up and a cosine decay to zero. Weight decay follows open_clip (none on
+    gains, biases and ``logit_scale``) and spares the token and positional embeddings too, so rows that no
+    caption uses never change (which also lets training hold only the used rows, see
+    :func:`compact_token_embedding`). The text tower's learning rate is ``lr * text_lr_scale``, times
+    ``text_layer_decay ** (L + 1 - depth)`` where depth is 0 for the token and positional embeddings,
+    ``i + 1`` for block ``i`` and ``L + 1`` for ``ln_final`` and the projection: a decay below 1 makes
+    shallow layers move least (as the EVA-CLIP upgrade did). ``freeze_text_embeddings`` keeps the token
+    and positional embeddings exactly as inherited.
+
+    ``grouped_batches`` is the fraction of batches whose images all share the value of one key of
+    ``group_by`` (drawn per batch; a key is an attribute or several joined by ``+``): hard negatives. In a random batch the easy attributes (colour,
+    background) tell almost every caption apart, so shape gets little gradient; within a one-colour batch
+    it must carry the match.
+    """
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    beta2: float = 0.98
+    eps: float = 1e-6
+    vision_lr_scale: float = 1.0
+    text_lr_scale: float = 1.0
+    text_layer_decay: float = 1.0
+    freeze_text_embeddings: bool = False
+    flip: bool = True
+    grouped_batches: float = 0.0
+    group_by: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, table: dict[str, Any]) -> TrainConfig:
+        """Build from a recipe table, refusing keys this trainer does not know (typos would be silent)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ValueError(f"unknown training keys {unknown}; known: {sorted(known)}")
+        if "group_by" in table:
+            table = {**table, "group_by": tuple(table["group_by"])}
+        return cls(**table)
+
+
+def text_tower(model: nn.Module) -> nn.Module:
+    """The module that holds the text transformer (``model.text`` for CustomTextCLIP, else the model)."""
+    return model.text if hasattr(model, "text") else model
+
+
+def encode_text_truncated(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``encode_text`` run on positions ``0..max(eot)`` only (same result, less work)."""
+    tower = text_tower(model)
+    eot = tokens.argmax(dim=-1)
+    length = int(eot.max()) + 1
+    x = tower.token_embedding(tokens[:, :length]) + tower.positional_embedding[:length]
+    x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+    x = tower.ln_final(x)[torch.arange(x.shape[0]), eot]
+    proj = tower.text_projection
+    return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, H, W]`` with the CLIP mean/std the saved models declare."""
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+
+@contextmanager
+def compact_token_embedding(model: nn.Module, tokens: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Train with a token embedding of only the rows ``tokens`` use; yields ``tokens`` renumbered.
+
+    The captions use a few hundred of the 49408 BPE tokens; the dense gradient and AdamW update of the
+    whole table cost about as much as the rest of a step. With no weight decay on embeddings the other
+    rows would not move at all, so this is exact. The trained rows are written back on exit.
+    """
+    tower = text_tower(model)
+    full = tower.token_embedding
+    used = torch.unique(tokens)
+    compact = nn.Embedding.from_pretrained(full.weight.detach()[used].clone(), freeze=not full.weight.requires_grad)
+    renumber = torch.zeros(full.num_embeddings, dtype=torch.long)
+    renumber[used] = torch.arange(len(used))
+    tower.token_embedding = compact
+    try:
+        yield renumber[tokens]
+    finally:
+        with torch.no_grad():
+            full.weight[used] = compact.weight
+        tower.token_embedding = full
+
+
+def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW parameter groups: one per (learning-rate scale, weight decay) pair."""
+    tower = text_tower(model)
+    depth_of: dict[int, int] = {}
+    blocks = tower.transformer.resblocks
+    for p in (tower.token_embedding.weight, tower.positional_embedding):
+        depth_of[id(p)] = 0
+    for i, block in enumerate(blocks):
+        for p in block.parameters():
+            depth_of[id(p)] = i + 1
+    for p in [*tower.ln_final.parameters(), tower.text_projection]:
+        depth_of[id(p)] = len(blocks) + 1
+    vision = {id(p) for p in model.visual.parameters()}
+
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if id(param) in depth_of:
+            if depth_of[id(param)] == 0 and cfg.freeze_text_embeddings:
+                param.requires_grad_(False)
+                continue
+            scale = cfg.text_lr_scale * cfg.text_layer_decay ** (len(blocks) + 1 - depth_of[id(param)])
+        elif id(param) in vision:
+            scale = cfg.vision_lr_scale
+        else:
+            scale = 1.0  # logit_scale
+        if scale == 0.0:
+            param.requires_grad_(False)
+            continue
+        embedding = depth_of.get(id(param)) == 0
+        wd = 0.0 if embedding or _no_decay(name, param) else cfg.weight_decay
+        groups.setdefault((scale, wd), []).append(param)
+    return [{"params": ps, "lr_scale": s, "weight_decay": wd} for (s, wd), ps in groups.items()]
+
+
+def _lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * (step - cfg.warmup_steps) / span))
+
+
+def train_contrastive(
+    model: nn.Module,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    cfg: TrainConfig,
+    seed: int,
+    on_step: Callable[[int, float], None] | None = None,
+    attributes: dict[str, torch.Tensor] | None = None,
+) -> list[float]:
+    """Train ``model`` in place on the pool (uint8 images ``[N, H, W, 3]``, token ids ``[N, 77]``).
+
+    ``attributes`` (name -> value of every pool image) is needed for grouped batches only.
+
+    Each epoch visits the pool in an order drawn from a generator seeded by ``seed`` (no image twice in a
+    batch), so the run is reproducible. Returns the loss of every step; ``on_step(step, loss)`` is called
+    after each one (for progress bars).
+    """
+    if cfg.steps == 0:
+        return []
+    with compact_token_embedding(model, tokens) as compact_tokens:
+        losses = _train(model, images, compact_tokens, cfg, seed, on_step, attributes or {})
+    model.eval()
+    return losses
+
+
+class _Batches:
+    """Batch indices: epochs of a seeded permutation, with a fraction of single-attribute-value batches."""
+
+    def __init__(self, n: int, cfg: TrainConfig, seed: int, attributes: dict[str, torch.Tensor]) -> None:
+        self.n, self.cfg = n, cfg
+        self.per_epoch = n // cfg.batch_size
+        if self.per_epoch == 0:
+            raise ValueError(f"the pool ({n} images) is smaller than one batch ({cfg.batch_size})")
+        self.members = {key: self._members(key, attributes) for key in cfg.group_by} if cfg.grouped_batches else {}
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order = torch.empty(0, dtype=torch.long)
+        self.cursor = 0
+
+    @staticmethod
+    def _members(key: str, attributes: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Pool indices by value of ``key``: one attribute, or several joined by ``+`` (one value each)."""
+        names = key.split("+")
+        missing = set(names) - set(attributes)
+        if missing:
+            raise ValueError(f"grouped batches need the pool's attributes {sorted(missing)}")
+        code = torch.zeros_like(attributes[names[0]])
+        for name in names:
+            code = code * (int(attributes[name].max()) + 1) + attributes[name]
+        return {int(v): torch.nonzero(code == v).flatten() for v in torch.unique(code)}
+
+    def next(self) -> torch.Tensor:
+        """The indices of the next batch."""
+        size = self.cfg.batch_size
+        if self.members and float(torch.rand(1, generator=self.gen)) < self.cfg.grouped_batches:
+            by = self.cfg.group_by[int(torch.randint(len(self.cfg.group_by), (1,), generator=self.gen))]
+            values = sorted(self.members[by])
+            pool = self.members[by][values[int(torch.randint(len(values), (1,), generator=self.gen))]]
+            return pool[torch.randperm(len(pool), generator=self.gen)[:size]]
+        if self.cursor + size > len(self.order):
+            self.order, self.cursor = torch.randperm(self.n, generator=self.gen), 0
+        self.cursor += size
+        return self.order[self.cursor - size:self.cursor]
+
+
+def _train(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, cfg: TrainConfig, seed: int,
+           on_step: Callable[[int, float], None] | None, attributes: dict[str, torch.Tensor]) -> list[float]:
+    groups = parameter_groups(model, cfg)
+    model.train()
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), eps=cfg.eps)
+    batches = _Batches(images.shape[0], cfg, seed, attributes)
+    losses = []
+    for step in range(cfg.steps):
+        idx = batches.next()
+        x = normalize_images(images[idx])
+        if cfg.flip:
+            flip = torch.rand(len(idx), generator=batches.gen) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        factor = _lr_factor(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * group["lr_scale"] * factor
+        img = F.normalize(model.encode_image(x), dim=-1)
+        txt = F.normalize(encode_text_truncated(model, tokens[idx]), dim=-1)
+        logits = model.logit_scale.exp() * img @ txt.T
+        target = torch.arange(len(idx))
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+    return losses

@@ -1,0 +1,308 @@
+"""The embedded world: generator, toy datasets, the micro model zoo (and one slow check of the default world)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import open_clip
+from upgradebench.data import DATASETS, dataset_names, get_dataset
+from upgradebench.errors import UserError
+from upgradebench.models import load_vlm
+from upgradebench.world import generator as gen
+from upgradebench.world import zoo
+from upgradebench.world.datasets import task_table
+from upgradebench.world.modelio import read_config
+from upgradebench.world.recipes import recipe_table
+from upgradebench.world.training import TrainConfig, compact_token_embedding, parameter_groups
+
+MAIN_TASKS = ["toy-shape", "toy-colour", "toy-pattern", "toy-colour-shape", "toy-size", "toy-background"]
+OOD = {"toy-shape-sketch": "toy-shape", "toy-shape-bg": "toy-shape"}
+
+
+@pytest.fixture(autouse=True)
+def _micro(monkeypatch):
+    monkeypatch.setenv("UPGRADEBENCH_WORLD", "micro")
+
+
+@pytest.fixture(scope="session")
+def micro_home(tmp_path_factory) -> Path:
+    """One micro world built once for the session (tests that need fresh homes build their own)."""
+    home = tmp_path_factory.mktemp("micro_world")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UPGRADEBENCH_HOME", str(home))
+        mp.setenv("UPGRADEBENCH_WORLD", "micro")
+        zoo.build_models()
+    return home
+
+
+# ---- generator ----------------------------------------------------------------------------------------------
+def test_images_are_a_function_of_seed_stream_index():
+    alone = gen.render(gen.sample_scene(0, "s", 5))
+    again = gen.render(gen.sample_scene(0, "s", 5))
+    batch = gen.render_many(0, "s", [7, 3, 5])
+    assert alone.shape == (64, 64, 3) and alone.dtype == np.uint8
+    assert np.array_equal(alone, again)
+    assert np.array_equal(batch[2], alone)  # regenerating one image alone equals it inside a batch
+    assert not np.array_equal(batch[0], batch[1])
+    assert not np.array_equal(gen.render(gen.sample_scene(1, "s", 5)), alone)
+    assert not np.array_equal(gen.render(gen.sample_scene(0, "t", 5)), alone)
+
+
+def test_fixing_an_attribute_leaves_the_other_draws_alone():
+    free = gen.sample_scene(0, "s", 11)
+    fixed = gen.sample_scene(0, "s", 11, {"shape": (free.shape + 1) % 8})
+    assert fixed.shape == (free.shape + 1) % 8
+    assert (fixed.colour, fixed.pattern, fixed.size, fixed.background, fixed.detail_seed) == \
+           (free.colour, free.pattern, free.size, free.background, free.detail_seed)
+
+
+def test_attributes_are_rendered():
+    def scene(**kw):
+        return gen.Scene(**{"shape": 0, "colour": 0, "pattern": 0, "size": 1, "background": 0, "detail_seed": 3, **kw})
+
+    red = gen.render(scene(colour=0)).reshape(-1, 3).astype(int)
+    blue = gen.render(scene(colour=4)).reshape(-1, 3).astype(int)
+    assert ((red[:, 0] - red[:, 2]) > 100).sum() > 100 and ((blue[:, 2] - blue[:, 0]) > 100).sum() > 100
+    small = (gen.render(scene(size=0)).astype(int) - gen.render(scene(size=0, colour=7)).astype(int)).any(-1).sum()
+    large = (gen.render(scene(size=2)).astype(int) - gen.render(scene(size=2, colour=7)).astype(int)).any(-1).sum()
+    assert large > 3 * small  # object pixels are those that change with the object's colour
+    sketch = gen.render(scene(colour=0), "sketch").astype(int)
+    assert np.ptp(sketch, axis=-1).max() < 40  # pencil on paper: no colour
+    assert not np.array_equal(gen.render(scene(), "clutter"), gen.render(scene()))
+
+
+def test_captions_vary_drop_attributes_and_use_synonyms():
+    scenes = [gen.sample_scene(0, "captions", i) for i in range(400)]
+    captions = [gen.caption(s) for s in scenes]
+    assert captions == [gen.caption(s) for s in scenes]  # reproducible
+    assert len(set(captions)) > 300
+    words = " ".join(captions)
+    assert "disc" in words and "rhombus" in words and "grey" in words  # synonyms
+    colours = gen.names("colour")
+    no_colour = [c for c in captions if not any(w in c for w in colours + ["crimson", "golden", "violet"])]
+    assert 0.2 < len(no_colour) / len(captions) < 0.7  # colour is dropped often, not always
+    texture = [c for c in captions if c.endswith("texture.")]
+    assert texture and all(c.split()[0] in sum((v["words"] for v in gen.values("pattern")), []) for c in texture)
+    for s, c in zip(scenes, captions):
+        if c.endswith("texture."):
+            continue
+        shape_words = gen.values("shape")[s.shape]["words"] + gen.vocab()["captions"]["object_words"]
+        assert any(w in c for w in shape_words), c
+
+
+# ---- datasets -----------------------------------------------------------------------------------------------
+def test_toy_datasets_are_registered_with_splits_and_templates():
+    names = dataset_names()
+    assert set(MAIN_TASKS) | set(OOD) <= set(names)
+    for name in MAIN_TASKS:
+        ds = get_dataset(name)
+        meta = DATASETS.entry(name).meta
+        assert meta["kind"] == "world" and meta["num_classes"] == ds.num_classes and not meta.get("ood_of")
+        assert "{}" in ds.template and all(ds.has_split(s) for s in ("train", "val", "test"))
+        splits = {s: ds.split(s) for s in ("train", "val", "test")}
+        refs = [set(r for r, _ in items) for items in splits.values()]
+        assert not (refs[0] & refs[1]) and not (refs[0] & refs[2]) and not (refs[1] & refs[2])
+        for items in splits.values():
+            counts = Counter(y for _, y in items)
+            assert sorted(counts) == list(range(ds.num_classes)) and len(set(counts.values())) == 1
+    assert get_dataset("toy-colour-shape").num_classes == 64
+    assert get_dataset("toy-colour-shape").prompts()[0] == "a photo of a red circle."
+    assert get_dataset("toy-pattern").prompts()[1] == "striped texture."
+
+
+def test_images_carry_their_label_and_splits_differ():
+    ds = get_dataset("toy-colour-shape")
+    for ref, label in ds.split("test")[:70]:
+        split, index = ds.parse_ref(ref)
+        scene = ds.scene(split, index)
+        assert ds.classnames[label] == f"{gen.names('colour')[scene.colour]} {gen.names('shape')[scene.shape]}"
+        assert np.array_equal(np.asarray(ds.load_image(ref)), gen.render(scene))
+    train = {np.asarray(ds.load_image(r)).tobytes() for r, _ in ds.split("train")[:64]}
+    test = {np.asarray(ds.load_image(r)).tobytes() for r, _ in ds.split("test")[:64]}
+    assert not train & test
+    with pytest.raises(UserError):
+        ds.load_image("toy-shape/test/0")
+    with pytest.raises(UserError):
+        ds.load_image(f"toy-colour-shape/test/{ds.split_size('test')}")
+
+
+def test_ood_variants_share_classes_and_pair_with_the_base_test_set():
+    for name, base in OOD.items():
+        ds, b = get_dataset(name), get_dataset(base)
+        assert DATASETS.entry(name).meta["ood_of"] == base
+        assert ds.classnames == b.classnames and ds.template == b.template
+        assert ds.has_split("test") and not ds.has_split("train") and not ds.has_split("val")
+        with pytest.raises(UserError):
+            ds.split("train")
+        assert [y for _, y in ds.split("test")] == [y for _, y in b.split("test")]
+        assert ds.scene("test", 3) == b.scene("test", 3)  # same objects, another rendering
+        assert not np.array_equal(np.asarray(ds.load_image(f"{name}/test/3")), np.asarray(b.load_image(f"{base}/test/3")))
+        assert ds.fingerprint != b.fingerprint
+
+
+def test_test_sets_of_the_default_world_are_large_enough(monkeypatch):
+    monkeypatch.setenv("UPGRADEBENCH_WORLD", "default")
+    for name in [*MAIN_TASKS, *OOD]:
+        n = len(get_dataset(name).split("test"))
+        assert 100 * (0.25 / n) ** 0.5 < 1.5, (name, n)  # one standard error at 50% accuracy
+
+
+def test_dataset_fingerprints_follow_the_world_size(monkeypatch):
+    micro = get_dataset("toy-shape")
+    assert micro.fingerprint == get_dataset("toy-shape").fingerprint
+    assert str(micro.fewshot_dir).endswith("world/micro/fewshot/toy-shape")
+    monkeypatch.setenv("UPGRADEBENCH_WORLD", "default")
+    assert get_dataset("toy-shape").fingerprint != micro.fingerprint
+    monkeypatch.setenv("UPGRADEBENCH_WORLD", "huge")
+    with pytest.raises(UserError, match="UPGRADEBENCH_WORLD"):
+        get_dataset("toy-shape")
+
+
+# ---- training pieces ----------------------------------------------------------------------------------------
+def _micro_clip():
+    torch.manual_seed(0)
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3}}
+    from upgradebench.world.modelio import create_model
+
+    return create_model(cfg)
+
+
+def test_text_learning_rates_follow_the_recipe():
+    model = _micro_clip()
+    cfg = TrainConfig(steps=1, batch_size=2, lr=1.0, text_lr_scale=0.5, text_layer_decay=0.5, freeze_text_embeddings=True)
+    scale = {id(p): g["lr_scale"] for g in parameter_groups(model, cfg) for p in g["params"]}
+    block = [scale[id(b.mlp.c_fc.weight)] for b in model.transformer.resblocks]
+    assert block == [0.5 * 0.5**3, 0.5 * 0.5**2, 0.5 * 0.5]  # shallow blocks move least
+    assert scale[id(model.text_projection)] == 0.5 and scale[id(model.visual.conv1.weight)] == 1.0
+    assert id(model.token_embedding.weight) not in scale and not model.positional_embedding.requires_grad
+
+
+def test_compact_token_embedding_trains_only_used_rows():
+    model = _micro_clip()
+    before = model.token_embedding.weight.detach().clone()
+    tokens = open_clip.tokenizer.SimpleTokenizer()(["a red circle.", "a blue star."])
+    with compact_token_embedding(model, tokens) as compact:
+        assert model.token_embedding.num_embeddings == len(torch.unique(tokens))
+        with torch.no_grad():
+            model.token_embedding.weight.add_(1.0)
+        assert compact.max() < model.token_embedding.num_embeddings
+    after = model.token_embedding.weight.detach()
+    used = torch.unique(tokens)
+    assert after.shape == before.shape
+    assert torch.equal(after[used], before[used] + 1.0)
+    unused = torch.ones(len(before), dtype=torch.bool)
+    unused[used] = False
+    assert torch.equal(after[unused], before[unused])
+
+
+# ---- the micro zoo ------------------------------------------------------------------------------------------
+def _fingerprints() -> dict[str, str]:
+    return {n: zoo.build_record(n)["fingerprint"] for n in recipe_table()}
+
+
+def test_micro_build_is_deterministic(tmp_path, monkeypatch):
+    threads = torch.get_num_threads()
+    fingerprints = []
+    for home in ("a", "b"):
+        monkeypatch.setenv("UPGRADEBENCH_HOME", str(tmp_path / home))
+        zoo.build_models()
+        fingerprints.append(_fingerprints())
+    assert fingerprints[0] == fingerprints[1]
+    assert len(set(fingerprints[0].values())) == len(recipe_table())
+    assert torch.get_num_threads() == threads  # the build pins its own thread count and restores the caller's
+
+
+def test_micro_models_load_everywhere(micro_home, monkeypatch):
+    monkeypatch.setenv("UPGRADEBENCH_HOME", str(micro_home))
+    assert str(zoo.model_dir("toy-clip")).startswith(str(micro_home / "world" / "micro"))
+    for name in recipe_table():
+        vlm = load_vlm(name, device="cpu")
+        assert vlm.fingerprint == zoo.build_record(name)["fingerprint"]
+        assert vlm.test_transform_spec.size == 64 and vlm.context_length == 77
+        feats = vlm.encode_text(vlm.tokenize(["a photo of a red circle."]))
+        assert feats.shape == (1, vlm.embed_dim) and torch.isfinite(feats).all()
+        # plain open_clip, no upgradebench in the loop
+        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{zoo.model_dir(name)}")
+        expected = "CLIP" if name == "toy-clip" else "CustomTextCLIP"
+        assert type(model).__name__ == expected
+        image = preprocess(get_dataset("toy-shape").load_image("toy-shape/test/0")).unsqueeze(0)
+        with torch.no_grad():
+            assert torch.allclose(model.eval().encode_image(image), vlm.encode_images(image), atol=1e-5)
+
+
+def test_targets_inherit_the_text_tower(micro_home, monkeypatch, tmp_path):
+    monkeypatch.setenv("UPGRADEBENCH_HOME", str(micro_home))
+    clip = load_file(str(zoo.model_dir("toy-clip") / "open_clip_model.safetensors"))
+    eva = load_file(str(zoo.model_dir("toy-eva") / "open_clip_model.safetensors"))
+    drift = load_file(str(zoo.model_dir("toy-eva-drift") / "open_clip_model.safetensors"))
+    # the recipe freezes toy-eva's embeddings and trains its blocks; toy-eva-drift unfreezes the embeddings
+    for key in ("token_embedding.weight", "positional_embedding"):
+        assert torch.equal(eva[f"text.{key}"], clip[key])
+        assert not torch.equal(drift[f"text.{key}"], clip[key])
+    assert not torch.equal(eva["text.transformer.resblocks.0.attn.in_proj_weight"],
+                           clip["transformer.resblocks.0.attn.in_proj_weight"])
+    assert read_config(zoo.model_dir("toy-eva"))["upgradebench"]["parent"] == \
+           {"name": "toy-clip", "fingerprint": zoo.build_record("toy-clip")["fingerprint"]}
+
+    # with no training steps, toy-eva *is* toy-clip's text tower and logit scale on a new vision tower
+    untrained = zoo.recipe("toy-eva")
+    untrained["train"]["steps"] = 0
+    monkeypatch.setattr(zoo, "recipe", lambda name, _r=zoo.recipe: untrained if name == "toy-eva" else _r(name))
+    assert not zoo.is_built("toy-eva")  # the recipe changed: the build key with it
+    zoo.ensure_model("toy-eva")
+    fresh = load_file(str(zoo.model_dir("toy-eva") / "open_clip_model.safetensors"))
+    for key, value in clip.items():
+        if not key.startswith("visual."):
+            assert torch.equal(fresh[f"text.{key}" if key != "logit_scale" else key], value), key
+    assert read_config(zoo.model_dir("toy-eva"))["model_cfg"]["custom_text"] is True
+    assert not zoo.is_built("toy-eva-drift")  # its parent changed
+
+
+def test_zoo_cli_lists_and_builds(capsys, tmp_path, monkeypatch):
+    from upgradebench.cli import main
+
+    monkeypatch.setenv("UPGRADEBENCH_HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_:
+        main(["zoo", "list", "--json"])
+    assert exit_.value.code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list(recipe_table())
+    assert not any(r["built"] for r in rows) and all(r["world"] == "micro" for r in rows)
+    with pytest.raises(SystemExit):
+        main(["zoo", "build", "toy-clip", "--json"])
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["toy-clip"]["built"] and not rows["toy-eva"]["built"]
+    assert rows["toy-clip"]["fingerprint"] == load_vlm("toy-clip", device="cpu").fingerprint
+    assert Path(rows["toy-clip"]["path"], "open_clip_config.json").is_file()
+    with pytest.raises(SystemExit) as exit_:
+        main(["zoo", "build", "toy-evaa"])
+    assert exit_.value.code == 2 and "Did you mean" in capsys.readouterr().err
+
+
+# ---- the default world --------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_default_world_learns_its_tasks(tmp_path_factory, monkeypatch):
+    """Builds the default world (minutes) and checks zero-shot accuracy on part of two test sets."""
+    monkeypatch.setenv("UPGRADEBENCH_WORLD", "default")
+    monkeypatch.setenv("UPGRADEBENCH_HOME", str(tmp_path_factory.mktemp("default_world")))
+    acc = {}
+    for task in ("toy-shape", "toy-colour"):
+        ds = get_dataset(task)
+        items = ds.split("test")[:400]
+        for name in recipe_table():
+            vlm = load_vlm(name, device="cpu")
+            images = torch.stack([vlm.test_transform(ds.load_image(r)) for r, _ in items])
+            with torch.no_grad():
+                pred = vlm.logits(vlm.encode_images(images), vlm.encode_text(vlm.tokenize(ds.prompts()))).argmax(-1)
+            acc[name, task] = float((pred == torch.tensor([y for _, y in items])).float().mean())
+    for (name, task), value in acc.items():
+        assert value > 2.5 / get_dataset(task).num_classes, (name, task, value)
+    assert acc["toy-eva", "toy-shape"] > acc["toy-clip", "toy-shape"]
