@@ -15,8 +15,8 @@ from ._options import DataRoot, Device, Json
 
 def sweep(
     grid: Path = typer.Option(None, "--grid", "-g", help="YAML grid file (see upgradebench.sweep)."),
-    method: list[str] = typer.Option(None, "--method", "-m", help="Method(s), when no --grid."),
-    dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Dataset(s), when no --grid."),
+    method: list[str] = typer.Option(None, "--method", "-m", help="Method(s) (with --grid: only these of the grid)."),
+    dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Dataset(s) (with --grid: only these)."),
     seed: list[int] = typer.Option(None, "--seed", help="Seed(s) [default 1 2 3]."),
     shots: list[int] = typer.Option(None, "--shots", "-k", help="Shots [default 16]."),
     source: str = typer.Option(None, "--source", "-s", help=f"Source model [default {DEFAULT_SOURCE}]."),
@@ -35,6 +35,8 @@ def sweep(
     """Run every (method, dataset, shots, seed, variant) of a grid; finished runs are skipped (resume)."""
     if grid is not None:
         g = load_grid(grid)
+        g.methods = list(method) if method else g.methods  # run a slice of a grid
+        g.datasets = list(dataset) if dataset else g.datasets
     elif method and dataset:
         g = Grid(methods=list(method), datasets=list(dataset))
     else:
