@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Regenerates every committed reference result of the embedded world: runs (parquet), drift, depth study,
+# figures, tables and the leaderboard. Finished runs are skipped, so an interrupted call can be repeated.
+#   bash results/regenerate.sh            (from the repository root, with upgradebench installed)
+set -euo pipefail
+cd "$(dirname "$0")"
+upgradebench zoo build
+upgradebench sweep --grid grids/main.yaml --results runs
+upgradebench sweep --grid grids/ablations.yaml --results runs
+upgradebench analyze depth --dataset toy-pattern --layers 0-3 --target toy-eva --target toy-eva-drift \
+    --seed 1 --seed 2 --seed 3 --results runs
+upgradebench analyze drift --source toy-clip --target toy-eva --target toy-eva-drift --out analysis/drift.parquet
+upgradebench figures --results runs --drift analysis/drift.parquet --out figures
+upgradebench leaderboard build --results runs --figures figures --out leaderboard
