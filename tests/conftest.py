@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,16 @@ MICRO_EVA = {"embed_dim": 32, "custom_text": True,
              "vision_cfg": {"image_size": 32, "timm_model_name": "ub_eva_micro_s32", "timm_model_pretrained": False,
                             "timm_pool": "token", "timm_proj": None},
              "text_cfg": MICRO_TEXT}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``world`` build the default world (minutes): opt-in, so the suite stays fast."""
+    if os.environ.get("UPGRADEBENCH_WORLD_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="builds the default world; set UPGRADEBENCH_WORLD_TESTS=1 to run")
+    for item in items:
+        if "world" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

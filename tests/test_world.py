@@ -288,7 +288,7 @@ def test_zoo_cli_lists_and_builds(capsys, tmp_path, monkeypatch):
 
 
 # ---- the default world --------------------------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.world
 def test_default_world_learns_its_tasks(tmp_path_factory, monkeypatch):
     """Builds the default world (minutes) and checks zero-shot accuracy on part of two test sets."""
     monkeypatch.setenv("UPGRADEBENCH_WORLD", "default")
