@@ -8,10 +8,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 
 from .task import FewShotTask
+
+
+@dataclass
+class SGDRecipe:
+    """CoOp's optimiser recipe as config fields; method configs inherit it. ``epochs=None`` follows the shots."""
+
+    epochs: int | None = None
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
 
 
 def coop_epochs(shots: int, dataset: str = "") -> int:
@@ -91,3 +105,12 @@ def fit_epochs(
         scheduler.step()
         history.append(total / max(count, 1))
     return history
+
+
+def fit_recipe(task: FewShotTask, params: list[torch.nn.Parameter],
+               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], recipe: SGDRecipe, seed: int) -> list[float]:
+    """:func:`fit_epochs` with the fields of ``recipe`` (epochs by shots when ``recipe.epochs`` is None)."""
+    return fit_epochs(task, params, loss_fn, epochs=recipe.epochs or coop_epochs(task.shots, task.dataset.name),
+                      batch_size=recipe.batch_size, lr=recipe.lr, seed=seed, momentum=recipe.momentum,
+                      weight_decay=recipe.weight_decay, warmup_epochs=recipe.warmup_epochs,
+                      warmup_lr=recipe.warmup_lr)

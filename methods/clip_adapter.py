@@ -24,23 +24,16 @@ from upgradebench.errors import UserError
 from upgradebench.method import Method, Module
 from upgradebench.models import VLM
 from upgradebench.prompting import zeroshot_text_features
-from upgradebench.training import coop_epochs, fit_epochs
+from upgradebench.training import SGDRecipe, fit_recipe
 
 
 @dataclass
-class CLIPAdapterConfig:
+class CLIPAdapterConfig(SGDRecipe):
     """Residual ratio 0.2 and reduction 4 (reference); CoOp's optimiser recipe (no reference config)."""
 
     ratio: float = 0.2
     reduction: int = 4
     template: str | None = None
-    epochs: int | None = None
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
 
 
 def check_image_width(vlm: VLM, width: int, features: torch.Tensor, what: str) -> None:
@@ -115,8 +108,5 @@ class CLIPAdapter(Method):
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(source.logits(adapt(adapter, feats, config.ratio), text), labels)
 
-        fit_epochs(task, list(adapter.parameters()), loss_fn,
-                   epochs=config.epochs or coop_epochs(task.shots, task.dataset.name),
-                   batch_size=config.batch_size, lr=config.lr, seed=seed, momentum=config.momentum,
-                   weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr)
+        fit_recipe(task, list(adapter.parameters()), loss_fn, config, seed)
         return CLIPAdapterModule(adapter.requires_grad_(False).cpu(), config.ratio, template)

@@ -29,7 +29,7 @@ from torch import nn
 from upgradebench.method import Method, Module
 from upgradebench.models import VLM
 from upgradebench.prompting import ClassPrompts, class_prompts
-from upgradebench.training import fit_epochs
+from upgradebench.training import SGDRecipe, fit_recipe
 
 from .clip_adapter import check_image_width
 from .coop import check_width, init_context
@@ -38,20 +38,15 @@ MAX_PROMPTS = 4096  # prompt rows (images x classes) per text-encoder call at ev
 
 
 @dataclass
-class CoCoOpConfig:
+class CoCoOpConfig(SGDRecipe):
     """CoCoOp's ``vit_b16_c4_ep10_batch1_ctxv1`` recipe; ``meta_reduction`` is the meta-net's bottleneck (16)."""
 
     n_ctx: int = 4
     ctx_init: str | None = "a photo of a"
     init_std: float = 0.02
     meta_reduction: int = 16
-    epochs: int = 10
+    epochs: int | None = 10
     batch_size: int = 1
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
 
 
 class MetaNet(nn.Module):
@@ -139,7 +134,5 @@ class CoCoOp(Method):
             logits = conditional_logits(source, prompts, image_contexts(ctx, meta_net, feats), feats)
             return F.cross_entropy(logits, labels)
 
-        fit_epochs(task, [ctx, *meta_net.parameters()], loss_fn, epochs=config.epochs, batch_size=config.batch_size,
-                   lr=config.lr, seed=seed, momentum=config.momentum, weight_decay=config.weight_decay,
-                   warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr)
+        fit_recipe(task, [ctx, *meta_net.parameters()], loss_fn, config, seed)
         return CoCoOpModule(ctx.detach().cpu(), meta_net.requires_grad_(False).cpu())

@@ -28,13 +28,13 @@ from upgradebench.errors import UserError
 from upgradebench.method import Method, Module
 from upgradebench.models import VLM
 from upgradebench.prompting import assemble, class_prompts, condition_embeddings, zeroshot_text_features
-from upgradebench.training import coop_epochs, fit_epochs
+from upgradebench.training import SGDRecipe, fit_recipe
 
 from .coop import check_width, init_context
 
 
 @dataclass
-class ContCoOpConfig:
+class ContCoOpConfig(SGDRecipe):
     """Paper defaults: N = 16, one head, lambda = 1, condition on the class name alone; CoOp's optimiser."""
 
     n_ctx: int = 16
@@ -44,13 +44,6 @@ class ContCoOpConfig:
     kd: bool = True
     kd_weight: float = 1.0
     condition: str = "{}"
-    epochs: int | None = None
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
 
 
 class ClassConditioner(nn.Module):
@@ -159,9 +152,7 @@ class ContCoOp(Method):
             return loss
 
         params = [ctx, *(conditioner.parameters() if conditioner is not None else [])]
-        fit_epochs(task, params, loss_fn, epochs=config.epochs or coop_epochs(task.shots, task.dataset.name),
-                   batch_size=config.batch_size, lr=config.lr, seed=seed, momentum=config.momentum,
-                   weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr)
+        fit_recipe(task, params, loss_fn, config, seed)
         if conditioner is not None:
             conditioner.requires_grad_(False).cpu()
         return ContCoOpModule(ctx.detach().cpu(), conditioner, config.condition)

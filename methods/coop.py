@@ -19,24 +19,17 @@ from upgradebench.errors import UserError
 from upgradebench.method import Method, Module
 from upgradebench.models import VLM
 from upgradebench.prompting import class_prompts, encode_prompts, text_embedding
-from upgradebench.training import coop_epochs, fit_epochs
+from upgradebench.training import SGDRecipe, fit_recipe
 
 
 @dataclass
-class CoOpConfig:
+class CoOpConfig(SGDRecipe):
     """CoOp's ``vit_b16`` recipe. ``epochs=None`` follows the shots (50/100/100/200/200; ImageNet 50)."""
 
     n_ctx: int = 16
     ctx_init: str | None = None
     init_std: float = 0.02
     depth: int = 0
-    epochs: int | None = None
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
 
 
 def init_context(vlm: VLM, n_ctx: int, ctx_init: str | None, init_std: float, seed: int) -> torch.Tensor:
@@ -105,7 +98,5 @@ class CoOp(Method):
             text = encode_prompts(source, prompts, ctx, config.depth)
             return F.cross_entropy(source.logits(feats, text), labels)
 
-        fit_epochs(task, [ctx], loss_fn, epochs=config.epochs or coop_epochs(task.shots, task.dataset.name),
-                   batch_size=config.batch_size, lr=config.lr, seed=seed, momentum=config.momentum,
-                   weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr)
+        fit_recipe(task, [ctx], loss_fn, config, seed)
         return CoOpModule(ctx.detach().cpu(), config.depth)

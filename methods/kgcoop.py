@@ -21,26 +21,21 @@ import torch.nn.functional as F
 from upgradebench.method import Method
 from upgradebench.models import VLM
 from upgradebench.prompting import class_prompts, encode_prompts, zeroshot_text_features
-from upgradebench.training import fit_epochs
+from upgradebench.training import SGDRecipe, fit_recipe
 
 from .coop import CoOpModule, init_context
 
 
 @dataclass
-class KgCoOpConfig:
+class KgCoOpConfig(SGDRecipe):
     """KgCoOp's defaults: N = 4 from "a photo of a", W = 8.0, batch 128, 100 epochs, CoOp's optimiser."""
 
     n_ctx: int = 4
     ctx_init: str | None = "a photo of a"
     init_std: float = 0.02
     kg_weight: float = 8.0
-    epochs: int = 100
+    epochs: int | None = 100
     batch_size: int = 128
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
 
 
 class KgCoOpModule(CoOpModule):
@@ -69,7 +64,5 @@ class KgCoOp(Method):
             score = 1.0 - (F.normalize(text, dim=-1) * zs).sum(-1).mean()
             return F.cross_entropy(source.logits(feats, text), labels) + config.kg_weight * score
 
-        fit_epochs(task, [ctx], loss_fn, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed,
-                   momentum=config.momentum, weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
-                   warmup_lr=config.warmup_lr)
+        fit_recipe(task, [ctx], loss_fn, config, seed)
         return KgCoOpModule(ctx.detach().cpu())
