@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upgradebench.errors import UserError
+from upgradebench.compat import check_image_width
 from upgradebench.method import Method, Module
 from upgradebench.models import VLM
 from upgradebench.prompting import zeroshot_text_features
@@ -34,13 +34,6 @@ class CLIPAdapterConfig(SGDRecipe):
     ratio: float = 0.2
     reduction: int = 4
     template: str | None = None
-
-
-def check_image_width(vlm: VLM, width: int, features: torch.Tensor, what: str) -> None:
-    """A module fitted on image features of one width cannot read another model's features of another width."""
-    if features.shape[-1] != width:
-        raise UserError(f"{what} was fitted on {width}-d image features but {vlm.name} gives "
-                        f"{features.shape[-1]}-d ones.", "source and target must share the image-feature width")
 
 
 class VisualAdapter(nn.Module):

@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upgradebench.compat import check_image_width, check_text_width
 from upgradebench.method import Method, Module
 from upgradebench.models import VLM
 from upgradebench.prompting import ClassPrompts, class_prompts
 from upgradebench.training import SGDRecipe, fit_recipe
 
-from .clip_adapter import check_image_width
-from .coop import check_width, init_context
+from .coop import init_context
 
 MAX_PROMPTS = 4096  # prompt rows (images x classes) per text-encoder call at evaluation
 
@@ -91,7 +91,7 @@ class CoCoOpModule(Module):
 
     @torch.no_grad()
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
-        check_width(vlm, self.ctx, "CoCoOp context")
+        check_text_width(vlm, self.ctx, "CoCoOp context")
         check_image_width(vlm, self.meta_net.linear1.in_features, image_features, "CoCoOp's meta-net")
         ctx, meta_net = self.ctx.to(vlm.device), self.meta_net.to(vlm.device)
         prompts = class_prompts(vlm, class_names, ctx.shape[0])

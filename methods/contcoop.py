@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upgradebench.compat import check_text_width
 from upgradebench.errors import UserError
 from upgradebench.method import Method, Module
 from upgradebench.models import VLM
 from upgradebench.prompting import assemble, class_prompts, condition_embeddings, zeroshot_text_features
 from upgradebench.training import SGDRecipe, fit_recipe
 
-from .coop import check_width, init_context
+from .coop import init_context
 
 
 @dataclass
@@ -91,7 +92,7 @@ class ContCoOpModule(Module):
 
     def text_features(self, vlm: VLM, class_names: list[str]) -> torch.Tensor:
         """Class text features ``w_i`` of ``vlm``."""
-        check_width(vlm, self.ctx, "ContCoOp context")
+        check_text_width(vlm, self.ctx, "ContCoOp context")
         prompts = class_prompts(vlm, class_names, self.ctx.shape[0])
         ctx = self.prompt_context(vlm, class_names, self.ctx.to(vlm.device))
         return vlm.encode_text_embeddings(assemble(prompts, ctx), prompts.eot)

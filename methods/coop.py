@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from upgradebench.compat import check_text_width
 from upgradebench.errors import UserError
 from upgradebench.method import Method, Module
 from upgradebench.models import VLM
@@ -44,13 +45,6 @@ def init_context(vlm: VLM, n_ctx: int, ctx_init: str | None, init_std: float, se
     return torch.randn(n_ctx, vlm.text_width, generator=generator) * init_std
 
 
-def check_width(vlm: VLM, ctx: torch.Tensor, what: str) -> None:
-    """A context trained on one text width cannot enter a tower of another width."""
-    if ctx.shape[-1] != vlm.text_width:
-        raise UserError(f"{what} has width {ctx.shape[-1]} but {vlm.name}'s text tower has width {vlm.text_width}.",
-                        "source and target must share the text-embedding width")
-
-
 class CoOpModule(Module):
     """Learned context ``[N, D]`` (+ the depth it is inserted at)."""
 
@@ -61,7 +55,7 @@ class CoOpModule(Module):
 
     def text_features(self, vlm: VLM, class_names: list[str]) -> torch.Tensor:
         """Class text features of ``vlm`` with this context."""
-        check_width(vlm, self.ctx, "CoOp context")
+        check_text_width(vlm, self.ctx, "CoOp context")
         prompts = class_prompts(vlm, class_names, self.ctx.shape[0])
         return encode_prompts(vlm, prompts, self.ctx.to(vlm.device), self.depth)
 

@@ -36,11 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from upgradebench.errors import UserError
+from upgradebench.compat import check_image_width
 from upgradebench.method import Method, Module
 from upgradebench.models import VLM
 from upgradebench.prompting import zeroshot_text_features
 
-from .clip_adapter import check_image_width
 
 # (init_alpha, init_beta, (beta scale, alpha scale)) of the reference's configs/<dataset>.yaml (16 shots)
 REFERENCE_HP: dict[str, tuple[float, float, tuple[float, float]]] = {
