@@ -226,7 +226,7 @@ def test_micro_models_load_everywhere(micro_home, monkeypatch):
     for name in recipe_table():
         vlm = load_vlm(name, device="cpu")
         assert vlm.fingerprint == zoo.build_record(name)["fingerprint"]
-        assert vlm.test_transform_spec.size == 64 and vlm.context_length == 77
+        assert vlm.test_transform_spec.size == (32 if name == "toy-clip" else 64) and vlm.context_length == 77
         feats = vlm.encode_text(vlm.tokenize(["a photo of a red circle."]))
         assert feats.shape == (1, vlm.embed_dim) and torch.isfinite(feats).all()
         # plain open_clip, no upgradebench in the loop
@@ -236,6 +236,21 @@ def test_micro_models_load_everywhere(micro_home, monkeypatch):
         image = preprocess(get_dataset("toy-shape").load_image("toy-shape/test/0")).unsqueeze(0)
         with torch.no_grad():
             assert torch.allclose(model.eval().encode_image(image), vlm.encode_images(image), atol=1e-5)
+
+
+def test_training_sees_what_evaluation_sees(micro_home, monkeypatch):
+    """The pool is resized and normalised for training exactly as the saved model's test transform does."""
+    from upgradebench.world.builder import TrainingPool
+    from upgradebench.world.training import normalize_images
+
+    monkeypatch.setenv("UPGRADEBENCH_HOME", str(micro_home))
+    pool = TrainingPool.render(0, 3)
+    for name in ("toy-clip", "toy-eva"):
+        vlm = load_vlm(name, device="cpu")
+        size = vlm.test_transform_spec.size
+        ours = normalize_images(pool.images_at(size))
+        theirs = torch.stack([vlm.test_transform(gen.render_image(gen.sample_scene(0, "pretrain", i))) for i in range(3)])
+        assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5), name
 
 
 def test_targets_inherit_the_text_tower(micro_home, monkeypatch, tmp_path):
@@ -254,7 +269,7 @@ def test_targets_inherit_the_text_tower(micro_home, monkeypatch, tmp_path):
 
     # with no training steps, toy-eva *is* toy-clip's text tower and logit scale on a new vision tower
     untrained = zoo.recipe("toy-eva")
-    untrained["train"]["steps"] = 0
+    untrained["train"]["stages"] = [{"steps": 0, "lr": 0.001}]
     monkeypatch.setattr(zoo, "recipe", lambda name, _r=zoo.recipe: untrained if name == "toy-eva" else _r(name))
     assert not zoo.is_built("toy-eva")  # the recipe changed: the build key with it
     zoo.ensure_model("toy-eva")
@@ -288,7 +303,7 @@ def test_zoo_cli_lists_and_builds(capsys, tmp_path, monkeypatch):
 
 
 # ---- the default world --------------------------------------------------------------------------------------
-@pytest.mark.world
+@pytest.mark.slow
 def test_default_world_learns_its_tasks(tmp_path_factory, monkeypatch):
     """Builds the default world (minutes) and checks zero-shot accuracy on part of two test sets."""
     monkeypatch.setenv("UPGRADEBENCH_WORLD", "default")
@@ -304,5 +319,6 @@ def test_default_world_learns_its_tasks(tmp_path_factory, monkeypatch):
                 pred = vlm.logits(vlm.encode_images(images), vlm.encode_text(vlm.tokenize(ds.prompts()))).argmax(-1)
             acc[name, task] = float((pred == torch.tensor([y for _, y in items])).float().mean())
     for (name, task), value in acc.items():
-        assert value > 2.5 / get_dataset(task).num_classes, (name, task, value)
+        assert value > 1.5 / get_dataset(task).num_classes, (name, task, value)
+    assert acc["toy-clip", "toy-shape"] > 0.5  # shape is learned, not only colour (8 classes: chance 12.5%)
     assert acc["toy-eva", "toy-shape"] > acc["toy-clip", "toy-shape"]

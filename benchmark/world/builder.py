@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
@@ -37,6 +39,7 @@ class TrainingPool:
     captions: list[str]
     attributes: dict[str, torch.Tensor]
     _tokens: dict[int, torch.Tensor] = field(default_factory=dict)
+    _resized: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def render(cls, seed: int, size: int, advance: Callable[[int], None] | None = None) -> TrainingPool:
@@ -53,6 +56,16 @@ class TrainingPool:
             if advance is not None and (i + 1) % 250 == 0:
                 advance(250)
         return cls(images, captions, attributes)
+
+    def images_at(self, size: int) -> torch.Tensor:
+        """The images at ``size`` x ``size`` pixels, resized as the saved model's test transform resizes
+        (PIL bicubic), so that training sees what evaluation will."""
+        if size == self.images.shape[1]:
+            return self.images
+        if size not in self._resized:
+            self._resized[size] = torch.from_numpy(np.stack([
+                np.asarray(Image.fromarray(image.numpy()).resize((size, size), Image.BICUBIC)) for image in self.images]))
+        return self._resized[size]
 
     def tokens(self, context_length: int) -> torch.Tensor:
         """The captions as token ids of open_clip's standard BPE tokenizer."""
@@ -100,6 +113,13 @@ def inherit(model: nn.Module, parent_dir: Path, parts: list[str]) -> list[str]:
     return sorted(picked)
 
 
+def training_stages(train: dict[str, Any]) -> list[TrainConfig]:
+    """A recipe's ``train`` table as stages run one after the other (each with a fresh optimiser and
+    schedule): ``stages`` lists each stage's own keys, the other keys are shared by all stages."""
+    common = {k: v for k, v in train.items() if k != "stages"}
+    return [TrainConfig.from_dict({**common, **stage}) for stage in train.get("stages", [{}])]
+
+
 def build_model(
     recipe: dict[str, Any],
     pool: TrainingPool,
@@ -120,14 +140,16 @@ def build_model(
     if parts:
         assert parent_dir is not None
         inherit(model, parent_dir, parts)
-    train_cfg = TrainConfig.from_dict(recipe["train"])
+    images = pool.images_at(model_cfg["vision_cfg"].get("image_size", generator.IMAGE_SIZE))
+    tokens = pool.tokens(model_cfg["text_cfg"]["context_length"])
     start = time.perf_counter()
-    losses = train_contrastive(model, pool.images, pool.tokens(model_cfg["text_cfg"]["context_length"]), train_cfg,
-                               seed, on_step, pool.attributes)
+    losses: list[float] = []
+    for i, stage in enumerate(training_stages(recipe["train"])):
+        losses += train_contrastive(model, images, tokens, stage, seed + i, on_step, pool.attributes)
     record = {
         **(extra or {}),
         "inherited": parts,
-        "train": {"steps": train_cfg.steps, "seconds": round(time.perf_counter() - start, 1),
+        "train": {"steps": len(losses), "seconds": round(time.perf_counter() - start, 1),
                   "first_loss": round(losses[0], 4) if losses else None,
                   "last_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4) if losses else None},
         "fingerprint": state_dict_fingerprint(model),

@@ -110,9 +110,9 @@ class ToyDataset(Dataset):
         return world_root() / "fewshot" / self.name
 
     def fingerprint_payload(self) -> dict:
-        """The base payload plus the world size, its seed, the rendering style and the generator version."""
+        """The base payload plus the world size, its seed, the rendering style and the generator (code + vocabulary)."""
         return {**super().fingerprint_payload(), "world": self.world, "seed": self._config["seed"],
-                "style": self.style, "stream": self.task["stream"], "generator_version": generator.GENERATOR_VERSION}
+                "style": self.style, "stream": self.task["stream"], "generator": generator.generator_key()}
 
 
 def _factory(name: str, data_root: Path) -> ToyDataset:

@@ -35,9 +35,13 @@ class TrainConfig:
     and positional embeddings exactly as inherited.
 
     ``grouped_batches`` is the fraction of batches whose images all share the value of one key of
-    ``group_by`` (drawn per batch; a key is an attribute or several joined by ``+``): hard negatives. In a random batch the easy attributes (colour,
-    background) tell almost every caption apart, so shape gets little gradient; within a one-colour batch
-    it must carry the match.
+    ``group_by`` (drawn per batch; a key is an attribute or several joined by ``+``). Contrastive training
+    from scratch otherwise never learns shape here: colour and background tell almost every caption in a
+    random batch apart, and neither tower has shape features to start from (measured: 17-25% on 8 shapes
+    after 800 steps, with colour at 99%). In a batch of one colour, background and size, BatchNorm's batch
+    statistics remove what the images share and only shape and pattern can match the captions. The random
+    batches in between keep colour and background learned; a last stage of random batches settles the
+    BatchNorm running statistics.
     """
 
     steps: int
@@ -47,7 +51,6 @@ class TrainConfig:
     weight_decay: float = 0.1
     beta2: float = 0.98
     eps: float = 1e-6
-    vision_lr_scale: float = 1.0
     text_lr_scale: float = 1.0
     text_layer_decay: float = 1.0
     freeze_text_embeddings: bool = False
@@ -131,8 +134,6 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]
             depth_of[id(p)] = i + 1
     for p in [*tower.ln_final.parameters(), tower.text_projection]:
         depth_of[id(p)] = len(blocks) + 1
-    vision = {id(p) for p in model.visual.parameters()}
-
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if id(param) in depth_of:
@@ -140,10 +141,8 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]
                 param.requires_grad_(False)
                 continue
             scale = cfg.text_lr_scale * cfg.text_layer_decay ** (len(blocks) + 1 - depth_of[id(param)])
-        elif id(param) in vision:
-            scale = cfg.vision_lr_scale
         else:
-            scale = 1.0  # logit_scale
+            scale = 1.0  # vision tower and logit_scale
         if scale == 0.0:
             param.requires_grad_(False)
             continue
@@ -185,22 +184,35 @@ def train_contrastive(
     return losses
 
 
+def _targets(tokens: torch.Tensor) -> torch.Tensor:
+    """Contrastive targets: each image matches its own caption and every identical one in the batch.
+
+    Identical captions ("a red star.") are common in grouped batches; counting them as negatives would ask
+    the model to tell apart what the text does not.
+    """
+    same = (tokens[:, None, :] == tokens[None, :, :]).all(-1).float()
+    return same / same.sum(1, keepdim=True)
+
+
 class _Batches:
-    """Batch indices: epochs of a seeded permutation, with a fraction of single-attribute-value batches."""
+    """Batch indices: epochs of a seeded permutation, and (a fraction ``grouped_batches``) batches whose
+    images share one ``group_by`` key's value."""
 
     def __init__(self, n: int, cfg: TrainConfig, seed: int, attributes: dict[str, torch.Tensor]) -> None:
-        self.n, self.cfg = n, cfg
-        self.per_epoch = n // cfg.batch_size
-        if self.per_epoch == 0:
+        if n < cfg.batch_size:
             raise ValueError(f"the pool ({n} images) is smaller than one batch ({cfg.batch_size})")
-        self.members = {key: self._members(key, attributes) for key in cfg.group_by} if cfg.grouped_batches else {}
+        if cfg.grouped_batches and not cfg.group_by:
+            raise ValueError("grouped_batches needs group_by keys")
+        self.n, self.cfg = n, cfg
+        self.groups = [self._groups(key, attributes) for key in cfg.group_by] if cfg.grouped_batches else []
         self.gen = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long)
         self.cursor = 0
 
     @staticmethod
-    def _members(key: str, attributes: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Pool indices by value of ``key``: one attribute, or several joined by ``+`` (one value each)."""
+    def _groups(key: str, attributes: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Pool indices by value of ``key`` (attributes joined by ``+`` combine); values too rare for a
+        batch are left out."""
         names = key.split("+")
         missing = set(names) - set(attributes)
         if missing:
@@ -208,16 +220,18 @@ class _Batches:
         code = torch.zeros_like(attributes[names[0]])
         for name in names:
             code = code * (int(attributes[name].max()) + 1) + attributes[name]
-        return {int(v): torch.nonzero(code == v).flatten() for v in torch.unique(code)}
+        return [idx for v in torch.unique(code) if len(idx := torch.nonzero(code == v).flatten()) >= 2]
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(high, (1,), generator=self.gen))
 
     def next(self) -> torch.Tensor:
         """The indices of the next batch."""
         size = self.cfg.batch_size
-        if self.members and float(torch.rand(1, generator=self.gen)) < self.cfg.grouped_batches:
-            by = self.cfg.group_by[int(torch.randint(len(self.cfg.group_by), (1,), generator=self.gen))]
-            values = sorted(self.members[by])
-            pool = self.members[by][values[int(torch.randint(len(values), (1,), generator=self.gen))]]
-            return pool[torch.randperm(len(pool), generator=self.gen)[:size]]
+        if self.groups and float(torch.rand(1, generator=self.gen)) < self.cfg.grouped_batches:
+            groups = self.groups[self._randint(len(self.groups))]
+            same = groups[self._randint(len(groups))]
+            return same[torch.randperm(len(same), generator=self.gen)[:size]]
         if self.cursor + size > len(self.order):
             self.order, self.cursor = torch.randperm(self.n, generator=self.gen), 0
         self.cursor += size
@@ -240,10 +254,10 @@ def _train(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, cfg: Tr
         factor = _lr_factor(step, cfg)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * group["lr_scale"] * factor
+        target = _targets(tokens[idx])
         img = F.normalize(model.encode_image(x), dim=-1)
         txt = F.normalize(encode_text_truncated(model, tokens[idx]), dim=-1)
         logits = model.logit_scale.exp() * img @ txt.T
-        target = torch.arange(len(idx))
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -2,7 +2,8 @@
 
 Models live under ``UPGRADEBENCH_HOME/world/<size>/models/<name>`` in open_clip's ``local-dir:`` format.
 A model counts as built when its folder exists and records the same *build key* as its recipe now has
-(a hash of the resolved recipe, the world size's settings, the generator version and the parent's key),
+(a hash of the resolved recipe, the world size's settings, the generator's code version and vocabulary,
+and the parent's key),
 so editing a recipe rebuilds that model and everything inheriting from it. Builds are deterministic
 (fixed seeds, deterministic algorithms, a fixed thread count), atomic (a finished folder is renamed into
 place) and serialised across processes by a lock file.
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import UnknownNameError, UserError
-from .generator import GENERATOR_VERSION
+from .generator import generator_key
 from .modelio import read_config
 from .recipes import recipe_table
 from .worlds import world_config, world_name, world_root
@@ -37,7 +38,8 @@ one: two threads on a 2-core machine that is doing anything else run ten times s
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if nested else copy.deepcopy(value)
     return out
 
 
@@ -76,7 +78,7 @@ def build_order(names: Iterable[str]) -> list[str]:
 def build_key(name: str) -> str:
     """Hash of everything that determines the weights of ``name`` (changes -> rebuild)."""
     parent = parent_of(name)
-    payload = {"recipe": recipe(name), "world": world_config(), "generator_version": GENERATOR_VERSION,
+    payload = {"recipe": recipe(name), "world": world_config(), "generator": generator_key(),
                "parent": build_key(parent) if parent else None}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -141,6 +143,9 @@ def recipe_summary(r: dict[str, Any]) -> str:
     init = r.get("init")
     if init:
         parts.append(f"{'+'.join(init['copy'])} from {init['from']}")
+    from .builder import training_stages
+
+    stages = training_stages(r["train"])
     t = r["train"]
     lr_notes = []
     if t.get("text_lr_scale", 1.0) != 1.0:
@@ -149,7 +154,8 @@ def recipe_summary(r: dict[str, Any]) -> str:
         lr_notes.append(f"layer decay {t['text_layer_decay']:g}")
     if t.get("freeze_text_embeddings"):
         lr_notes.append("embeddings frozen")
-    parts.append(f"{t['steps']} steps" + (f" ({', '.join(lr_notes)})" if lr_notes else ""))
+    steps = "+".join(str(stage.steps) for stage in stages)
+    parts.append(f"{steps} steps" + (f" ({', '.join(lr_notes)})" if lr_notes else ""))
     return ", ".join(parts)
 
 
@@ -204,7 +210,7 @@ def build_models(names: Iterable[str] | None = None, force: bool = False) -> lis
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .builder import TrainingPool, build_model
+    from .builder import TrainingPool, build_model, training_stages
 
     names = list(names) if names else list(recipe_table())
     order = build_order(names)
@@ -221,11 +227,13 @@ def build_models(names: Iterable[str] | None = None, force: bool = False) -> lis
             progress.update(render, completed=cfg["pool_images"])
             for name in todo:
                 r = recipe(name)
-                task = progress.add_task(f"training {name}", total=r["train"]["steps"], note="")
+                steps = sum(stage.steps for stage in training_stages(r["train"]))
+                task = progress.add_task(f"training {name}", total=steps, note="")
                 parent = parent_of(name)
                 folder = model_dir(name)
                 folder.parent.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder.parent))
+                tmp = folder.parent / f".{name}.{os.getpid()}.tmp"  # unique: builds hold the lock
+                shutil.rmtree(tmp, ignore_errors=True)
                 try:
                     extra = {"model": name, "world": world_name(), "build_key": build_key(name),
                              "seed": cfg["seed"] + r.get("seed", 0),
