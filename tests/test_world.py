@@ -17,7 +17,6 @@ from upgradebench.errors import UserError
 from upgradebench.models import load_vlm
 from upgradebench.world import generator as gen
 from upgradebench.world import zoo
-from upgradebench.world.datasets import task_table
 from upgradebench.world.modelio import read_config
 from upgradebench.world.recipes import recipe_table
 from upgradebench.world.training import TrainConfig, compact_token_embedding, parameter_groups
@@ -143,7 +142,8 @@ def test_ood_variants_share_classes_and_pair_with_the_base_test_set():
             ds.split("train")
         assert [y for _, y in ds.split("test")] == [y for _, y in b.split("test")]
         assert ds.scene("test", 3) == b.scene("test", 3)  # same objects, another rendering
-        assert not np.array_equal(np.asarray(ds.load_image(f"{name}/test/3")), np.asarray(b.load_image(f"{base}/test/3")))
+        variant, original = ds.load_image(f"{name}/test/3"), b.load_image(f"{base}/test/3")
+        assert not np.array_equal(np.asarray(variant), np.asarray(original))
         assert ds.fingerprint != b.fingerprint
 
 
@@ -177,7 +177,8 @@ def _micro_clip():
 
 def test_text_learning_rates_follow_the_recipe():
     model = _micro_clip()
-    cfg = TrainConfig(steps=1, batch_size=2, lr=1.0, text_lr_scale=0.5, text_layer_decay=0.5, freeze_text_embeddings=True)
+    cfg = TrainConfig(steps=1, batch_size=2, lr=1.0, text_lr_scale=0.5, text_layer_decay=0.5,
+                      freeze_text_embeddings=True)
     scale = {id(p): g["lr_scale"] for g in parameter_groups(model, cfg) for p in g["params"]}
     block = [scale[id(b.mlp.c_fc.weight)] for b in model.transformer.resblocks]
     assert block == [0.5 * 0.5**3, 0.5 * 0.5**2, 0.5 * 0.5]  # shallow blocks move least
@@ -249,7 +250,8 @@ def test_training_sees_what_evaluation_sees(micro_home, monkeypatch):
         vlm = load_vlm(name, device="cpu")
         size = vlm.test_transform_spec.size
         ours = normalize_images(pool.images_at(size))
-        theirs = torch.stack([vlm.test_transform(gen.render_image(gen.sample_scene(0, "pretrain", i))) for i in range(3)])
+        scenes = [gen.sample_scene(0, "pretrain", i) for i in range(3)]
+        theirs = torch.stack([vlm.test_transform(gen.render_image(scene)) for scene in scenes])
         assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5), name
 
 
@@ -303,11 +305,22 @@ def test_zoo_cli_lists_and_builds(capsys, tmp_path, monkeypatch):
 
 
 # ---- the default world --------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def default_home(tmp_path_factory) -> Path:
+    """A home holding the default world, built once per session (about five minutes on two cores)."""
+    home = tmp_path_factory.mktemp("default_world")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UPGRADEBENCH_HOME", str(home))
+        mp.setenv("UPGRADEBENCH_WORLD", "default")
+        zoo.build_models()
+    return home
+
+
 @pytest.mark.slow
-def test_default_world_learns_its_tasks(tmp_path_factory, monkeypatch):
-    """Builds the default world (minutes) and checks zero-shot accuracy on part of two test sets."""
+def test_default_world_learns_its_tasks(default_home, monkeypatch):
+    """Zero-shot accuracy of the default world's models on part of two test sets."""
     monkeypatch.setenv("UPGRADEBENCH_WORLD", "default")
-    monkeypatch.setenv("UPGRADEBENCH_HOME", str(tmp_path_factory.mktemp("default_world")))
+    monkeypatch.setenv("UPGRADEBENCH_HOME", str(default_home))
     acc = {}
     for task in ("toy-shape", "toy-colour"):
         ds = get_dataset(task)

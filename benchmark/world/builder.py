@@ -63,8 +63,8 @@ class TrainingPool:
         if size == self.images.shape[1]:
             return self.images
         if size not in self._resized:
-            self._resized[size] = torch.from_numpy(np.stack([
-                np.asarray(Image.fromarray(image.numpy()).resize((size, size), Image.BICUBIC)) for image in self.images]))
+            resized = [Image.fromarray(image.numpy()).resize((size, size), Image.BICUBIC) for image in self.images]
+            self._resized[size] = torch.from_numpy(np.stack([np.asarray(image) for image in resized]))
         return self._resized[size]
 
     def tokens(self, context_length: int) -> torch.Tensor:

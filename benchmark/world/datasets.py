@@ -22,6 +22,7 @@ from ..errors import UserError
 from . import generator
 from .worlds import world_config, world_name, world_root
 
+
 @lru_cache(maxsize=1)
 def task_table() -> dict[str, dict[str, Any]]:
     """Every toy dataset's definition, by name; a variant's entry is completed from its base task."""

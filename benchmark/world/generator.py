@@ -23,7 +23,7 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 ATTRIBUTES = ("shape", "colour", "pattern", "size", "background")
 STYLES = ("photo", "sketch", "clutter")
@@ -32,7 +32,8 @@ GENERATOR_VERSION = 2
 """Bumped whenever this code's output for a given (seed, stream, index) changes (see :func:`generator_key`)."""
 _SS = 2  # drawn at 2x and box-filtered down (in render): anti-aliased edges at little cost
 _CANVAS = IMAGE_SIZE * _SS
-_VOCAB_KEYS = {"shape": "shapes", "colour": "colours", "pattern": "patterns", "size": "sizes", "background": "backgrounds"}
+_VOCAB_KEYS = {"shape": "shapes", "colour": "colours", "pattern": "patterns", "size": "sizes",
+               "background": "backgrounds"}
 
 
 @lru_cache(maxsize=1)
@@ -235,7 +236,7 @@ def render(scene: Scene, style: str = "photo") -> np.ndarray:
     jitter = rng.normal(0, 10, 3)
     fill = np.clip(np.array(values("colour")[scene.colour]["rgb"], dtype=np.float32) + jitter, 0, 255)
     pattern = names("pattern")[scene.pattern]
-    texture = _texture(pattern, rng)
+    texture = _texture(pattern, rng)  # drawn in every style: the random stream must not depend on it
 
     if style == "sketch":
         paper = np.float32(rng.uniform(236, 250))

@@ -31,7 +31,8 @@ def world_name() -> str:
     """The world size selected by ``UPGRADEBENCH_WORLD`` (``default`` when unset)."""
     name = os.environ.get(ENV_VAR) or DEFAULT_WORLD
     if name not in world_table():
-        raise UnknownNameError(f"world size ({ENV_VAR})", name, world_table(), fix=f"unset {ENV_VAR} or set it to one of the valid sizes")
+        raise UnknownNameError(f"world size ({ENV_VAR})", name, world_table(),
+                               fix=f"unset {ENV_VAR} or set it to one of the valid sizes")
     return name
 
 
