@@ -16,12 +16,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from upgradebench.results import method_label, summarize
-
-
-def in_distribution(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows measured on the dataset the module was trained on."""
-    return df[df.dataset == df.train_dataset]
+from upgradebench.results import in_distribution, method_label, summarize
 
 
 def main_summary(df: pd.DataFrame) -> pd.DataFrame:

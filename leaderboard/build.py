@@ -20,10 +20,10 @@ from urllib.parse import quote
 import pandas as pd
 from jinja2 import Environment, PackageLoader
 
-from upgradebench.analysis.selection import in_distribution, ordered_datasets, ordered_pairs
+from upgradebench.analysis.selection import ordered_datasets, ordered_pairs
 from upgradebench.errors import UserError
 from upgradebench.provenance import now
-from upgradebench.results import method_label, paired, summarize
+from upgradebench.results import in_distribution, method_label, paired, summarize
 
 ASSETS = ("style.css", "sort.js")
 REFERENCE_METHOD = "zeroshot"

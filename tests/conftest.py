@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import pytest
@@ -25,20 +24,14 @@ MICRO_EVA = {"embed_dim": 32, "custom_text": True,
              "text_cfg": MICRO_TEXT}
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``world`` build the default world (minutes): opt-in, so the suite stays fast."""
-    if os.environ.get("UPGRADEBENCH_WORLD_TESTS") == "1":
-        return
-    skip = pytest.mark.skip(reason="builds the default world; set UPGRADEBENCH_WORLD_TESTS=1 to run")
-    for item in items:
-        if "world" in item.keywords:
-            item.add_marker(skip)
-
-
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
-    """Every test writes under its own UPGRADEBENCH_HOME, never the user's cache."""
+    """Every test writes under its own UPGRADEBENCH_HOME, never the user's cache, in the micro world.
+
+    The micro world builds in about a second; a test that needs the default world (minutes) says so.
+    """
     monkeypatch.setenv("UPGRADEBENCH_HOME", str(tmp_path_factory.mktemp("ubhome")))
+    monkeypatch.setenv("UPGRADEBENCH_WORLD", "micro")
     monkeypatch.delenv("UPGRADEBENCH_DATA", raising=False)
 
 

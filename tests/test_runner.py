@@ -106,18 +106,19 @@ def test_results_show_table2_layout(capsys, models, tiny_dataset, tmp_path):
     assert code == 0 and "Average" in out and "Base" in out
 
 
-def test_summarize_averages_per_dataset_means():
+def test_summarize_averages_per_dataset_means_of_in_distribution_datasets():
     import pandas as pd
 
     from upgradebench.results import COLUMNS
 
     rows = []
-    for ds, seeds in {"a": [(80, 60), (90, 70)], "b": [(50, 50)]}.items():
+    # "a-ood" is a test set of the module trained on "a" (--ood): shown per dataset, kept out of the average
+    for ds, seeds in {"a": [(80, 60), (90, 70)], "b": [(50, 50)], "a-ood": [(0, 0)]}.items():
         for seed, (b, n) in enumerate(seeds):
             for role, acc in (("base", b), ("new", n)):
                 row = {c: "" for c in COLUMNS}
-                row.update(schema_version=1, run_id=f"{ds}{seed}", method="m", method_variant="", dataset=ds,
-                           train_dataset=ds, shots=16, seed=seed, source="s", role=role, top1=float(acc), n_test=1,
+                row.update(schema_version=1, run_id=f"{ds[0]}{seed}", method="m", method_variant="", dataset=ds,
+                           train_dataset=ds[0], shots=16, seed=seed, source="s", role=role, top1=float(acc), n_test=1,
                            eval_model="s" if role == "base" else "t", fit_seconds=0.0, eval_seconds=0.0)
                 rows.append(row)
     s = summarize(pd.DataFrame(rows).astype({c: t for c, (t, _) in COLUMNS.items()}))
@@ -126,6 +127,7 @@ def test_summarize_averages_per_dataset_means():
     assert avg.H == pytest.approx(2 * 67.5 * 57.5 / 125)
     a = s[s.dataset == "a"].iloc[0]
     assert a.base_std == pytest.approx(7.0710678) and a.seeds == 2
+    assert s[s.dataset == "a-ood"].iloc[0].base == 0 and avg.datasets == 2
 
 
 @pytest.mark.parametrize("args,expect", [

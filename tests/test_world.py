@@ -316,7 +316,7 @@ def default_home(tmp_path_factory) -> Path:
     return home
 
 
-@pytest.mark.slow
+@pytest.mark.world
 def test_default_world_learns_its_tasks(default_home, monkeypatch):
     """Zero-shot accuracy of the default world's models on part of two test sets."""
     monkeypatch.setenv("UPGRADEBENCH_WORLD", "default")

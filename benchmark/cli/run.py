@@ -22,7 +22,7 @@ def run(
     config: list[str] = typer.Option(None, "--config", "-c", help="Method config override key=value; repeatable."),
     views: str = typer.Option("10", "--views", help="Cached augmented views per training image, or 'online'."),
     ood: list[str] = typer.Option(None, "--ood", help="Extra test-only dataset(s) with the same classes (OOD)."),
-    results: Path = typer.Option(None, "--results", "-r", help="Results folder [default: $UPGRADEBENCH_HOME/results]."),
+    results: Path = typer.Option(None, "--results", "-r", help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
     pretrained: list[str] = typer.Option(None, "--pretrained",
                                          help="Local weights: MODEL=PATH (or PATH alone for the source); repeatable."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast for the image encoder)."),

@@ -17,11 +17,11 @@ def sweep(
     grid: Path = typer.Option(None, "--grid", "-g", help="YAML grid file (see upgradebench.sweep)."),
     method: list[str] = typer.Option(None, "--method", "-m", help="Method(s) (with --grid: only these of the grid)."),
     dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Dataset(s) (with --grid: only these)."),
-    seed: list[int] = typer.Option(None, "--seed", help="Seed(s) [default 1 2 3]."),
-    shots: list[int] = typer.Option(None, "--shots", "-k", help="Shots [default 16]."),
-    source: str = typer.Option(None, "--source", "-s", help=f"Source model [default {DEFAULT_SOURCE}]."),
-    target: list[str] = typer.Option(None, "--target", "-t", help=f"Target(s) [default {' '.join(DEFAULT_TARGETS)}]."),
-    results: Path = typer.Option(None, "--results", "-r", help="Results folder [default: $UPGRADEBENCH_HOME/results]."),
+    seed: list[int] = typer.Option(None, "--seed", help="Seed(s) (default: 1 2 3)."),
+    shots: list[int] = typer.Option(None, "--shots", "-k", help="Shots (default: 16)."),
+    source: str = typer.Option(None, "--source", "-s", help=f"Source model (default: {DEFAULT_SOURCE})."),
+    target: list[str] = typer.Option(None, "--target", "-t", help=f"Target(s) (default: {' '.join(DEFAULT_TARGETS)})."),
+    results: Path = typer.Option(None, "--results", "-r", help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
     executor: str = typer.Option("local", "--executor", help="local | slurm (submitit)."),
     slurm_partition: str = typer.Option(None, "--slurm-partition", help="SLURM partition."),
     slurm_gpus: int = typer.Option(1, "--slurm-gpus", help="GPUs per SLURM job."),
@@ -62,8 +62,10 @@ def sweep(
     report = run_local(specs, Runner(**runner_kwargs), keep_going=not stop_on_error)
     if as_json:
         print_json({"total": report.total, "completed": report.completed, "failed": report.failed})
-    else:
+    elif report.failed:
         print_table(f"sweep: {len(report.completed)}/{report.total} runs done", ["failed run", "why"],
                     list(report.failed.items()))
+    else:
+        err_console.print(f"sweep: {len(report.completed)}/{report.total} runs done, none failed")
     if report.failed:
         raise typer.Exit(1)
