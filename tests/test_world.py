@@ -335,3 +335,16 @@ def test_default_world_learns_its_tasks(default_home, monkeypatch):
         assert value > 1.5 / get_dataset(task).num_classes, (name, task, value)
     assert acc["toy-clip", "toy-shape"] > 0.5  # shape is learned, not only colour (8 classes: chance 12.5%)
     assert acc["toy-eva", "toy-shape"] > acc["toy-clip", "toy-shape"]
+
+
+@pytest.mark.world
+def test_committed_reference_results_come_from_this_world(default_home, monkeypatch):
+    """Rebuilding the world gives the fingerprints recorded in ``results/``: the committed results are not stale."""
+    from upgradebench.results import read_results
+
+    monkeypatch.setenv("UPGRADEBENCH_WORLD", "default")
+    monkeypatch.setenv("UPGRADEBENCH_HOME", str(default_home))
+    rows = read_results(Path(__file__).resolve().parents[1] / "results" / "runs")
+    recorded = dict(zip(rows.eval_model, rows.eval_fingerprint))
+    built = {name: zoo.model_status(name)["fingerprint"] for name in recipe_table()}
+    assert recorded == {name: built[name] for name in recorded} and set(recorded) == set(recipe_table())
