@@ -104,6 +104,11 @@ def test_results_show_table2_layout(capsys, models, tiny_dataset, tmp_path):
     assert coop["seeds"] == 2
     code, out, err = run_cli(capsys, "results", "show", str(tmp_path / "r"))
     assert code == 0 and "Average" in out and "Base" in out
+    labels = {r["label"] for r in run_json(capsys, "results", "show", str(tmp_path / "r"), "--reference")}
+    assert labels == {"zeroshot"}  # the coop runs above are a variant (epochs=3, n_ctx=4)
+    labels = {r["label"] for r in run_json(capsys, "results", "show", str(tmp_path / "r"), "--method", "coop")}
+    assert labels == {"zeroshot", "coop[epochs=3,n_ctx=4]"}
+    assert run_json(capsys, "results", "show", str(tmp_path / "r"), "--dataset", "elsewhere") == []
 
 
 def test_summarize_averages_per_dataset_means_of_in_distribution_datasets():

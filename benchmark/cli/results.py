@@ -22,10 +22,20 @@ def _cell(mean: float, std: float) -> str:
 def show(
     folders: list[Path] = typer.Argument(..., help="Results folder(s)."),
     target: str = typer.Option(None, "--target", help="Only this target model."),
+    method: list[str] = typer.Option(None, "--method", "-m", help="Only these methods (zero-shot stays as the reference)."),
+    dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Only these datasets."),
+    reference: bool = typer.Option(False, "--reference", help="Only reference configurations (no variants), as Table 2."),
     as_json: bool = Json,
 ) -> None:
     """Per dataset and on average: Base / New / H for each method, mean ± std over seeds."""
-    summary = summarize(read_results(*folders))
+    rows = read_results(*folders)
+    if reference:
+        rows = rows[rows.method_variant == ""]
+    if method:
+        rows = rows[rows.method.isin(method) | (rows.method == "zeroshot")]
+    if dataset:
+        rows = rows[rows.dataset.isin(dataset)]
+    summary = summarize(rows)
     if target:
         summary = summary[summary.target == target]
     if as_json:
