@@ -142,6 +142,8 @@ def test_summarize_averages_per_dataset_means_of_in_distribution_datasets():
     (["--method", "coop", "--source", "clipp"], "Did you mean 'clip'"),
     (["--method", "coop", "--dataset", "toy-nope"], "Unknown dataset"),
     (["--method", "coop", "--views", "0", "--dataset", "tiny-colours"], "--views"),
+    (["--method", "coop", "--shots", "abc"], "Invalid value for '--shots'"),  # parse errors of (vendored) click
+    (["--method", "coop", "--no-such-option"], "No such option"),
 ])
 def test_bad_input_is_one_line_no_traceback(capsys, tiny_dataset, args, expect):
     code, out, err = run_cli(capsys, "run", *args)
@@ -183,3 +185,16 @@ def test_module_json_has_no_pickle(capsys, models, tiny_dataset, tmp_path):
     meta = json.loads(module_json.read_text())
     assert meta["method"] == "coop" and meta["tensors"] == ["ctx"]
     assert meta["provenance"]["run_identity"]["shots"] == 2
+
+
+def test_threads_option_sets_torch_threads(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    calls: list[int] = []
+    run_json(capsys, "--threads", "3", "methods", "list")
+    monkeypatch.setenv("UPGRADEBENCH_THREADS", "2")
+    run_json(capsys, "methods", "list")
+    assert calls == [3, 2]
+    code, _, err = run_cli(capsys, "--threads", "0", "methods", "list")
+    assert code == 2 and "--threads" in err

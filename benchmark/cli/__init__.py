@@ -26,6 +26,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def _options(
+    threads: int = typer.Option(None, "--threads", envvar="UPGRADEBENCH_THREADS", min=1,
+                                help="CPU threads torch may use (default: torch's choice). On a small, busy CPU "
+                                     "machine 1 is often the fastest for the embedded world's tiny models."),
+) -> None:
+    if threads:
+        import torch  # imported here so that `--help` stays fast
+
+        torch.set_num_threads(threads)
+
+
 app.add_typer(models.app, name="models")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(methods.app, name="methods")
@@ -39,6 +53,11 @@ app.command("sweep")(sweep.sweep)
 app.add_typer(zoo.app, name="zoo")
 
 
+# Recent typer releases vendor click (``typer._click``): their parse errors derive from ``typer.TyperException``,
+# not from ``click.ClickException``, so both families are caught.
+_PARSE_ERRORS = (click.exceptions.ClickException, typer.TyperException)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: run the app, turning user errors into one-line messages."""
     try:
@@ -48,10 +67,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if exc.fix:
             err_console.print(f"[bold]fix:[/] {exc.fix}", highlight=False)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         err_console.print("aborted")
         sys.exit(130)
-    except click.exceptions.ClickException as exc:
+    except _PARSE_ERRORS as exc:  # bad option values, unknown options: click's usage message, no traceback
         exc.show()
-        sys.exit(exc.exit_code)
+        sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(rv if isinstance(rv, int) else 0)
