@@ -24,13 +24,11 @@ from pathlib import Path
 
 import torch
 
-import open_clip
-from speed import NaiveVLM, SyntheticDataset  # benchmarks/speed.py, next to this script
+from speed import SyntheticDataset, random_arch_vlms  # benchmarks/speed.py, next to this script
 from upgradebench.data import load_fewshot
 from upgradebench.features import FeatureCache
 from upgradebench.method import get_method
 from upgradebench.methods.cocoop import CoCoOpModule
-from upgradebench.models import VLM, ModelSpec
 from upgradebench.task import ONLINE, FewShotTask
 
 
@@ -42,12 +40,7 @@ def _timed(fn):
 
 def bench(args) -> dict:
     """Seconds per training epoch and per evaluation pass, fast against naive."""
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    model = open_clip.create_model(args.arch, pretrained=None)
-    tokenizer = open_clip.get_tokenizer(args.arch)
-    spec = ModelSpec(args.arch, "open_clip", args.arch, None)
-    fast_vlm, naive_vlm = VLM(model, tokenizer, spec), NaiveVLM(model, tokenizer, spec)
+    fast_vlm, naive_vlm = random_arch_vlms(args.arch, args.threads)
     dataset = SyntheticDataset(args.classes, max(args.shots, args.test_per_class))
     split = load_fewshot(dataset, args.shots, 1)
     method = get_method("cocoop")

@@ -80,13 +80,18 @@ def _time_epochs(method_name: str, vlm: VLM, task: FewShotTask, epochs: int, con
     return (time.perf_counter() - start) / epochs
 
 
-def bench_epochs(args) -> dict:
+def random_arch_vlms(arch: str, threads: int) -> tuple[VLM, NaiveVLM]:
+    """The fast and the naive wrapper around one randomly initialised open_clip ``arch`` (timing only)."""
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    model = open_clip.create_model(args.arch, pretrained=None)
-    tokenizer = open_clip.get_tokenizer(args.arch)
-    spec = ModelSpec(args.arch, "open_clip", args.arch, None)
-    fast_vlm, naive_vlm = VLM(model, tokenizer, spec), NaiveVLM(model, tokenizer, spec)
+    torch.set_num_threads(threads)
+    model = open_clip.create_model(arch, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(arch)
+    spec = ModelSpec(arch, "open_clip", arch, None)
+    return VLM(model, tokenizer, spec), NaiveVLM(model, tokenizer, spec)
+
+
+def bench_epochs(args) -> dict:
+    fast_vlm, naive_vlm = random_arch_vlms(args.arch, args.threads)
     dataset = SyntheticDataset(args.classes, args.shots)
     split = load_fewshot(dataset, args.shots, 1)
     out = {"arch": args.arch, "classes": args.classes, "shots": args.shots, "views": args.views,

@@ -25,20 +25,23 @@ MAIN_TASKS = ["toy-shape", "toy-colour", "toy-pattern", "toy-colour-shape", "toy
 OOD = {"toy-shape-sketch": "toy-shape", "toy-shape-bg": "toy-shape"}
 
 
-@pytest.fixture(autouse=True)
-def _micro(monkeypatch):
-    monkeypatch.setenv("UPGRADEBENCH_WORLD", "micro")
+def built_home(tmp_path_factory, size: str) -> Path:
+    """A fresh UPGRADEBENCH_HOME holding every model of the world ``size``."""
+    home = tmp_path_factory.mktemp(f"{size}_world")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UPGRADEBENCH_HOME", str(home))
+        mp.setenv("UPGRADEBENCH_WORLD", size)
+        zoo.build_models()
+    return home
 
 
 @pytest.fixture(scope="session")
 def micro_home(tmp_path_factory) -> Path:
-    """One micro world built once for the session (tests that need fresh homes build their own)."""
-    home = tmp_path_factory.mktemp("micro_world")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UPGRADEBENCH_HOME", str(home))
-        mp.setenv("UPGRADEBENCH_WORLD", "micro")
-        zoo.build_models()
-    return home
+    """One micro world built once for the session (tests that need fresh homes build their own).
+
+    Every test runs in the micro world (``tests/conftest.py``) unless it says otherwise.
+    """
+    return built_home(tmp_path_factory, "micro")
 
 
 # ---- generator ----------------------------------------------------------------------------------------------
@@ -308,19 +311,20 @@ def test_zoo_cli_lists_and_builds(capsys, tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def default_home(tmp_path_factory) -> Path:
     """A home holding the default world, built once per session (about five minutes on two cores)."""
-    home = tmp_path_factory.mktemp("default_world")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UPGRADEBENCH_HOME", str(home))
-        mp.setenv("UPGRADEBENCH_WORLD", "default")
-        zoo.build_models()
-    return home
+    return built_home(tmp_path_factory, "default")
+
+
+@pytest.fixture
+def in_default_world(default_home, monkeypatch) -> Path:
+    """Run one test in the default world built by :func:`default_home`."""
+    monkeypatch.setenv("UPGRADEBENCH_WORLD", "default")
+    monkeypatch.setenv("UPGRADEBENCH_HOME", str(default_home))
+    return default_home
 
 
 @pytest.mark.world
-def test_default_world_learns_its_tasks(default_home, monkeypatch):
+def test_default_world_learns_its_tasks(in_default_world):
     """Zero-shot accuracy of the default world's models on part of two test sets."""
-    monkeypatch.setenv("UPGRADEBENCH_WORLD", "default")
-    monkeypatch.setenv("UPGRADEBENCH_HOME", str(default_home))
     acc = {}
     for task in ("toy-shape", "toy-colour"):
         ds = get_dataset(task)
@@ -338,12 +342,10 @@ def test_default_world_learns_its_tasks(default_home, monkeypatch):
 
 
 @pytest.mark.world
-def test_committed_reference_results_come_from_this_world(default_home, monkeypatch):
+def test_committed_reference_results_come_from_this_world(in_default_world):
     """Rebuilding the world gives the fingerprints recorded in ``results/``: the committed results are not stale."""
     from upgradebench.results import read_results
 
-    monkeypatch.setenv("UPGRADEBENCH_WORLD", "default")
-    monkeypatch.setenv("UPGRADEBENCH_HOME", str(default_home))
     rows = read_results(Path(__file__).resolve().parents[1] / "results" / "runs")
     recorded = dict(zip(rows.eval_model, rows.eval_fingerprint))
     built = {name: zoo.model_status(name)["fingerprint"] for name in recipe_table()}
