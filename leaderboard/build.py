@@ -27,6 +27,7 @@ from upgradebench.results import in_distribution, method_label, paired, summariz
 
 ASSETS = ("style.css", "sort.js")
 REFERENCE_METHOD = "zeroshot"
+FIDELITY_KEYS = {"source", "target", "shots", "paper_table", "counts", "findings", "ranking_kendall_tau", "per_dataset"}
 
 
 def _runs(df: pd.DataFrame) -> pd.Series:
@@ -106,10 +107,28 @@ def provenance(df: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def scorecards_in(folder: Path) -> list[dict[str, Any]]:
+    """The fidelity scorecards (``fidelity-*.json``, written by ``upgradebench figures``) in a figures folder."""
+    cards = []
+    for path in sorted(folder.glob("fidelity-*.json")):
+        try:
+            card = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            card, problem = None, str(exc)
+        else:
+            problem = "missing keys"
+        if not isinstance(card, dict) or not FIDELITY_KEYS <= card.keys():
+            raise UserError(f"{path} is not a fidelity scorecard ({problem}).",
+                            "re-run `upgradebench figures` to rewrite it")
+        cards.append(card)
+    return cards
+
+
 def _environment() -> Environment:
     env = Environment(loader=PackageLoader("upgradebench.leaderboard", "templates"), autoescape=True,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = lambda v: "" if v is None or pd.isna(v) else f"{float(v):.2f}"
+    env.filters["signed"] = lambda v: "–" if v is None or pd.isna(v) else f"{float(v):+.2f}"
     return env
 
 
@@ -120,12 +139,17 @@ def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = N
     if not sections:
         raise UserError("The results hold no paired Base/New rows, so there is nothing to rank.",
                         "pass the folder given to `upgradebench run --results`")
-    figure_files = []
+    figure_files, fidelity = [], []
     if figures is not None:
         figures = Path(figures)
         if not figures.is_dir():
             raise UserError(f"Figures folder {figures} does not exist.", "run `upgradebench figures --out DIR` first")
         figure_files = sorted(figures.glob("*.png"))
+        fidelity = scorecards_in(figures)
+        order: dict[tuple[str, str], int] = {}
+        for section in sections:
+            order.setdefault((section["source"], section["target"]), len(order))
+        fidelity.sort(key=lambda card: order.get((card["source"], card["target"]), len(order)))
     written = []
     (out / "assets").mkdir(parents=True, exist_ok=True)
     for name in ASSETS:
@@ -141,7 +165,7 @@ def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = N
         written.append(target)
         copied.append({"src": f"figures/{quote(png.name)}", "name": png.stem})
     html = _environment().get_template("index.html").render(
-        sections=sections, provenance=provenance(df), figures=copied, generated=now())
+        sections=sections, provenance=provenance(df), figures=copied, fidelity=fidelity, generated=now())
     index = out / "index.html"
     index.write_text(html, encoding="utf-8")
     return [index, *written]

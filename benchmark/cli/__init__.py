@@ -11,11 +11,12 @@ from collections.abc import Sequence
 
 import click
 import typer
+from rich.markup import escape
 
 from ..errors import UserError
 from ._common import err_console
 from . import datasets
-from . import analyze, figures, leaderboard
+from . import analyze, fidelity, figures, leaderboard
 from . import methods, models, results, run, sweep
 from . import zoo
 
@@ -48,6 +49,7 @@ app.command("run")(run.run)
 app.command("eval")(run.evaluate)
 app.add_typer(analyze.app, name="analyze")
 app.command("figures")(figures.figures)
+app.command("fidelity")(fidelity.fidelity)
 app.add_typer(leaderboard.app, name="leaderboard")
 app.command("sweep")(sweep.sweep)
 app.add_typer(zoo.app, name="zoo")
@@ -63,9 +65,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         rv = app(args=list(argv) if argv is not None else None, standalone_mode=False)
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        # messages quote user input (names, paths): escaped, so that "[...]" in them is printed, not parsed
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.fix:
-            err_console.print(f"[bold]fix:[/] {exc.fix}", highlight=False)
+            err_console.print(f"[bold]fix:[/] {escape(exc.fix)}", highlight=False)
         sys.exit(2)
     except (click.exceptions.Abort, typer.Abort):
         err_console.print("aborted")

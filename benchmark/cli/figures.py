@@ -18,9 +18,11 @@ def figures(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNG/PDF figures and Markdown/LaTeX tables."),
     as_json: bool = Json,
 ) -> None:
-    """Regenerate Fig. 2a-d, Fig. 4 and Tables 2-8 from parquet alone; missing inputs skip only their item."""
+    """Regenerate Fig. 2a-d, Fig. 4, Tables 2-8 and the fidelity scorecards from parquet alone; missing inputs
+    skip only their item."""
     # imported here: matplotlib is slow to import and only this command needs it
     from upgradebench.analysis.drift import read_drift
+    from upgradebench.analysis.fidelity import write_scorecards
     from upgradebench.analysis.figures import write_figures
     from upgradebench.analysis.tables import write_tables
 
@@ -29,6 +31,7 @@ def figures(
     check_writable(out)
     outputs = write_figures(df, drift_rows, out)
     outputs.extend(write_tables(df, out))
+    outputs.extend(write_scorecards(df, drift_rows, out))
     if as_json:
         print_json(outputs.as_dict())
         return
