@@ -1,0 +1,296 @@
+"""The GPU check: the real architectures (random weights) on CUDA, run once when a GPU is available.
+
+    python benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json
+    python benchmarks/gpu_check.py --device cpu --classes 4 --classes-large 8 --pairs b16 --smoke   # plumbing only
+
+For each model pair of the paper (ViT-B/16 CLIP -> EVA02-CLIP-B/16 for Table 2, ViT-L/14 for Table 8) it
+
+1. asserts that the truncated-context text path (``VLM.encode_text_embeddings``, positions ``0..max(eot)``)
+   equals open_clip's ``encode_text`` on the device, in fp32 and under bf16 autocast (within tolerance);
+2. measures image-encoder throughput (images/s, bf16 autocast, channels-last or not, batch 256): the cost
+   of feature extraction once decoding keeps up (``benchmarks/extraction.py`` measures decoding);
+3. fits every registered method for one epoch (methods without epochs: their whole fit) on a synthetic
+   few-shot task with cached features, at two class counts, and records seconds and peak GPU memory
+   (seconds per step = a + b * classes, from the two; steps per epoch follow from shots and batch size);
+4. measures peak memory of CoCoOp's batched path and of ContCoOp on the ViT-L/14 text tower per batch size;
+5. estimates the GPU-hours of Table 2 and Table 8 (8 methods x 11 datasets x 3 seeds, 16 shots) from these
+   throughputs and the paper's dataset sizes (``upgradebench/analysis/paper.json``).
+
+Timing does not depend on the weights, so random weights measure what real ones would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import open_clip
+from speed import SyntheticDataset  # benchmarks/speed.py, next to this script
+from upgradebench.analysis.fidelity import paper_numbers
+from upgradebench.data import load_fewshot
+from upgradebench.features import FeatureCache, autocast_context
+from upgradebench.method import available_methods, get_method
+from upgradebench.models import VLM, ModelSpec
+from upgradebench.task import FewShotTask
+from upgradebench.training import coop_epochs
+
+PAIRS = {"b16": ("ViT-B-16-quickgelu", "EVA02-B-16", "table2"), "l14": ("ViT-L-14-quickgelu", "EVA02-L-14", "table8")}
+PAPER_METHODS = ("zeroshot", "linear-probe", "clip-adapter", "tip-adapter-f", "coop", "cocoop", "kgcoop", "contcoop")
+
+
+class SyntheticTask(FewShotTask):
+    """A few-shot task whose cached features are random unit vectors (timing does not depend on them)."""
+
+    def train_view_features(self, views=None, crop_scale=(0.08, 1.0)) -> torch.Tensor:
+        count = views if views is not None else self.views
+        return self._cached(("views", count), lambda: F.normalize(
+            torch.randn(count, len(self.split.train), self.source.embed_dim, generator=_gen()), dim=-1))
+
+    def train_plain_features(self) -> torch.Tensor:
+        return self.train_view_features()[0]
+
+    def val_features(self) -> torch.Tensor:
+        return self._cached(("val",), lambda: F.normalize(
+            torch.randn(len(self.split.val), self.source.embed_dim, generator=_gen()), dim=-1))
+
+
+def _gen() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+
+
+def build(arch: str, device: torch.device) -> VLM:
+    """A randomly initialised open_clip ``arch`` wrapped as the harness's VLM, on ``device``."""
+    torch.manual_seed(0)
+    model = open_clip.create_model(arch, pretrained=None)
+    return VLM(model, open_clip.get_tokenizer(arch), ModelSpec(arch, "open_clip", arch, None), device=device)
+
+
+def text_equivalence(vlm: VLM, classes: int) -> dict:
+    """Max |difference| of the truncated path against open_clip's encode_text, fp32 and bf16 autocast."""
+    prompts = [f"a photo of a {name}, a type of thing." for name in SyntheticDataset(classes, 1).classnames]
+    tokens = vlm.tokenize(prompts).to(vlm.device)
+    out = {}
+    with torch.no_grad():
+        for precision in ("fp32", "bf16"):
+            with autocast_context(vlm.device, precision):
+                reference = vlm.model.encode_text(tokens).float()
+                fast = vlm.encode_text_embeddings(vlm.token_embeddings(tokens), vlm.eot_index(tokens)).float()
+            diff = (reference - fast).abs().max().item()
+            cosine = F.cosine_similarity(reference, fast, dim=-1).min().item()
+            out[precision] = {"max_abs_diff": diff, "min_cosine": cosine, "scale": reference.abs().max().item()}
+    assert out["fp32"]["max_abs_diff"] <= 1e-4 * max(1.0, out["fp32"]["scale"]), out
+    assert out["bf16"]["min_cosine"] >= 0.999, out
+    return out
+
+
+def image_throughput(vlm: VLM, batch: int, iters: int) -> dict:
+    """Images per second of the image encoder under bf16 autocast, plain and channels-last."""
+    size = vlm.test_transform_spec.size
+    images = torch.randn(batch, 3, size, size, device=vlm.device)
+    out = {}
+    for layout in ("contiguous", "channels_last"):
+        x = images.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else images
+        model = vlm.model.visual.to(memory_format=torch.channels_last if layout == "channels_last"
+                                    else torch.contiguous_format)
+        with torch.no_grad(), autocast_context(vlm.device, "bf16"):
+            for _ in range(2):
+                model(x)
+            _sync(vlm.device)
+            start = time.perf_counter()
+            for _ in range(iters):
+                model(x)
+            _sync(vlm.device)
+        out[layout] = batch * iters / (time.perf_counter() - start)
+    vlm.model.visual.to(memory_format=torch.contiguous_format)
+    out["best"] = max(out["contiguous"], out["channels_last"])
+    return out
+
+
+def fit_timing(vlm: VLM, method_name: str, classes: int, shots: int, views: int, epochs: int) -> dict:
+    """One fit of ``method_name`` (``epochs`` epochs where the method has them) on a synthetic task."""
+    method = get_method(method_name)
+    fields = getattr(method.Config, "__dataclass_fields__", {})
+    overrides = {"epochs": str(epochs)} if "epochs" in fields else {}
+    config = method.make_config(overrides)
+    dataset = SyntheticDataset(classes, shots)
+    split = load_fewshot(dataset, shots, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        task = SyntheticTask(dataset, split, vlm, FeatureCache(root=tmp), views=views)
+        task.train_view_features()
+        task.val_features()
+        _peak_reset(vlm.device)
+        _sync(vlm.device)
+        start = time.perf_counter()
+        method().fit(vlm, task, config, seed=1)
+        _sync(vlm.device)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "epochs": epochs if "epochs" in fields else None, "peak_gib": _peak_gib(vlm.device),
+            "batch_size": getattr(config, "batch_size", None)}
+
+
+def full_epochs(method_name: str, dataset: str, shots: int) -> int | None:
+    """Epochs of the method's reference recipe for ``shots`` on ``dataset`` (None: no epoch loop)."""
+    method = get_method(method_name)
+    config = method.make_config({})
+    if not hasattr(config, "epochs"):
+        return None
+    if config.epochs:
+        return int(config.epochs)
+    if method_name == "tip-adapter-f":
+        return 100 if dataset == "eurosat" else 20
+    return coop_epochs(shots, dataset)
+
+
+def per_step_model(small: dict, large: dict, classes: tuple[int, int], shots: int) -> tuple[float, float]:
+    """(a, b) of seconds per optimisation step = a + b * classes, from one epoch at two class counts."""
+    steps = [math.ceil(c * shots / (t["batch_size"] or 1)) for c, t in zip(classes, (small, large))]
+    per_step = [t["seconds"] / (t["epochs"] or 1) / s for t, s in zip((small, large), steps)]
+    b = max((per_step[1] - per_step[0]) / (classes[1] - classes[0]), 0.0)
+    a = per_step[0] - b * classes[0]
+    if a < 0:  # steps that are not the method's whole cost (a selection stage): charge it all per class
+        a, b = 0.0, per_step[1] / classes[1]
+    return a, b
+
+
+def estimate_table(table: str, methods: dict, throughput: dict, shots: int = 16, views: int = 10,
+                   seeds: int = 3) -> dict:
+    """GPU-hours of a paper table from measured throughputs: feature extraction (test images on source and
+    target once, V views + validation shots per seed on the source) plus every method's fit."""
+    datasets = paper_numbers()["datasets"]
+    extraction = fits = 0.0
+    per_method: dict[str, float] = {}
+    for name, info in datasets.items():
+        if name.startswith("imagenet_"):
+            continue  # OOD test sets are Table 3's
+        classes, test = info["classes"], info["test"]
+        images_source = test + seeds * classes * (shots * views + min(shots, 4) + shots)
+        extraction += images_source / throughput["source"] + test / throughput["target"]
+        for method, timing in methods.items():
+            epochs = full_epochs(method, name, shots)
+            if epochs is None:  # no epoch loop: the measured fit scales with the classes
+                seconds = timing["large"]["seconds"] * classes / timing["classes"][1]
+            else:
+                a, b = timing["per_step"]
+                steps = math.ceil(classes * shots / (timing["large"]["batch_size"] or 1))
+                seconds = epochs * steps * (a + b * classes)
+            per_method[method] = per_method.get(method, 0.0) + seeds * seconds
+            fits += seeds * seconds
+    return {"table": table, "extraction_h": extraction / 3600, "fits_h": fits / 3600,
+            "total_h": (extraction + fits) / 3600, "per_method_h": {k: v / 3600 for k, v in per_method.items()}}
+
+
+def memory_sweep(vlm: VLM, classes: int, shots: int, batches: list[int]) -> dict:
+    """Peak GPU memory (GiB) of one epoch of CoCoOp and ContCoOp per batch size."""
+    out: dict[str, dict[str, float | str | None]] = {}
+    for method_name in ("cocoop", "contcoop"):
+        out[method_name] = {}
+        for batch in batches:
+            method = get_method(method_name)
+            config = method.make_config({"epochs": "1", "batch_size": str(batch)})
+            dataset = SyntheticDataset(classes, shots)
+            split = load_fewshot(dataset, shots, 1)
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    task = SyntheticTask(dataset, split, vlm, FeatureCache(root=tmp), views=2)
+                    _peak_reset(vlm.device)
+                    method().fit(vlm, task, config, seed=1)
+                out[method_name][str(batch)] = _peak_gib(vlm.device)
+            except torch.cuda.OutOfMemoryError:
+                out[method_name][str(batch)] = "out of memory"
+            print(f"  memory {method_name} batch {batch}: {out[method_name][str(batch)]}", file=sys.stderr, flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--pairs", default="b16,l14", help="b16 (Table 2) and/or l14 (Table 8)")
+    parser.add_argument("--classes", type=int, default=100, help="class count of the timed epochs")
+    parser.add_argument("--classes-large", type=int, default=200, help="second class count (per-step model)")
+    parser.add_argument("--shots", type=int, default=4,
+                        help="shots of the timed epochs (steps scale with shots; the estimate is for 16)")
+    parser.add_argument("--views", type=int, default=10)
+    parser.add_argument("--methods", default="", help="comma-separated (default: every registered method)")
+    parser.add_argument("--memory-classes", type=int, default=100)
+    parser.add_argument("--memory-batches", default="1,8,32")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the plumbing, not the speed")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    names = [m for m in args.methods.split(",") if m] or [entry.name for entry, _ in available_methods()[0]]
+    report: dict = {"torch": torch.__version__, "open_clip": open_clip.__version__, "python": platform.python_version(),
+                    "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+                    "classes": [args.classes, args.classes_large], "shots": args.shots, "views": args.views,
+                    "methods": names, "pairs": {}}
+    iters, batch = (1, 4) if args.smoke else (10, 256)
+    for key in args.pairs.split(","):
+        source_arch, target_arch, table = PAIRS[key]
+        started = time.perf_counter()
+        pair: dict = {"source": source_arch, "target": target_arch}
+        for role, arch in (("source", source_arch), ("target", target_arch)):
+            vlm = build(arch, device)
+            pair[f"{role}_text_equivalence"] = text_equivalence(vlm, args.classes)
+            pair[f"{role}_images_per_s"] = image_throughput(vlm, batch, iters)
+            print(f"{arch}: text path ok, {pair[f'{role}_images_per_s']['best']:.0f} images/s", file=sys.stderr,
+                  flush=True)
+            if role == "source":
+                source = vlm
+            else:
+                del vlm
+        timings = {}
+        for name in names:
+            small = fit_timing(source, name, args.classes, args.shots, args.views, epochs=1)
+            large = fit_timing(source, name, args.classes_large, args.shots, args.views, epochs=1)
+            timings[name] = {"classes": [args.classes, args.classes_large], "small": small, "large": large,
+                             "per_step": per_step_model(small, large, (args.classes, args.classes_large), args.shots)}
+            print(f"  {name}: {small['seconds']:.2f} s / {large['seconds']:.2f} s per epoch-or-fit "
+                  f"({args.classes} / {args.classes_large} classes), peak {small['peak_gib']} GiB", file=sys.stderr,
+                  flush=True)
+        pair["fit"] = timings
+        throughput = {"source": pair["source_images_per_s"]["best"], "target": pair["target_images_per_s"]["best"]}
+        paper_only = {m: t for m, t in timings.items() if m in PAPER_METHODS}
+        pair["estimate_paper_methods"] = estimate_table(table, paper_only, throughput)
+        pair["estimate_all_methods"] = estimate_table(table, timings, throughput)
+        if key == "l14":
+            # peak memory per step does not depend on the number of steps: 2 shots keep the epoch short
+            pair["memory_gib"] = memory_sweep(source, args.memory_classes, 2,
+                                              [int(b) for b in args.memory_batches.split(",")])
+        pair["seconds"] = time.perf_counter() - started
+        report["pairs"][key] = pair
+        del source
+        print(json.dumps({key: pair["estimate_paper_methods"]}, indent=1), file=sys.stderr, flush=True)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
