@@ -12,6 +12,9 @@ A grid is a YAML file (or the same keys given on the command line)::
       contcoop: [{attention: false}, {kd: false}, {n_ctx: 4}]
     ood: {toy-shape: [toy-shape-sketch, toy-shape-bg]}   # optional extra test-only datasets per dataset
 
+The paper's own grids (Tables 2-8, Fig. 2d, Fig. 4 on the real models and datasets) ship with the package
+and are named ``paper:table2``, ``paper:fig2d``, ... (:func:`paper_grids`).
+
 Every run is resumed "only missing" by the runner (its run id covers everything it depends on), and each
 finished run is on disk before the next starts, so an interrupted sweep continues where it stopped.
 """
@@ -20,13 +23,16 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .data import dataset_problem
 from .errors import UserError
 from .features import progress_bar
+from .models import weights_problem
 from .runner import DEFAULT_SOURCE, DEFAULT_TARGETS, Runner, RunSpec
 
 
@@ -59,26 +65,100 @@ class Grid:
         return out
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Read a grid YAML file, with errors that name the file and the bad key."""
-    path = Path(path)
+PAPER_PREFIX = "paper:"
+# key -> (type the grid file must give, what to say) for the keys whose values are checked before anything runs
+_LIST_KEYS = {"methods": str, "datasets": str, "targets": str, "seeds": int, "shots": int}
+
+
+def paper_grids() -> dict[str, str]:
+    """The grids shipped with upgradebench (``--grid paper:NAME``): name -> their first comment line."""
+    folder = resources.files(__package__).joinpath("grids")
+    out = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            first = entry.read_text(encoding="utf-8").splitlines()[0]
+            out[entry.name[: -len(".yaml")]] = first.lstrip("# ").strip()
+    return out
+
+
+def _grid_text(ref: str | Path) -> tuple[str, str]:
+    """(where, YAML text) of a grid file or of a shipped ``paper:NAME`` grid."""
+    text = str(ref)
+    if text.startswith(PAPER_PREFIX):
+        name = text[len(PAPER_PREFIX):]
+        known = paper_grids()
+        if name not in known:
+            raise UserError(f"No shipped grid named {name!r}.",
+                            f"use one of: {', '.join(PAPER_PREFIX + n for n in known)}")
+        return text, resources.files(__package__).joinpath("grids", f"{name}.yaml").read_text(encoding="utf-8")
+    path = Path(ref)
+    if path.is_dir():
+        raise UserError(f"Grid {path} is a folder, not a YAML file.", "pass --grid FILE.yaml or --grid paper:NAME")
     try:
-        data = yaml.safe_load(path.read_text())
+        return str(path), path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"Grid file {path} does not exist.") from None
+        raise UserError(f"Grid file {path} does not exist.", "pass --grid FILE.yaml or --grid paper:NAME") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"Grid file {path} cannot be read ({exc}).") from None
+
+
+def _check_types(data: dict[str, Any], where: str) -> None:
+    """Refuse values of the wrong type (``methods: coop`` is a string, not a list) before anything runs."""
+    for key, kind in _LIST_KEYS.items():
+        if key not in data:
+            continue
+        values = data[key]
+        if not isinstance(values, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+            example = "[1, 2, 3]" if kind is int else "[a, b]"
+            raise UserError(f"Grid {where}: {key!r} must be a list of {kind.__name__}s, got {values!r}.",
+                            f"write it as a YAML list, e.g. {key}: {example}")
+    if "source" in data and not isinstance(data["source"], str):
+        raise UserError(f"Grid {where}: 'source' must be one model name, got {data['source']!r}.")
+    for key in ("variants", "ood"):
+        value = data.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
+            raise UserError(f"Grid {where}: {key!r} must map a name to a list, got {value!r}.",
+                            "see the grid format in `upgradebench sweep --help` and upgradebench.sweep")
+    for method, variants in data.get("variants", {}).items():
+        if not all(isinstance(v, dict) for v in variants):
+            raise UserError(f"Grid {where}: every variant of {method!r} must be a mapping of config keys, "
+                            f"got {variants!r}.", f"e.g. variants: {{{method}: [{{n_ctx: 4}}]}}")
+
+
+def load_grid(ref: str | Path) -> Grid:
+    """Read a grid YAML file (or a shipped ``paper:NAME`` grid), with errors that name the file and the bad key."""
+    where, text = _grid_text(ref)
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"Grid file {path} is not valid YAML ({exc}).") from None
+        raise UserError(f"Grid {where} is not valid YAML ({exc}).") from None
     if not isinstance(data, dict):
-        raise UserError(f"Grid file {path} must hold a mapping of grid keys.")
+        raise UserError(f"Grid {where} must hold a mapping of grid keys.")
     known = set(Grid.__dataclass_fields__)
     unknown = set(data) - known
     if unknown:
-        raise UserError(f"Grid file {path} has unknown keys: {', '.join(sorted(unknown))}.",
+        raise UserError(f"Grid {where} has unknown keys: {', '.join(sorted(unknown))}.",
                         f"valid keys: {', '.join(sorted(known))}")
     for key in ("methods", "datasets"):
         if not data.get(key):
-            raise UserError(f"Grid file {path} needs a non-empty {key!r} list.")
+            raise UserError(f"Grid {where} needs a non-empty {key!r} list.")
+    _check_types(data, where)
     return Grid(**data)
+
+
+def missing_inputs(grid: Grid, data_root: str | Path | None = None) -> list[dict[str, str]]:
+    """What a grid needs that is not on this machine: model weights and datasets, each with the reason."""
+    out = []
+    for model in dict.fromkeys([grid.source, *grid.targets]):
+        problem = weights_problem(model)
+        if problem:
+            out.append({"kind": "model", "name": model, "problem": problem})
+    datasets = [*grid.datasets, *(d for ood in grid.ood.values() for d in ood)]
+    for name in dict.fromkeys(datasets):
+        problem = dataset_problem(name, data_root)
+        if problem:
+            out.append({"kind": "dataset", "name": name, "problem": problem})
+    return out
 
 
 @dataclass

@@ -44,12 +44,12 @@ def test_sweep_resumes_and_reports_failures(capsys, micro_dirs, tiny_dataset, tm
 
 
 def test_dry_run_lists_runs(capsys, tiny_dataset):
-    rows = run_json(capsys, "sweep", "--method", "coop", "--dataset", tiny_dataset, "--seed", "1", "--dry-run")
-    assert rows == [f"coop {tiny_dataset} k=16 seed=1"]
+    out = run_json(capsys, "sweep", "--method", "coop", "--dataset", tiny_dataset, "--seed", "1", "--dry-run")
+    assert out["runs"] == [f"coop {tiny_dataset} k=16 seed=1"] and out["missing"] == []
 
 
 def test_options_slice_a_grid(capsys, tmp_path):
     path = tmp_path / "g.yaml"
     path.write_text("methods: [coop, contcoop]\ndatasets: [toy-shape, toy-pattern]\nseeds: [1]\n")
-    rows = run_json(capsys, "sweep", "--grid", str(path), "--dataset", "toy-pattern", "--method", "coop", "--dry-run")
-    assert rows == ["coop toy-pattern k=16 seed=1"]
+    out = run_json(capsys, "sweep", "--grid", str(path), "--dataset", "toy-pattern", "--method", "coop", "--dry-run")
+    assert out["runs"] == ["coop toy-pattern k=16 seed=1"]

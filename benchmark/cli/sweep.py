@@ -5,16 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..errors import UserError
 from ..runner import DEFAULT_SOURCE, DEFAULT_TARGETS, Runner
-from ..sweep import Grid, describe, load_grid, run_local, run_slurm
+from ..sweep import Grid, describe, load_grid, missing_inputs, paper_grids, run_local, run_slurm
 from ._common import err_console, print_json, print_table
 from ._options import DataRoot, Device, Json
 
 
 def sweep(
-    grid: Path = typer.Option(None, "--grid", "-g", help="YAML grid file (see upgradebench.sweep)."),
+    grid: str = typer.Option(None, "--grid", "-g",
+                             help="YAML grid file, or a grid shipped with upgradebench: paper:table2, paper:table8, "
+                                  "paper:table3 ... paper:table7, paper:fig2d, paper:fig4 (--dry-run lists them)."),
     method: list[str] = typer.Option(None, "--method", "-m", help="Method(s) (with --grid: only these of the grid)."),
     dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Dataset(s) (with --grid: only these)."),
     seed: list[int] = typer.Option(None, "--seed", help="Seed(s) (default: 1 2 3)."),
@@ -48,8 +51,7 @@ def sweep(
     g.targets = list(target) if target else g.targets
     specs = g.specs()
     if dry_run:
-        rows = [describe(s) for s in specs]
-        print_json(rows) if as_json else print_table(f"{len(rows)} runs", ["run"], [[r] for r in rows])
+        _dry_run(g, specs, data_root, as_json)
         return
     runner_kwargs = {"results": results, "device": device, "data_root": data_root}
     if executor == "slurm":
@@ -69,3 +71,18 @@ def sweep(
         err_console.print(f"sweep: {len(report.completed)}/{report.total} runs done, none failed")
     if report.failed:
         raise typer.Exit(1)
+
+
+def _dry_run(grid: Grid, specs: list, data_root: Path | None, as_json: bool) -> None:
+    """List the runs, what the grid needs that is not on this machine, and the shipped grids."""
+    runs = [describe(s) for s in specs]
+    missing = missing_inputs(grid, data_root)
+    if as_json:
+        print_json({"runs": runs, "missing": missing, "paper_grids": paper_grids()})
+        return
+    print_table(f"{len(runs)} runs", ["run"], [[escape(r)] for r in runs])
+    if missing:
+        print_table("missing on this machine", ["kind", "name", "problem"],
+                    [[m["kind"], escape(m["name"]), escape(m["problem"])] for m in missing])
+    else:
+        err_console.print("every model and dataset of the grid is on this machine")

@@ -2,7 +2,7 @@
 
 from .dataset import SPLITS, Dataset, Item
 from .fewshot import FewShotSplit, load_fewshot, sample_fewshot
-from .registry import DATASETS, dataset_names, get_dataset, register_dataset
+from .registry import DATASETS, dataset_names, dataset_problem, get_dataset, register_dataset
 
-__all__ = ["DATASETS", "SPLITS", "Dataset", "FewShotSplit", "Item", "dataset_names", "load_fewshot", "get_dataset",
+__all__ = ["DATASETS", "SPLITS", "Dataset", "FewShotSplit", "Item", "dataset_names", "dataset_problem", "load_fewshot", "get_dataset",
            "register_dataset", "sample_fewshot"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import UserError
 from ..paths import data_root as _data_root
 from ..registry import Registry
 from .dataset import Dataset
@@ -39,3 +40,12 @@ def get_dataset(name: str, data_root: str | Path | None = None) -> Dataset:
     _ensure_builtins()
     factory = DATASETS.get(name)
     return factory(_data_root(data_root))
+
+
+def dataset_problem(name: str, data_root: str | Path | None = None) -> str | None:
+    """Why dataset ``name`` cannot be read here (the error a run would stop with), or None when it can."""
+    try:
+        len(get_dataset(name, data_root).classnames)
+    except UserError as exc:
+        return exc.message
+    return None

@@ -50,6 +50,20 @@ def _local_dir_for(spec: ModelSpec, allow_download: bool) -> str | None:
     return None
 
 
+def weights_problem(name: str, pretrained: str | None = None) -> str | None:
+    """Why model ``name`` cannot be loaded here without a download (the error a run would stop with), or None.
+    Embedded-world models are never a problem: they are built on first use."""
+    try:
+        spec = parse_model(name, pretrained)
+        if spec.kind == "open_clip":
+            require_weights(spec)
+        elif spec.kind != "world":
+            _local_dir_for(spec, allow_download=False)
+    except UserError as exc:
+        return exc.message
+    return None
+
+
 def load_vlm(
     name: str | ModelSpec,
     pretrained: str | None = None,

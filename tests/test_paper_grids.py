@@ -1,0 +1,74 @@
+"""The paper's grids ship with the package and resolve on the miniature CoOp-layout folders."""
+
+from __future__ import annotations
+
+import pytest
+
+from upgradebench.errors import UserError
+from upgradebench.method import get_method
+from upgradebench.sweep import load_grid, missing_inputs, paper_grids
+
+from .cli_helpers import run_cli, run_json
+from .coop_fixtures import build
+
+PAPER = {"table2", "table3", "table4", "table5", "table6", "table7", "table8", "fig2d", "fig4"}
+
+
+@pytest.fixture(scope="module")
+def coop_root(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("coop"))
+
+
+def test_every_paper_grid_ships_and_describes_itself():
+    grids = paper_grids()
+    assert set(grids) == PAPER
+    assert all(text.startswith("Paper ") for text in grids.values())
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_grid_resolves_methods_configs_models_and_datasets(name, coop_root):
+    grid = load_grid(f"paper:{name}")
+    specs = grid.specs()
+    for spec in specs:
+        get_method(spec.method).make_config(spec.config)  # every variant is a valid config of its method
+    # on the miniature folders every dataset is found; only the real weights are missing here
+    missing = missing_inputs(grid, coop_root)
+    assert {m["kind"] for m in missing} <= {"model"}
+    assert {m["name"] for m in missing} == {grid.source, *grid.targets}
+    assert all("No weights" in m["problem"] for m in missing)
+
+
+def test_paper_grid_sizes_match_the_paper():
+    assert len(load_grid("paper:table2").specs()) == 8 * 11 * 3
+    assert len(load_grid("paper:table8").specs()) == 8 * 11 * 3
+    assert load_grid("paper:table3").ood == {"imagenet": ["imagenet_v2", "imagenet_sketch", "imagenet_a",
+                                                          "imagenet_r"]}
+    assert {s.config.get("depth", "0") for s in load_grid("paper:fig2d").specs()} == {str(k) for k in range(12)}
+
+
+def test_dry_run_lists_runs_and_what_is_missing(capsys, coop_root, tmp_path):
+    out = run_json(capsys, "sweep", "--grid", "paper:table4", "--dry-run", "--data-root", str(coop_root))
+    assert len(out["runs"]) == 4 * 3 and set(out["paper_grids"]) == PAPER
+    assert [m["name"] for m in out["missing"]] == ["clip", "eva-clip"]
+    out = run_json(capsys, "sweep", "--grid", "paper:table4", "--dry-run", "--data-root", str(tmp_path))
+    assert {"kind": "dataset", "name": "dtd"} in [{k: m[k] for k in ("kind", "name")} for m in out["missing"]]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("methods: coop\ndatasets: [toy-shape]\n", "'methods' must be a list of strs"),
+    ("methods: [coop]\ndatasets: [toy-shape]\nseeds: 1\n", "'seeds' must be a list of ints"),
+    ("methods: [coop]\ndatasets: [toy-shape]\nseeds: ['1']\n", "'seeds' must be a list of ints"),
+    ("methods: [coop]\ndatasets: [toy-shape]\nvariants: {coop: {n_ctx: 4}}\n", "'variants' must map"),
+    ("methods: [coop]\ndatasets: [toy-shape]\nvariants: {coop: [4]}\n", "must be a mapping of config keys"),
+])
+def test_grid_value_types_are_checked(tmp_path, text, message):
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_grid(path)
+
+
+def test_grid_errors_reach_the_user_without_a_traceback(capsys, tmp_path):
+    for grid, message in (("paper:nope", "No shipped grid named 'nope'"), (str(tmp_path), "is a folder")):
+        code, _, err = run_cli(capsys, "sweep", "--grid", grid, "--dry-run")
+        assert code == 2 and message in err and "Traceback" not in err
