@@ -6,6 +6,8 @@
   one bar per target; one figure per source, from the drift parquet.
 - Fig. 2d: CoOp at depth k: Base and New against k, with both models' zero-shot accuracy as reference lines.
 - Fig. 4: ContCoOp context length: Base / New / H per ``n_ctx`` (grouped bars).
+- Paper vs measured: for results of the paper's own models on its datasets, measured against published
+  Base and New, one point per (method, dataset), with the diagonal (the table is in the fidelity scorecard).
 Figures are drawn on :class:`matplotlib.figure.Figure` objects, never through pyplot, so no global backend
 or window is involved. Colours come from seaborn's colour-blind-safe palette.
 """
@@ -22,6 +24,7 @@ from matplotlib.figure import Figure
 
 from .depth import DEPTH_KEY, depth_summary
 from .drift import FEATURES, PARAMETERS
+from .fidelity import paper_table_for, per_dataset_comparison
 from .outputs import MissingInput, Outputs
 from .selection import main_summary, ordered_labels, ordered_pairs, slug, sweep_summary, zeroshot_accuracy
 from .tables import ABLATION_METHOD, METRICS
@@ -189,4 +192,39 @@ def write_figures(df: pd.DataFrame, drift: pd.DataFrame | None, out: str | Path)
     outputs.attempt("fig2c", lambda: fig_drift(drift, FEATURES, "fig2c", out))
     outputs.attempt("fig2d", lambda: fig2d(df, out))
     outputs.attempt("fig4", lambda: fig4(df, out))
+    outputs.attempt("paper-vs-measured", lambda: fig_paper_vs_measured(df, out))
     return outputs
+
+
+# ---- paper vs measured ---------------------------------------------------------------------------------------------
+def fig_paper_vs_measured(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Measured against published Base and New per (method, dataset), for the paper's own model pairs."""
+    written = []
+    rows = df[df.shots == 16]
+    for source, target in ordered_pairs(main_summary(rows)):
+        table = paper_table_for(source, target)
+        points = pd.DataFrame(per_dataset_comparison(rows, source, target, table) if table else [])
+        if points.empty:
+            continue
+        points = points[points.dataset != "Average"]
+        methods = ordered_labels(points.method)
+        with _style():
+            fig = Figure(figsize=(11.0, 5.0))
+            for ax, metric, model in zip(fig.subplots(1, 2), ("base", "new"), (source, target)):
+                sns.scatterplot(data=points, x=f"paper_{metric}", y=f"measured_{metric}", hue="method",
+                                hue_order=methods, style="method", style_order=methods, s=60, ax=ax,
+                                palette=PALETTE[:len(methods)] if len(methods) <= len(PALETTE) else None)
+                ax.plot([0, 100], [0, 100], color="0.5", linestyle="--", linewidth=1)
+                ax.set(xlim=(0, 100), ylim=(0, 100), xlabel=f"published {metric.title()} (%)",
+                       ylabel=f"measured {metric.title()} (%)", title=f"{metric.title()} on {model}")
+                ax.get_legend().remove()
+            handles, labels = ax.get_legend_handles_labels()
+            fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+            fig.suptitle(f"Paper ({table.replace('table', 'Table ')}) vs measured: {source} → {target}, 16 shots, "
+                         f"{points.dataset.nunique()} datasets")
+            fig.tight_layout()
+            written += save(fig, out, f"paper-vs-measured-{slug(source, target)}")
+    if not written:
+        raise MissingInput("no 16-shot results of the paper's models (clip → eva-clip, clip-l → eva-clip-l) "
+                           "on its datasets")
+    return written

@@ -157,6 +157,28 @@ def test_paper_models_are_compared_per_dataset():
     assert scorecard(paper_frame(methods=("zeroshot", "coop")), SOURCE, TARGET).per_dataset == []
 
 
+def test_figures_plot_paper_vs_measured_for_the_papers_models(capsys, tmp_path):
+    table = paper_numbers()["table2"]["datasets"]
+    rows = []
+    for method in ("zeroshot", "coop", "contcoop"):
+        for dataset in ("dtd", "eurosat", "ucf101"):
+            paper = table[dataset][method]
+            rows += result_rows(method, dataset, 1, "clip", "eva-clip", paper["base"] + 1, paper["new"] - 2)
+    for run, part in pd.DataFrame(rows).groupby("run_id"):
+        write_rows(part.to_dict(orient="records"), tmp_path / "runs" / f"{run}.parquet")
+    out = run_json(capsys, "figures", "--results", str(tmp_path / "runs"), "--out", str(tmp_path / "f"))
+    png = tmp_path / "f" / "paper-vs-measured-clip--eva-clip.png"
+    assert str(png) in out["written"] and png.read_bytes()[:4] == b"\x89PNG"
+    text = (tmp_path / "f" / "fidelity-clip--eva-clip.md").read_text()
+    assert "| dtd | coop | 69.78 | 70.78 | +1.00 | 65.41 | 63.41 | -2.00 |" in text
+    # toy results have no published counterpart: the plot is skipped with the reason
+    frame = paper_frame(methods=("zeroshot", "coop"))
+    for run, part in frame.groupby("run_id"):
+        write_rows(part.to_dict(orient="records"), tmp_path / "toy" / f"{run}.parquet")
+    out = run_json(capsys, "figures", "--results", str(tmp_path / "toy"), "--out", str(tmp_path / "g"))
+    assert "paper's models" in out["skipped"]["paper-vs-measured"]
+
+
 def test_fidelity_command_json_and_errors(capsys, tmp_path):
     frame = paper_frame()
     for run, part in frame.groupby("run_id"):
