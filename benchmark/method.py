@@ -111,6 +111,18 @@ class Method(ABC):
     def fit(self, source: VLM, task: Any, config: Any, seed: int) -> Module:
         """Train on ``task`` (a :class:`upgradebench.task.FewShotTask`) with the frozen ``source`` model."""
 
+    @classmethod
+    def epochs(cls, config: Any, dataset: str, shots: int) -> int | None:
+        """How many epochs ``fit`` runs with ``config`` on ``dataset`` with ``shots`` (for cost estimates);
+        None for a method without an epoch loop. The default reads ``config.epochs``, and follows CoOp's
+        epochs-by-shots rule when it is None on a config of CoOp's recipe (``upgradebench.training.SGDRecipe``)."""
+        from .training import SGDRecipe, coop_epochs  # training imports the task, which needs this module
+
+        value = getattr(config, "epochs", None)
+        if value:
+            return int(value)
+        return coop_epochs(shots, dataset) if isinstance(config, SGDRecipe) else None
+
     # ---- configs ---------------------------------------------------------------------------------------------
     @classmethod
     def default_config(cls) -> Any:

@@ -13,8 +13,9 @@ For each model pair of the paper (ViT-B/16 CLIP -> EVA02-CLIP-B/16 for Table 2, 
    few-shot task with cached features, at two class counts, and records seconds and peak GPU memory
    (seconds per step = a + b * classes, from the two; steps per epoch follow from shots and batch size);
 4. measures peak memory of CoCoOp's batched path and of ContCoOp on the ViT-L/14 text tower per batch size;
-5. estimates the GPU-hours of Table 2 and Table 8 (8 methods x 11 datasets x 3 seeds, 16 shots) from these
-   throughputs and the paper's dataset sizes (``upgradebench/analysis/paper.json``).
+5. estimates the GPU-hours of the paper grids ``paper:table2`` and ``paper:table8`` (8 methods x 11 datasets x
+   3 seeds, 16 shots) with ``upgradebench.cost`` from these throughputs (``--throughputs-out`` writes them in
+   the format upgradebench ships as ``gpu_throughputs.json``, which ``sweep --dry-run`` estimates from).
 
 Timing does not depend on the weights, so random weights measure what real ones would.
 """
@@ -22,6 +23,7 @@ Timing does not depend on the weights, so random weights measure what real ones 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -35,14 +37,15 @@ import torch.nn.functional as F
 
 import open_clip
 from speed import SyntheticDataset  # benchmarks/speed.py, next to this script
-from upgradebench.analysis.fidelity import paper_numbers
+from upgradebench.cost import estimate
 from upgradebench.data import load_fewshot
 from upgradebench.features import FeatureCache, autocast_context
 from upgradebench.method import available_methods, get_method
 from upgradebench.models import VLM, ModelSpec
+from upgradebench.sweep import load_grid
 from upgradebench.task import FewShotTask
-from upgradebench.training import coop_epochs
 
+# key -> (source architecture, target architecture, the paper grid it is estimated for)
 PAIRS = {"b16": ("ViT-B-16-quickgelu", "EVA02-B-16", "table2"), "l14": ("ViT-L-14-quickgelu", "EVA02-L-14", "table8")}
 PAPER_METHODS = ("zeroshot", "linear-probe", "clip-adapter", "tip-adapter-f", "coop", "cocoop", "kgcoop", "contcoop")
 
@@ -152,55 +155,18 @@ def fit_timing(vlm: VLM, method_name: str, classes: int, shots: int, views: int,
             "batch_size": getattr(config, "batch_size", None)}
 
 
-def full_epochs(method_name: str, dataset: str, shots: int) -> int | None:
-    """Epochs of the method's reference recipe for ``shots`` on ``dataset`` (None: no epoch loop)."""
-    method = get_method(method_name)
-    config = method.make_config({})
-    if not hasattr(config, "epochs"):
-        return None
-    if config.epochs:
-        return int(config.epochs)
-    if method_name == "tip-adapter-f":
-        return 100 if dataset == "eurosat" else 20
-    return coop_epochs(shots, dataset)
-
-
-def per_step_model(small: dict, large: dict, classes: tuple[int, int], shots: int) -> tuple[float, float]:
-    """(a, b) of seconds per optimisation step = a + b * classes, from one epoch at two class counts."""
-    steps = [math.ceil(c * shots / (t["batch_size"] or 1)) for c, t in zip(classes, (small, large))]
-    per_step = [t["seconds"] / (t["epochs"] or 1) / s for t, s in zip((small, large), steps)]
+def fit_model(small: dict, large: dict, classes: tuple[int, int], shots: int) -> dict:
+    """The cost model of one method on one architecture (``upgradebench.cost``): seconds per optimisation
+    step ``a + b * classes`` from one epoch at two class counts; without epochs, the whole fit per class."""
+    if small["epochs"] is None:
+        return {"a": 0.0, "b": 0.0, "batch_size": None, "fit_per_class_s": large["seconds"] / classes[1]}
+    batch = large["batch_size"] or 1
+    per_step = [t["seconds"] / t["epochs"] / math.ceil(c * shots / batch) for c, t in zip(classes, (small, large))]
     b = max((per_step[1] - per_step[0]) / (classes[1] - classes[0]), 0.0)
     a = per_step[0] - b * classes[0]
-    if a < 0:  # steps that are not the method's whole cost (a selection stage): charge it all per class
+    if a < 0:  # per-step time that is not linear in the classes: charge all of it per class (an upper bound)
         a, b = 0.0, per_step[1] / classes[1]
-    return a, b
-
-
-def estimate_table(table: str, methods: dict, throughput: dict, shots: int = 16, views: int = 10,
-                   seeds: int = 3) -> dict:
-    """GPU-hours of a paper table from measured throughputs: feature extraction (test images on source and
-    target once, V views + validation shots per seed on the source) plus every method's fit."""
-    datasets = paper_numbers()["datasets"]
-    extraction = fits = 0.0
-    per_method: dict[str, float] = {}
-    for name, info in datasets.items():
-        if name.startswith("imagenet_"):
-            continue  # OOD test sets are Table 3's
-        classes, test = info["classes"], info["test"]
-        images_source = test + seeds * classes * (shots * views + min(shots, 4) + shots)
-        extraction += images_source / throughput["source"] + test / throughput["target"]
-        for method, timing in methods.items():
-            epochs = full_epochs(method, name, shots)
-            if epochs is None:  # no epoch loop: the measured fit scales with the classes
-                seconds = timing["large"]["seconds"] * classes / timing["classes"][1]
-            else:
-                a, b = timing["per_step"]
-                steps = math.ceil(classes * shots / (timing["large"]["batch_size"] or 1))
-                seconds = epochs * steps * (a + b * classes)
-            per_method[method] = per_method.get(method, 0.0) + seeds * seconds
-            fits += seeds * seconds
-    return {"table": table, "extraction_h": extraction / 3600, "fits_h": fits / 3600,
-            "total_h": (extraction + fits) / 3600, "per_method_h": {k: v / 3600 for k, v in per_method.items()}}
+    return {"a": a, "b": b, "batch_size": batch, "fit_per_class_s": None}
 
 
 def memory_sweep(vlm: VLM, classes: int, shots: int, batches: list[int]) -> dict:
@@ -238,7 +204,9 @@ def main() -> None:
     parser.add_argument("--memory-classes", type=int, default=100)
     parser.add_argument("--memory-batches", default="1,8,32")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the plumbing, not the speed")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="the whole report (JSON)")
+    parser.add_argument("--throughputs-out", type=Path,
+                        help="the throughput table in upgradebench.cost's format (benchmark/gpu_throughputs.json)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -249,8 +217,12 @@ def main() -> None:
                     "classes": [args.classes, args.classes_large], "shots": args.shots, "views": args.views,
                     "methods": names, "pairs": {}}
     iters, batch = (1, 4) if args.smoke else (10, 256)
+    table: dict = {"_doc": "Throughputs measured by benchmarks/gpu_check.py (see upgradebench.cost).",
+                   "measured": {"device": report["device"], "torch": torch.__version__,
+                                "date": time.strftime("%Y-%m-%d"), "script": "benchmarks/gpu_check.py"},
+                   "archs": {}}
     for key in args.pairs.split(","):
-        source_arch, target_arch, table = PAIRS[key]
+        source_arch, target_arch, grid = PAIRS[key]
         started = time.perf_counter()
         pair: dict = {"source": source_arch, "target": target_arch}
         for role, arch in (("source", source_arch), ("target", target_arch)):
@@ -263,20 +235,25 @@ def main() -> None:
                 source = vlm
             else:
                 del vlm
-        timings = {}
+        fits = {}
         for name in names:
             small = fit_timing(source, name, args.classes, args.shots, args.views, epochs=1)
             large = fit_timing(source, name, args.classes_large, args.shots, args.views, epochs=1)
-            timings[name] = {"classes": [args.classes, args.classes_large], "small": small, "large": large,
-                             "per_step": per_step_model(small, large, (args.classes, args.classes_large), args.shots)}
+            fits[name] = {**fit_model(small, large, (args.classes, args.classes_large), args.shots),
+                          "timed": {"small": small, "large": large}}
             print(f"  {name}: {small['seconds']:.2f} s / {large['seconds']:.2f} s per epoch-or-fit "
                   f"({args.classes} / {args.classes_large} classes), peak {small['peak_gib']} GiB", file=sys.stderr,
                   flush=True)
-        pair["fit"] = timings
-        throughput = {"source": pair["source_images_per_s"]["best"], "target": pair["target_images_per_s"]["best"]}
-        paper_only = {m: t for m, t in timings.items() if m in PAPER_METHODS}
-        pair["estimate_paper_methods"] = estimate_table(table, paper_only, throughput)
-        pair["estimate_all_methods"] = estimate_table(table, timings, throughput)
+        table["archs"][source_arch] = {"images_per_s": pair["source_images_per_s"]["best"], "fit": {
+            name: {k: v for k, v in fit.items() if k != "timed"} for name, fit in fits.items()}}
+        table["archs"][target_arch] = {"images_per_s": pair["target_images_per_s"]["best"]}
+        pair["fit"] = fits
+        specs = load_grid(f"paper:{grid}").specs()
+        pair["estimate_paper_grid"] = estimate(specs, table).as_dict()
+        # the same grid for the methods added since the paper (one run per coop run of the grid)
+        added = [dataclasses.replace(s, method=m) for s in specs if s.method == "coop"
+                 for m in names if m not in PAPER_METHODS]
+        pair["estimate_added_methods"] = estimate(added, table).as_dict()
         if key == "l14":
             # peak memory per step does not depend on the number of steps: 2 shots keep the epoch short
             pair["memory_gib"] = memory_sweep(source, args.memory_classes, 2,
@@ -284,12 +261,14 @@ def main() -> None:
         pair["seconds"] = time.perf_counter() - started
         report["pairs"][key] = pair
         del source
-        print(json.dumps({key: pair["estimate_paper_methods"]}, indent=1), file=sys.stderr, flush=True)
+        print(json.dumps({grid: pair["estimate_paper_grid"]}, indent=1), file=sys.stderr, flush=True)
+    report["throughputs"] = table
     text = json.dumps(report, indent=1)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    for path, content in ((args.out, text), (args.throughputs_out, json.dumps(table, indent=1))):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content + "\n")
 
 
 if __name__ == "__main__":

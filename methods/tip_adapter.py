@@ -149,11 +149,16 @@ class TipAdapterF(Method):
     Config = TipAdapterConfig
     module_class = TipAdapterModule
 
+    @classmethod
+    def epochs(cls, config: TipAdapterConfig, dataset: str, shots: int) -> int:
+        """The reference's epochs: 20, EuroSAT 100 (unless the config sets them)."""
+        return config.epochs or EPOCHS.get(dataset, 20)
+
     def fit(self, source: VLM, task: Any, config: TipAdapterConfig, seed: int) -> TipAdapterModule:
         ref_alpha, ref_beta, ref_scales = REFERENCE_HP.get(task.dataset.name, REFERENCE_HP["imagenet"])
         alpha = ref_alpha if config.init_alpha is None else config.init_alpha
         beta = ref_beta if config.init_beta is None else config.init_beta
-        epochs = config.epochs or EPOCHS.get(task.dataset.name, 20)
+        epochs = self.epochs(config, task.dataset.name, task.shots)
         template = config.template or task.template
         device, classes, scale = source.device, len(task.class_names), source.logit_scale
 

@@ -72,3 +72,23 @@ def test_grid_errors_reach_the_user_without_a_traceback(capsys, tmp_path):
     for grid, message in (("paper:nope", "No shipped grid named 'nope'"), (str(tmp_path), "is a folder")):
         code, _, err = run_cli(capsys, "sweep", "--grid", grid, "--dry-run")
         assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_cost_estimate_counts_shared_features_once_and_every_fit():
+    """Known answer on a hand-made throughput table: coop on DTD (47 classes, 1692 test images), 16 shots."""
+    from upgradebench.cost import estimate
+    from upgradebench.runner import RunSpec
+
+    table = {"measured": {"device": "test GPU"}, "archs": {
+        "ViT-B-16-quickgelu": {"images_per_s": 1000.0, "fit": {"coop": {"a": 0.01, "b": 0.0, "batch_size": 32,
+                                                                         "fit_per_class_s": None}}},
+        "EVA02-B-16": {"images_per_s": 500.0}}}
+    specs = [RunSpec(method="coop", source="clip", targets=["eva-clip"], dataset="dtd", seed=s) for s in (1, 2)]
+    cost = estimate(specs, table)
+    sample = 47 * 16 * (10 + 1) + 47 * 4  # views + plain training images, then validation shots, per seed
+    assert cost.extraction_hours * 3600 == pytest.approx(2 * sample / 1000 + 1692 / 1000 + 1692 / 500)
+    assert cost.fit_hours["coop"] * 3600 == pytest.approx(2 * 200 * 24 * 0.01)  # 200 epochs x 24 steps x 10 ms
+    toy = estimate([RunSpec(method="coop")], table)
+    assert toy.total_hours == 0 and "no throughput measured for toy-clip, toy-eva" in next(iter(toy.not_estimated.values()))
+    unmeasured = estimate([RunSpec(method="kgcoop", source="clip", targets=["eva-clip"], dataset="dtd")], table)
+    assert "no fit time measured for kgcoop" in next(iter(unmeasured.not_estimated.values()))

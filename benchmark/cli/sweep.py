@@ -74,11 +74,18 @@ def sweep(
 
 
 def _dry_run(grid: Grid, specs: list, data_root: Path | None, as_json: bool) -> None:
-    """List the runs, what the grid needs that is not on this machine, and the shipped grids."""
+    """List the runs, what the grid needs that is not on this machine, its estimated GPU cost, and the
+    shipped grids."""
+    from ..cost import estimate  # imports the methods: only a dry run needs it
+
     runs = [describe(s) for s in specs]
     missing = missing_inputs(grid, data_root)
+    try:
+        cost = estimate(specs).as_dict()
+    except UserError as exc:
+        cost = {"not_estimated": exc.message}
     if as_json:
-        print_json({"runs": runs, "missing": missing, "paper_grids": paper_grids()})
+        print_json({"runs": runs, "missing": missing, "cost": cost, "paper_grids": paper_grids()})
         return
     print_table(f"{len(runs)} runs", ["run"], [[escape(r)] for r in runs])
     if missing:
@@ -86,3 +93,11 @@ def _dry_run(grid: Grid, specs: list, data_root: Path | None, as_json: bool) -> 
                     [[m["kind"], escape(m["name"]), escape(m["problem"])] for m in missing])
     else:
         err_console.print("every model and dataset of the grid is on this machine")
+    if "total_hours" in cost:
+        skipped = len(cost["not_estimated"])
+        err_console.print(f"estimated cost on one {escape(cost['device'])}: {cost['total_hours']:.1f} GPU-hours "
+                          f"({cost['extraction_hours']:.1f} h feature extraction, "
+                          f"{sum(cost['fit_hours'].values()):.1f} h fitting)"
+                          + (f"; {skipped} runs not estimated (models or methods not measured)" if skipped else ""))
+    else:
+        err_console.print(f"no cost estimate: {escape(cost['not_estimated'])}")

@@ -33,7 +33,8 @@ class CoopSpec:
     class as the val split (ImageNet, which has none). ``folder_names`` says whether class folders are
     named by wnid or by line index (ImageNet-V2). ``present_classes_only`` restricts the classes to the
     folders on disk (ImageNet-A/-R). ``ignore``, ``rename`` and ``split_camel_case`` are CoOp's
-    class-name rules (see :func:`coop_classname`).
+    class-name rules (see :func:`coop_classname`). ``num_test`` is the size of the test split as the paper's
+    Table 1 (and CoOp) give it, for cost estimates before the data is on disk.
     """
 
     name: str
@@ -44,6 +45,7 @@ class CoopSpec:
     template: str
     num_classes: int
     description: str
+    num_test: int = 0
     split_file: str | None = None
     classes_file: str | None = None
     split_dirs: dict[str, str] = field(default_factory=dict)

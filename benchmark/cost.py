@@ -1,0 +1,126 @@
+"""What a sweep costs on one GPU, estimated from throughputs measured on the real architectures.
+
+``gpu_throughputs.json`` (made from the output of ``benchmarks/gpu_check.py``) holds, per open_clip
+architecture, the image encoder's images per second and, per method, the seconds of one optimisation step
+as ``a + b * classes`` (for a method without an epoch loop: its whole fit, per class). A sweep's cost is
+
+- feature extraction, each item once however many runs share it: every (model, dataset) test split, and per
+  (source, dataset, shots, seed) few-shot sample its ``V`` augmented views, its plain training images and
+  its validation shots;
+- every fit: epochs (``Method.epochs``) x steps per epoch (``ceil(classes * shots / batch)``) x seconds per step.
+
+Class and test-set sizes come from the dataset table (``data/coop_datasets.json``), so a grid is estimated
+before its data is on disk. Runs on models, datasets or methods that were not measured are listed as not
+estimated, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from .data.coop_spec import coop_specs
+from .errors import UserError
+from .method import get_method
+from .models import parse_model
+from .runner import RunSpec
+
+FILE = "gpu_throughputs.json"
+
+
+@lru_cache(maxsize=1)
+def throughputs() -> dict[str, Any]:
+    """The measured throughputs shipped with upgradebench (``{}`` before any GPU check was recorded)."""
+    path = resources.files(__package__).joinpath(FILE)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+@dataclass
+class CostEstimate:
+    """GPU-hours of a list of runs on the device the throughputs were measured on."""
+
+    device: str
+    extraction_hours: float = 0.0
+    fit_hours: dict[str, float] = field(default_factory=dict)
+    not_estimated: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total_hours(self) -> float:
+        """Extraction plus every fit."""
+        return self.extraction_hours + sum(self.fit_hours.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"device": self.device, "total_hours": self.total_hours, "extraction_hours": self.extraction_hours,
+                "fit_hours": dict(self.fit_hours), "not_estimated": dict(self.not_estimated)}
+
+
+def _arch(model: str, pretrained: str | None) -> str | None:
+    spec = parse_model(model, pretrained)
+    return spec.arch if spec.kind == "open_clip" else None
+
+
+def fit_seconds(table: dict[str, Any], arch: str, method: str, config: Any, dataset: str, classes: int,
+                shots: int) -> float | None:
+    """Seconds of one fit of ``method`` on ``arch`` by ``table`` (None when that pair was not measured)."""
+    timing = table.get("archs", {}).get(arch, {}).get("fit", {}).get(method)
+    if timing is None:
+        return None
+    epochs = get_method(method).epochs(config, dataset, shots)
+    if epochs is None:
+        return timing["fit_per_class_s"] * classes
+    batch = getattr(config, "batch_size", None) or timing["batch_size"] or 1
+    return epochs * math.ceil(classes * shots / batch) * (timing["a"] + timing["b"] * classes)
+
+
+def estimate(specs: Sequence[RunSpec], table: dict[str, Any] | None = None) -> CostEstimate:
+    """The GPU-hours of ``specs`` from measured throughputs (``table``: the shipped ones by default)."""
+    table = throughputs() if table is None else table
+    if not table:
+        raise UserError("No GPU throughputs are recorded in this upgradebench, so no cost can be estimated.",
+                        "run benchmarks/gpu_check.py on a GPU and record its output (see README, Speed)")
+    archs, datasets = table["archs"], coop_specs()
+    out = CostEstimate(device=table["measured"]["device"])
+    extracted: set[tuple[str, str]] = set()
+
+    def extract(arch: str, key: str, images: int) -> float:
+        """Seconds to encode ``images`` on ``arch`` the first time ``key`` is asked for, then nothing."""
+        if (arch, key) in extracted:
+            return 0.0
+        extracted.add((arch, key))
+        return images / archs[arch]["images_per_s"]
+
+    seconds = 0.0
+    for spec in specs:
+        name = f"{spec.method} {spec.dataset} k={spec.shots} seed={spec.seed}"
+        models = [spec.source, *spec.targets]
+        model_archs = [_arch(m, spec.pretrained.get(m)) for m in models]
+        unknown = [m for m, a in zip(models, model_archs) if a not in archs]
+        missing_data = [d for d in (spec.dataset, *spec.ood) if d not in datasets]
+        if unknown or missing_data or spec.views == "online":
+            why = (f"no throughput measured for {', '.join(unknown)}" if unknown else
+                   f"no size known for {', '.join(missing_data)}" if missing_data else "online views")
+            out.not_estimated[name] = why
+            continue
+        method = get_method(spec.method)
+        config = method.make_config(spec.config)
+        info = datasets[spec.dataset]
+        fit = fit_seconds(table, model_archs[0], spec.method, config, spec.dataset, info.num_classes, spec.shots)
+        if fit is None:
+            out.not_estimated[name] = f"no fit time measured for {spec.method} on {model_archs[0]}"
+            continue
+        out.fit_hours[spec.method] = out.fit_hours.get(spec.method, 0.0) + fit / 3600
+        views = int(spec.views)
+        sample = info.num_classes * spec.shots
+        seconds += extract(model_archs[0], f"{spec.dataset}/k{spec.shots}/s{spec.seed}",
+                           sample * (views + 1) + info.num_classes * min(spec.shots, 4))
+        for arch in model_archs:
+            for test_set in (spec.dataset, *spec.ood):
+                seconds += extract(arch, f"{test_set}/test", datasets[test_set].num_test)
+    out.extraction_hours = seconds / 3600
+    return out
