@@ -169,6 +169,8 @@ class FeatureCache:
     """
 
     def __init__(self, root: str | Path | None = None, precision: str = "fp32", workers: int | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise UserError(f"Unknown precision {precision!r}.", f"use one of {', '.join(PRECISIONS)}")
         self.root = Path(root) if root is not None else features_dir()
         self.precision = precision
         self.workers = default_workers() if workers is None else workers
