@@ -70,7 +70,7 @@ def progress_bar(transient: bool = True) -> Progress:
                     TimeElapsedColumn(), transient=transient, console=Console(stderr=True))
 
 
-class _ViewPixels(TorchDataset):
+class ViewPixels(TorchDataset):
     """Item ``i`` -> uint8 pixels ``[len(views), 3, S, S]`` of its image under every view (one decode)."""
 
     def __init__(self, dataset: Dataset, refs: Sequence[str], transform: TransformSpec,
@@ -105,6 +105,16 @@ def _collate(samples: list) -> torch.Tensor | tuple[str, str | None]:
     return torch.stack(samples)
 
 
+def pixel_loader(dataset: Dataset, refs: Sequence[str], transform: TransformSpec, views: Sequence[int | None],
+                 workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Chunks of ``CHUNK`` items' :class:`ViewPixels` ``[b, V, 3, S, S]`` in order, decoded by ``workers`` processes.
+
+    An unreadable image arrives as ``(message, fix)`` instead of a tensor.
+    """
+    return DataLoader(ViewPixels(dataset, refs, transform, views), batch_size=CHUNK, collate_fn=_collate,
+                      num_workers=workers, pin_memory=pin_memory)
+
+
 def encode_views(
     vlm: VLM,
     dataset: Dataset,
@@ -123,8 +133,7 @@ def encode_views(
     cuda = vlm.device.type == "cuda"
     # starting a worker costs more than decoding a few images
     workers = min(workers, len(refs) // CHUNK)
-    loader = DataLoader(_ViewPixels(dataset, refs, transform, views), batch_size=CHUNK, collate_fn=_collate,
-                        num_workers=workers, pin_memory=cuda)
+    loader = pixel_loader(dataset, refs, transform, views, workers, pin_memory=cuda)
     pending: list[torch.Tensor] = []
     count = 0
     for index, chunk in enumerate(loader):
@@ -138,8 +147,9 @@ def encode_views(
             batch, rest = pixels[:batch_size], pixels[batch_size:]
             pending, count = ([rest] if len(rest) else []), len(rest)
             with torch.no_grad(), autocast_context(vlm.device, precision):
-                yield torch.stack([vlm.encode_images(transform.normalize(batch[:, v]).contiguous()).float().cpu()
-                                   for v in range(batch.shape[1])])
+                feats = torch.stack([vlm.encode_images(transform.normalize(batch[:, v]).contiguous()).float().cpu()
+                                     for v in range(batch.shape[1])])
+            yield feats  # outside the contexts, which would otherwise hold for the caller between batches
 
 
 def encode_items(
