@@ -164,3 +164,13 @@ def test_features_command_rejects_unknown_names(capsys, option, value, message):
     args = {"--model": "toy-clip", "--dataset": "toy-shape", option: value}
     code, _, err = run_cli(capsys, "features", "--model", args["--model"], "--dataset", args["--dataset"])
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_dataset_all_is_every_dataset_found(tmp_path):
+    from upgradebench.cli.features import _datasets
+    from upgradebench.runner import Runner
+
+    build(tmp_path, "dtd", "eurosat")
+    names = {ds.name for ds in _datasets(Runner(tmp_path / "results", data_root=tmp_path), ["all"], tmp_path)}
+    assert {"dtd", "eurosat", "toy-shape", "toy-shape-sketch"} <= names  # on disk, and the procedural world
+    assert "oxford_pets" not in names and "imagenet" not in names  # registered but not under this root
