@@ -2,16 +2,25 @@
 
 Key = (model fingerprint, dataset fingerprint, split, transform key, view index, precision). One
 safetensors file per key holds the features of every item computed so far (item references in the file's
-metadata); asking for new items of the same key computes only those and rewrites the file atomically.
+metadata); asking for new items of the same key computes only those and rewrites the file atomically
+(every few thousand items, so an interrupted extraction of a large split resumes where it stopped).
 Augmented view ``v`` of an item is seeded by (item, v), so it is the same whichever other items are
 computed with it. Files live under ``$UPGRADEBENCH_HOME/features``.
+
+Extraction decodes each image once for all the views it needs; ``workers`` processes (a torch DataLoader)
+decode and augment, the main process encodes batches. Each view is seeded by (item, view) and the images
+of a view are encoded in the same batches as by one process, so the features do not depend on the number
+of workers. Pixels travel as uint8 (pinned, copied without blocking when the model is on CUDA) and are
+normalised on the model's device. Memory format stays as it is: the image towers here are ViTs, whose only
+convolution is the patch embedding, so channels-last has nothing to speed up.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -20,14 +29,24 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
 
 from .atomic import atomic_path
 from .data.dataset import Dataset, Item
+from .errors import UserError
 from .models.transforms import TransformSpec
 from .models.vlm import VLM
 from .paths import features_dir
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+CHUNK = 8  # items a worker decodes per hand-over: small enough to spread a short split over every worker
+FLUSH_EVERY = 4096  # items between two writes of a growing cache file (the resume granularity)
+
+
+def default_workers() -> int:
+    """Decoding processes when none are asked for: every core but the one that encodes, at most 16."""
+    return max(0, min(16, (os.cpu_count() or 1) - 1))
 
 
 def _seed_of(ref: str, view: int) -> int:
@@ -51,6 +70,88 @@ def progress_bar(transient: bool = True) -> Progress:
                     TimeElapsedColumn(), transient=transient, console=Console(stderr=True))
 
 
+class ViewPixels(TorchDataset):
+    """Item ``i`` -> uint8 pixels ``[len(views), 3, S, S]`` of its image under every view (one decode)."""
+
+    def __init__(self, dataset: Dataset, refs: Sequence[str], transform: TransformSpec,
+                 views: Sequence[int | None]) -> None:
+        self.dataset, self.refs, self.transform, self.views = dataset, refs, transform, list(views)
+        self.pixels = transform.pixels()
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[str, str | None]:
+        ref = self.refs[index]
+        try:
+            image = self.dataset.load_image(ref)
+        except UserError as exc:
+            # a DataLoader re-raises worker exceptions with only a message: the fix travels as data instead
+            return exc.message, exc.fix
+        if not self.transform.train:
+            return self.pixels(image).unsqueeze(0)
+        out = []
+        for view in self.views:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_seed_of(ref, view or 0))
+                out.append(self.pixels(image))
+        return torch.stack(out)
+
+
+def _collate(samples: list) -> torch.Tensor | tuple[str, str | None]:
+    for sample in samples:
+        if isinstance(sample, tuple):
+            return sample
+    return torch.stack(samples)
+
+
+def pixel_loader(dataset: Dataset, refs: Sequence[str], transform: TransformSpec, views: Sequence[int | None],
+                 workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Chunks of ``CHUNK`` items' :class:`ViewPixels` ``[b, V, 3, S, S]`` in order, decoded by ``workers`` processes.
+
+    An unreadable image arrives as ``(message, fix)`` instead of a tensor.
+    """
+    return DataLoader(ViewPixels(dataset, refs, transform, views), batch_size=CHUNK, collate_fn=_collate,
+                      num_workers=workers, pin_memory=pin_memory)
+
+
+def encode_views(
+    vlm: VLM,
+    dataset: Dataset,
+    refs: Sequence[str],
+    transform: TransformSpec,
+    views: Sequence[int | None],
+    precision: str = "fp32",
+    workers: int = 0,
+    batch_size: int = 128,
+) -> Iterator[torch.Tensor]:
+    """Features of ``refs`` under every view, batch after batch: ``[len(views), b, D]`` on the CPU.
+
+    Each image is decoded once (by one of ``workers`` processes, or here with 0); ``views`` seed the
+    augmentation of a train transform (``None`` = view 0). Batches hold ``batch_size`` items of one view.
+    """
+    cuda = vlm.device.type == "cuda"
+    # starting a worker costs more than decoding a few images
+    workers = min(workers, len(refs) // CHUNK)
+    loader = pixel_loader(dataset, refs, transform, views, workers, pin_memory=cuda)
+    pending: list[torch.Tensor] = []
+    count = 0
+    for index, chunk in enumerate(loader):
+        if isinstance(chunk, tuple):
+            raise UserError(*chunk)
+        pending.append(chunk.to(vlm.device, non_blocking=cuda))
+        count += len(chunk)
+        last = (index + 1) * CHUNK >= len(refs)
+        while count >= batch_size or (last and count):
+            pixels = torch.cat(pending)
+            batch, rest = pixels[:batch_size], pixels[batch_size:]
+            pending, count = ([rest] if len(rest) else []), len(rest)
+            with torch.no_grad(), autocast_context(vlm.device, precision):
+                feats = torch.stack([vlm.encode_images(transform.normalize(batch[:, v]).contiguous()).float().cpu()
+                                     for v in range(batch.shape[1])])
+            yield feats  # outside the contexts, which would otherwise hold for the caller between batches
+
+
 def encode_items(
     vlm: VLM,
     dataset: Dataset,
@@ -58,39 +159,32 @@ def encode_items(
     transform: TransformSpec,
     view: int | None = None,
     precision: str = "fp32",
-    batch_size: int = 128,
+    workers: int = 0,
     description: str = "",
 ) -> torch.Tensor:
     """Encode the images of ``items`` (no cache). ``view`` seeds the augmentation of a train transform."""
-    tf = transform.build()
     out: list[torch.Tensor] = []
     with progress_bar() as bar:
         task = bar.add_task(description or f"encoding {dataset.name}", total=len(items))
-        for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
-            images = []
-            for ref, _ in chunk:
-                image = dataset.load_image(ref)
-                if transform.train:
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(_seed_of(ref, view or 0))
-                        images.append(tf(image))
-                else:
-                    images.append(tf(image))
-            batch = torch.stack(images)
-            with autocast_context(vlm.device, precision):
-                out.append(vlm.encode_images(batch).float().cpu())
-            bar.advance(task, len(chunk))
+        for feats in encode_views(vlm, dataset, [ref for ref, _ in items], transform, [view], precision, workers):
+            out.append(feats[0])
+            bar.advance(task, feats.shape[1])
     return torch.cat(out) if out else torch.empty(0, vlm.embed_dim)
 
 
 class FeatureCache:
-    """Image features cached on disk; reused by every method and every later run."""
+    """Image features cached on disk; reused by every method and every later run.
 
-    def __init__(self, root: str | Path | None = None, precision: str = "fp32") -> None:
+    ``workers`` decoding processes (default :func:`default_workers`; 0 decodes in this process).
+    """
+
+    def __init__(self, root: str | Path | None = None, precision: str = "fp32", workers: int | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise UserError(f"Unknown precision {precision!r}.", f"use one of {', '.join(PRECISIONS)}")
         self.root = Path(root) if root is not None else features_dir()
         self.precision = precision
-        self.computed = 0  # images encoded by this cache object (tests and benchmarks read it)
+        self.workers = default_workers() if workers is None else workers
+        self.computed = 0  # images encoded (one per item and view) by this cache object; tests and benchmarks read it
 
     def path(self, vlm: VLM, dataset: Dataset, split: str, transform: TransformSpec, view: int | None) -> Path:
         """The file of one cache key."""
@@ -108,20 +202,60 @@ class FeatureCache:
         view: int | None = None,
     ) -> torch.Tensor:
         """Features ``[len(items), D]`` of ``items``, computing (and caching) only the missing ones."""
-        path = self.path(vlm, dataset, split, transform, view)
-        refs, feats = self._read(path)
-        index = {r: i for i, r in enumerate(refs)}
-        missing = list(dict.fromkeys(ref for ref, _ in items if ref not in index))
-        if missing:
-            what = f"{vlm.name} {dataset.name}/{split} " + ("test transform" if view is None else f"view {view}")
-            new = encode_items(vlm, dataset, [(r, -1) for r in missing], transform, view, self.precision,
-                               description=f"features {what}")
-            self.computed += len(missing)
-            refs = refs + missing
-            feats = new if feats is None else torch.cat([feats, new])
-            self._write(path, refs, feats, vlm, dataset, split, transform, view)
+        return self.get_views(vlm, dataset, split, items, transform, [view])[0]
+
+    def get_views(
+        self,
+        vlm: VLM,
+        dataset: Dataset,
+        split: str,
+        items: Sequence[Item],
+        transform: TransformSpec,
+        views: Sequence[int | None],
+    ) -> torch.Tensor:
+        """Features ``[len(views), len(items), D]``: :meth:`get` for several views, one decode per image.
+
+        Views that miss the same items are computed together; each view keeps its own file.
+        """
+        stored = {view: self._read(self.path(vlm, dataset, split, transform, view)) for view in views}
+        groups: dict[tuple[str, ...], list[int | None]] = {}
+        for view, (refs, _) in stored.items():
+            known = set(refs)
+            missing = tuple(dict.fromkeys(ref for ref, _ in items if ref not in known))
+            if missing:
+                groups.setdefault(missing, []).append(view)
+        for missing, group in groups.items():
+            self._compute(vlm, dataset, split, transform, list(missing), group, stored)
+        out = []
+        for view in views:
+            refs, feats = stored[view]
             index = {r: i for i, r in enumerate(refs)}
-        return feats[torch.tensor([index[ref] for ref, _ in items], dtype=torch.long)]
+            out.append(feats[torch.tensor([index[ref] for ref, _ in items], dtype=torch.long)])
+        return torch.stack(out)
+
+    def _compute(self, vlm: VLM, dataset: Dataset, split: str, transform: TransformSpec, missing: list[str],
+                 views: list[int | None], stored: dict) -> None:
+        """Encode ``missing`` under ``views`` into ``stored``, writing the files every ``FLUSH_EVERY`` items."""
+        what = "test transform" if views == [None] else \
+            (f"view {views[0]}" if len(views) == 1 else f"{len(views)} views")
+        fresh: list[torch.Tensor] = []  # [len(views), b, D] batches not yet in ``stored``
+        done = 0
+        with progress_bar() as bar:
+            task = bar.add_task(f"features {vlm.name} {dataset.name}/{split} {what}", total=len(missing))
+            for feats in encode_views(vlm, dataset, missing, transform, views, self.precision, self.workers):
+                fresh.append(feats)
+                self.computed += feats.shape[1] * len(views)
+                bar.advance(task, feats.shape[1])
+                pending = sum(f.shape[1] for f in fresh)
+                if pending >= FLUSH_EVERY or done + pending == len(missing):
+                    new = torch.cat(fresh, dim=1)
+                    for i, view in enumerate(views):
+                        refs, old = stored[view]
+                        stored[view] = (refs + missing[done:done + new.shape[1]],
+                                        new[i] if old is None else torch.cat([old, new[i]]))
+                        self._write(self.path(vlm, dataset, split, transform, view), *stored[view], vlm, dataset,
+                                    split, transform, view)
+                    done, fresh = done + new.shape[1], []
 
     @staticmethod
     def _read(path: Path) -> tuple[list[str], torch.Tensor | None]:
@@ -138,4 +272,3 @@ class FeatureCache:
                 "transform": transform.key, "view": str(view), "precision": self.precision}
         with atomic_path(path) as tmp:
             save_file({"features": feats.contiguous()}, str(tmp), metadata=meta)
-

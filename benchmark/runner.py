@@ -100,10 +100,10 @@ class Runner:
     """Runs specs against shared state: loaded models, the feature cache and the results folder."""
 
     def __init__(self, results: str | Path | None = None, device: str = "auto", precision: str = "fp32",
-                 data_root: str | Path | None = None, allow_download: bool = False) -> None:
+                 data_root: str | Path | None = None, allow_download: bool = False, workers: int | None = None) -> None:
         self.results = Path(results) if results is not None else default_results_dir()
         self.device = resolve_device(device)
-        self.cache = FeatureCache(precision=precision)
+        self.cache = FeatureCache(precision=precision, workers=workers)
         self.data_root = data_root
         self.allow_download = allow_download
         self._models: dict[tuple[str, str | None], VLM] = {}
@@ -213,9 +213,10 @@ class Runner:
 
 
 def evaluate_module(folder: str | Path, model: str, dataset: str, device: str = "auto",
-                    data_root: str | Path | None = None, pretrained: str | None = None) -> dict:
+                    data_root: str | Path | None = None, pretrained: str | None = None,
+                    workers: int | None = None) -> dict:
     """``upgradebench eval``: a saved module on another model, without retraining."""
-    runner = Runner(results=os.devnull, device=device, data_root=data_root)
+    runner = Runner(results=os.devnull, device=device, data_root=data_root, workers=workers)
     module = load_module(folder)
     vlm = runner.model(model, pretrained)
     top1, n_test, seconds = runner.evaluate(module, vlm, runner.dataset(dataset))

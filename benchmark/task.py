@@ -83,9 +83,8 @@ class FewShotTask:
         """``V`` augmented views of every training image ``[V, N, D]`` (cached; random-resized-crop + flip)."""
         count = views if views is not None else (self.views if isinstance(self.views, int) else 10)
         spec = self._train_spec(crop_scale)
-        return self._cached(("views", count, crop_scale), lambda: torch.stack([
-            self.cache.get(self.source, self.dataset, "train", self.split.train, spec, view=v) for v in range(count)
-        ]))
+        return self._cached(("views", count, crop_scale), lambda: self.cache.get_views(
+            self.source, self.dataset, "train", self.split.train, spec, views=range(count)))
 
     def _train_spec(self, crop_scale: tuple[float, float]) -> TransformSpec:
         base = self.source.train_transform_spec
@@ -103,7 +102,8 @@ class FewShotTask:
             spec = self._train_spec(crop_scale)
             offset = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
             return encode_items(self.source, self.dataset, self.split.train, spec, view=offset + epoch,
-                                precision=self.cache.precision, description=f"online views, epoch {epoch}")
+                                precision=self.cache.precision, workers=self.cache.workers,
+                                description=f"online views, epoch {epoch}")
         views = self.train_view_features(crop_scale=crop_scale)
         pick = torch.randint(0, views.shape[0], (views.shape[1],), generator=generator)
         return views[pick, torch.arange(views.shape[1])]

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from ..errors import UserError
 from ._common import err_console
-from . import datasets
+from . import datasets, features
 from . import analyze, fidelity, figures, leaderboard
 from . import methods, models, results, run, sweep
 from . import zoo
@@ -47,6 +47,7 @@ app.add_typer(methods.app, name="methods")
 app.add_typer(results.app, name="results")
 app.command("run")(run.run)
 app.command("eval")(run.evaluate)
+app.command("features")(features.features)
 app.add_typer(analyze.app, name="analyze")
 app.command("figures")(figures.figures)
 app.command("fidelity")(fidelity.fidelity)

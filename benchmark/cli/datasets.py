@@ -25,7 +25,7 @@ app = typer.Typer(help="Datasets: what is registered, what one contains, what is
 T = TypeVar("T")
 
 
-def _found(name: str, kind: str, root: Path) -> bool:
+def dataset_found(name: str, kind: str, root: Path) -> bool:
     """Whether dataset ``name`` is usable under ``root`` (cheap: no split file is parsed)."""
     if kind == "world":
         return True  # procedural: nothing to find on disk
@@ -50,7 +50,7 @@ def list_datasets(
         kind = meta.get("kind", "")
         rows.append({
             "name": entry.name, "kind": kind, "num_classes": meta.get("num_classes"), "ood_of": meta.get("ood_of"),
-            "found": _found(entry.name, kind, root),
+            "found": dataset_found(entry.name, kind, root),
             "path": str(root / meta["folder"]) if kind == "coop" else None,
             "description": meta.get("description", ""), "origin": entry.origin,
         })
@@ -138,7 +138,7 @@ def check_datasets(
     if not requested:
         dataset_names()
         coop = [e.name for e in DATASETS.entries() if e.meta.get("kind") == "coop"]
-        requested = [n for n in coop if _found(n, "coop", root)]
+        requested = [n for n in coop if dataset_found(n, "coop", root)]
         if not requested:
             raise UserError(f"No CoOp-format dataset was found under {root}.",
                             "pass --data-root DIR (or set UPGRADEBENCH_DATA), or name a dataset to see what is missing")

@@ -9,7 +9,7 @@ import typer
 from ..results import harmonic
 from ..runner import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS, Runner, RunSpec, evaluate_module
 from ._common import err_console, print_json, print_table
-from ._options import DataRoot, Device, Json, parse_pairs
+from ._options import DataRoot, Device, Json, Workers, parse_pairs
 
 
 def run(
@@ -29,13 +29,14 @@ def run(
     device: str = Device,
     data_root: Path = DataRoot,
     download: bool = typer.Option(False, "--download", help="Allow open_clip to download missing weights."),
+    workers: int = Workers,
     as_json: bool = Json,
 ) -> None:
     """Fit METHOD once on SOURCE and evaluate the module unchanged on SOURCE (Base) and each TARGET (New)."""
     weights = {}
     for item in pretrained or []:
         weights.update(parse_pairs([item], "--pretrained") if "=" in item else {source: item})
-    runner = Runner(results, device, precision, data_root, download)
+    runner = Runner(results, device, precision, data_root, download, workers)
     specs = [RunSpec(method=method, source=source, targets=list(target), dataset=d, shots=shots, seed=s,
                      config=parse_pairs(config, "--config"), views=views, ood=list(ood or []), pretrained=weights)
              for d in dataset for s in seed]
@@ -83,10 +84,11 @@ def evaluate(
     pretrained: str = typer.Option(None, "--pretrained", help="Local weights file for --model."),
     device: str = Device,
     data_root: Path = DataRoot,
+    workers: int = Workers,
     as_json: bool = Json,
 ) -> None:
     """Evaluate a saved module on any compatible model, without retraining."""
-    out = evaluate_module(module, model, dataset, device, data_root, pretrained)
+    out = evaluate_module(module, model, dataset, device, data_root, pretrained, workers)
     if as_json:
         print_json(out)
         return

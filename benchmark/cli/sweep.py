@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..runner import DEFAULT_SOURCE, DEFAULT_TARGETS, Runner
 from ..sweep import Grid, describe, load_grid, missing_inputs, paper_grids, run_local, run_slurm
 from ._common import err_console, print_json, print_table
-from ._options import DataRoot, Device, Json
+from ._options import DataRoot, Device, Json, Workers
 
 
 def sweep(
@@ -33,6 +33,7 @@ def sweep(
     stop_on_error: bool = typer.Option(False, "--stop-on-error", help="Stop at the first failed run."),
     device: str = Device,
     data_root: Path = DataRoot,
+    workers: int = Workers,
     as_json: bool = Json,
 ) -> None:
     """Run every (method, dataset, shots, seed, variant) of a grid; finished runs are skipped (resume)."""
@@ -53,7 +54,7 @@ def sweep(
     if dry_run:
         _dry_run(g, specs, data_root, as_json)
         return
-    runner_kwargs = {"results": results, "device": device, "data_root": data_root}
+    runner_kwargs = {"results": results, "device": device, "data_root": data_root, "workers": workers}
     if executor == "slurm":
         slurm = {"slurm_partition": slurm_partition, "gpus_per_node": slurm_gpus, "timeout_min": slurm_minutes}
         jobs = run_slurm(specs, runner_kwargs, Path(results or ".") / "slurm", {k: v for k, v in slurm.items() if v})
