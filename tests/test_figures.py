@@ -11,9 +11,10 @@ import pytest
 
 from upgradebench.analysis.drift import DRIFT_SCHEMA, DRIFT_SCHEMA_VERSION, write_drift
 from upgradebench.analysis.tables import main_table, ranks, table2, to_latex, to_markdown
-from upgradebench.results import COLUMNS, SCHEMA_VERSION, read_results, summarize, write_rows
+from upgradebench.results import SCHEMA_VERSION, read_results, summarize, write_rows
 
 from .cli_helpers import run_cli, run_json
+from .rows import blank_row
 
 COOP = {"n_ctx": 16, "depth": 0, "epochs": None}
 CONTCOOP = {"n_ctx": 16, "attention": True, "heads": 1, "kd": True, "kd_weight": 1.0, "condition": "{}"}
@@ -31,7 +32,7 @@ def result_rows(method: str, dataset: str, seed: int, source: str, target: str, 
     train = train_dataset or dataset
     out = []
     for role, model, acc in (("base", source, base), ("new", target, new)):
-        row = {c: "" for c in COLUMNS}
+        row = blank_row()
         row.update(schema_version=SCHEMA_VERSION, run_id=f"{method}-{variant}-{train}-s{seed}-{source}",
                    method=method, method_version="1", method_origin="upgradebench==0.1.0",
                    method_config=json.dumps(full, sort_keys=True), method_variant=variant, dataset=dataset,
