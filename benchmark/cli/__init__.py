@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import click
 import typer
+from rich.markup import escape
 
 from ..errors import UserError
 from ._common import err_console
@@ -63,9 +64,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         rv = app(args=list(argv) if argv is not None else None, standalone_mode=False)
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.fix:
-            err_console.print(f"[bold]fix:[/] {exc.fix}", highlight=False)
+            err_console.print(f"[bold]fix:[/] {escape(exc.fix)}", highlight=False)
         sys.exit(2)
     except (click.exceptions.Abort, typer.Abort):
         err_console.print("aborted")
