@@ -373,7 +373,7 @@ def summarize_with_intervals(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.Dat
     keep = [c for c in keep if c not in ("seeds", "n_test")]
     out = summary.merge(extra[keep], on=key, how="left")
     if out.empty:
-        return out.reindex(columns=list(out.columns) + [c for c in keep if c not in out.columns])
+        return out
     zs = out[out.method == "zeroshot"].set_index(["source", "target", "dataset", "shots"]).new
     oracle = _oracle_means(rows)
     for i, r in out.iterrows():

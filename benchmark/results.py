@@ -143,8 +143,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """
     pairs = paired(df)
     if pairs.empty:
-        return pd.DataFrame(columns=["source", "target", "label", "dataset", "base", "base_std", "new", "new_std",
-                                     "H", "H_std", "seeds"])
+        return pd.DataFrame(columns=["source", "target", "label", "method", "dataset", "shots", "base", "base_std",
+                                     "new", "new_std", "H", "H_std", "seeds"])
     group = ["source", "target", "label", "method", "dataset", "shots"]
     agg = pairs.groupby(group, dropna=False).agg(
         base=("base", "mean"), base_std=("base", "std"), new=("new", "mean"), new_std=("new", "std"),
