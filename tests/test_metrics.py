@@ -163,3 +163,18 @@ def test_intervals_are_reproducible_and_paired_across_calls(tmp_path):
     pd.testing.assert_frame_equal(one, two)
     a, b = (one[(one.label == m) & (one.dataset == DS)].iloc[0] for m in ("a", "b"))
     assert (a.new_lo, a.new_hi, a.base_lo) == (b.new_lo, b.new_hi, b.base_lo)  # same data, same replicates
+
+
+def test_duckdb_reads_rows_and_ledgers_with_the_documented_globs(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    folder = known_folder(tmp_path)
+    old = folder / "old-run" / f"{SRC}--{DS}.parquet"  # a schema-1 row: no cost columns, no ledger
+    old.parent.mkdir()
+    pd.read_parquet(next(folder.glob("m-*/src--ds.parquet"))).drop(
+        columns=["trainable_params", "needs_image_encoder"]).assign(schema_version=1, run_id="old").to_parquet(old)
+    rows = duckdb.sql(f"SELECT * FROM read_parquet('{folder}/*/*.parquet', union_by_name = true)").df()
+    assert len(rows) == len(read_results(folder)) == 6 and rows.trainable_params.isna().sum() == 1
+    ledgers = duckdb.sql(f"SELECT run_id, eval_model, avg(correct::INT) * 100 AS top1 FROM "
+                         f"read_parquet('{folder}/*/ledger/*.parquet') GROUP BY ALL").df()
+    joined = ledgers.merge(rows, on=["run_id", "eval_model"], suffixes=("_ledger", ""))
+    assert len(joined) == 5 and np.allclose(joined.top1_ledger, joined.top1)
