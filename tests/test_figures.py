@@ -119,8 +119,11 @@ def test_figures_command_writes_every_figure_and_table(capsys, synthetic, tmp_pa
                  "fig2c-toy-clip", "fig2d-toy-texture-toy-clip--toy-eva-16shot",
                  "fig4-toy-shape-toy-clip--toy-eva-16shot"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names, stem
-    for table in ("table2", "table3", "table4", "table5", "table6", "table7", "table8"):
+    for table in ("table2", "table3", "table4", "table5", "table6", "table7", "table8", "compat"):
         assert {f"{table}.md", f"{table}.tex"} <= names, table
+    assert {"fig-base-new-toy-clip--toy-eva-16shot.png", "fig-base-new-toy-clip-l--toy-eva-l-16shot.pdf"} <= names
+    coop = next(line for line in (tmp_path / "f" / "compat.md").read_text().splitlines() if line.startswith("| coop"))
+    assert coop.count("–") == 4 and "[" not in coop  # no ledgers (NFR, BTC, NFR vs ZS, intervals), no oracle
     for path in out["written"]:
         assert Path(path).stat().st_size > 0
     assert (tmp_path / "f" / "fig2a-toy-clip--toy-eva-16shot.png").read_bytes()[:4] == b"\x89PNG"

@@ -178,3 +178,12 @@ def test_duckdb_reads_rows_and_ledgers_with_the_documented_globs(tmp_path):
                          f"read_parquet('{folder}/*/ledger/*.parquet') GROUP BY ALL").df()
     joined = ledgers.merge(rows, on=["run_id", "eval_model"], suffixes=("_ledger", ""))
     assert len(joined) == 5 and np.allclose(joined.top1_ledger, joined.top1)
+
+
+def test_figures_show_the_ledger_metrics_with_intervals(tmp_path, capsys):
+    folder = known_folder(tmp_path)
+    out = run_json(capsys, "figures", "--results", str(folder), "--out", str(tmp_path / "f"))
+    assert {"compat.md", "fig-base-new-src--tgt-16shot.png"} <= {p.split("/")[-1] for p in out["written"]}
+    line = next(l for l in (tmp_path / "f" / "compat.md").read_text().splitlines() if l.startswith("| m |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[0] == "m" and cells[4].startswith("40.00 [") and cells[8].startswith("-1.000 [")  # NFR, recovery
