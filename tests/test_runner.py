@@ -207,12 +207,10 @@ def _to_schema_1(results):
 
     import pandas as pd
 
-    from upgradebench.results import read_results as read
-
     for path in results.glob("*/*.parquet"):
         df = pd.read_parquet(path).drop(columns=["trainable_params", "needs_image_encoder"]).assign(schema_version=1)
         df.to_parquet(path, index=False)
-        assert read(path).trainable_params.isna().all()  # migrated: unknown, not 0
+        assert read_results(path).trainable_params.isna().all()  # migrated: unknown, not 0
     for ledger in results.glob("*/ledger"):
         shutil.rmtree(ledger)
 
@@ -243,9 +241,12 @@ def test_old_rows_are_backfilled_from_the_saved_module_without_refitting(capsys,
     _run(capsys, models, tiny_dataset, tmp_path / "res")
     before = read_results(tmp_path / "res")
     fitted = before[before.method == "coop"].fit_seconds.max()
+    weights = next((tmp_path / "res").glob("coop-*/module/module.safetensors"))
+    stamp = weights.stat().st_mtime_ns
     _to_schema_1(tmp_path / "res")
     _run(capsys, models, tiny_dataset, tmp_path / "res")
     after = read_results(tmp_path / "res")
+    assert weights.stat().st_mtime_ns == stamp  # the saved module was reused, not refitted
     assert after.top1.tolist() == before.top1.tolist() and after.created_at.tolist() == before.created_at.tolist()
     assert after[after.method == "coop"].fit_seconds.max() == fitted  # kept, not the 0 of a reused module
     assert after.trainable_params.tolist() == before.trainable_params.tolist()
