@@ -173,9 +173,7 @@ def cell_metrics(cell: Cell, weights: tuple[np.ndarray, np.ndarray] | None) -> d
                                                          ("zs", cell.zs), ("oracle", cell.oracle)) if a is not None}
     nan = np.full_like(size, np.nan)
     out = {
-        "base": acc["base"], "new": acc["new"],
-        "H": np.where(acc["base"] + acc["new"] > 0, 2 * acc["base"] * acc["new"] /
-                      np.maximum(acc["base"] + acc["new"], 1e-12), 0.0),
+        "base": acc["base"], "new": acc["new"], "H": _harmonic(acc["base"], acc["new"]),
         "nfr": 100 * total(cell.base & ~cell.new) / size,
         "pfr": 100 * total(~cell.base & cell.new) / size,
     }
@@ -190,6 +188,11 @@ def cell_metrics(cell: Cell, weights: tuple[np.ndarray, np.ndarray] | None) -> d
     else:
         out["recovery"] = nan
     return out
+
+
+def _harmonic(base: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Element-wise H = 2 Base New / (Base + New) (0 where both are 0), as ``results.harmonic``."""
+    return np.where(base + new > 0, 2 * base * new / np.maximum(base + new, 1e-12), 0.0)
 
 
 def interval(replicates: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
@@ -240,8 +243,7 @@ def compat_summary(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], n
             ["source", "target", "label", "method", "shots"], sort=True):
         keys = [(source, target, label, method, d, shots) for d in group.dataset]
         mean = {m: np.mean([replicates[k][m] for k in keys], axis=0) for m in METRICS}
-        mean["H"] = np.where(mean["base"] + mean["new"] > 0,
-                             2 * mean["base"] * mean["new"] / np.maximum(mean["base"] + mean["new"], 1e-12), 0.0)
+        mean["H"] = _harmonic(mean["base"], mean["new"])
         averages.append({"source": source, "target": target, "label": label, "method": method, "dataset": "Average",
                          "shots": shots, "seeds": int(group.seeds.min()), "n_test": int(group.n_test.sum()),
                          **_metric_row(mean)})
@@ -285,16 +287,18 @@ def compare(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], label_a:
     """A - B on the runs both have (same source, target, dataset, shots and seeds), per dataset and on average.
 
     Each difference has a paired-bootstrap 95% interval (same resampled seeds and items for A and B); the
-    McNemar test on the target's predictions pools every paired (seed, item).
+    McNemar test on the target's predictions pools every paired (seed, item). As in Table 2, the ``Average``
+    rows leave out the OOD test sets (``--ood``), which are still compared one by one.
     """
     found = cells(rows, ledgers)
+    ood = set(rows.dataset[rows.dataset != rows.train_dataset])  # shown per dataset, kept out of the Average
     labels = {k[2] for k in found}
     for label in (label_a, label_b):
         if label not in labels:
             raise UserError(f"No runs with ledgers of {label!r} in these results.",
                             f"methods with ledgers: {', '.join(sorted(labels)) or 'none'} "
                             "(rows of schema 1 get theirs when their run is re-run)")
-    records, diffs, pooled = [], {}, {}
+    records, diffs, pooled, seeds_of = [], {}, {}, {}
     for key, a in found.items():
         source, target, label, method, dataset, shots = key
         if label != label_a:
@@ -310,17 +314,23 @@ def compare(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], label_a:
         weights = resampling_weights(dataset, a.items, common, n_boot, seed)
         va, vb = cell_metrics(a, weights), cell_metrics(b, weights)
         delta = {m: va[m] - vb[m] for m in ("base", "new", "H", "nfr")}
-        diffs[(source, target, shots, dataset)] = delta
-        pooled.setdefault((source, target, shots), []).append((a.new.ravel(), b.new.ravel()))
+        if dataset not in ood:
+            diffs[(source, target, shots, dataset)] = (va, vb)
+            seeds_of[(source, target, shots, dataset)] = len(common)
+            pooled.setdefault((source, target, shots), []).append((a.new.ravel(), b.new.ravel()))
         only_a, only_b, p = mcnemar(a.new.ravel(), b.new.ravel())
         records.append({"source": source, "target": target, "shots": shots, "dataset": dataset, "seeds": len(common),
                         **_delta_row(delta), "a_only_right": only_a, "b_only_right": only_b, "mcnemar_p": p})
     for (source, target, shots), parts in pooled.items():
         keys = [k for k in diffs if k[:3] == (source, target, shots)]
-        mean = {m: np.mean([diffs[k][m] for k in keys], axis=0) for m in ("base", "new", "H", "nfr")}
+        means = [{m: np.mean([diffs[k][side][m] for k in keys], axis=0) for m in ("base", "new", "nfr")}
+                 for side in (0, 1)]
+        for m in means:  # H of the averaged Base and New, as on the Average rows of Table 2
+            m["H"] = _harmonic(m["base"], m["new"])
+        mean = {m: means[0][m] - means[1][m] for m in ("base", "new", "H", "nfr")}
         only_a, only_b, p = mcnemar(np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]))
         records.append({"source": source, "target": target, "shots": shots, "dataset": "Average",
-                        "seeds": min(r["seeds"] for r in records if (r["source"], r["target"]) == (source, target)),
+                        "seeds": min(seeds_of[k] for k in keys),
                         **_delta_row(mean), "a_only_right": only_a, "b_only_right": only_b, "mcnemar_p": p})
     return pd.DataFrame(records)
 

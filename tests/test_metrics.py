@@ -20,24 +20,25 @@ SRC, TGT, DS = "src", "tgt", "ds"
 
 
 def write_run(folder, method: str, seed: int, correct: dict[str, list[int]], role_of=None, ledger: bool = True,
-              labels=None) -> None:
-    """One run's row files (and ledgers): ``correct[model]`` is the per-item correctness on that model."""
+              labels=None, dataset: str = DS) -> None:
+    """One run's row files (and ledgers) on ``dataset`` (an OOD test set unless it is DS): ``correct[model]``
+    is the per-item correctness on that model."""
     run_id = f"{method}-s{seed}-{next(iter(correct))}"
     for model, right in correct.items():
         n = len(right)
         label = np.asarray(labels if labels is not None else [i % 2 for i in range(n)], dtype="int16")
         pred = np.where(np.asarray(right, bool), label, 1 - label).astype("int16")
         role = (role_of or {}).get(model, "base" if model == SRC else "new")
-        row = blank_row(schema_version=SCHEMA_VERSION, run_id=run_id, method=method, method_variant="", dataset=DS,
+        row = blank_row(schema_version=SCHEMA_VERSION, run_id=run_id, method=method, method_variant="", dataset=dataset,
                         train_dataset=DS, shots=16, seed=seed, source=SRC if role != "oracle" else TGT,
                         eval_model=model, role=role, top1=100 * float(np.mean(right)), n_test=n, fit_seconds=2.0,
                         eval_seconds=0.1, trainable_params=10, needs_image_encoder=False, device="cpu")
-        path = folder / run_id / f"{model}--{DS}.parquet"
+        path = folder / run_id / f"{model}--{dataset}.parquet"
         write_rows([row], path)
         if ledger:
-            preds = pd.DataFrame({"item": [f"{DS}/test/{i}" for i in range(n)], "label": label, "pred": pred,
+            preds = pd.DataFrame({"item": [f"{dataset}/test/{i}" for i in range(n)], "label": label, "pred": pred,
                                   "correct": pred == label, "margin": np.where(pred == label, 1.0, -1.0)})
-            write_ledger(preds, ledger_path(path), run_id, model, DS)
+            write_ledger(preds, ledger_path(path), run_id, model, dataset)
 
 
 # item:             0  1  2  3  4
@@ -139,6 +140,17 @@ def test_compare_finds_a_difference_built_in(tmp_path, capsys):
     assert out.loc[DS, "d_nfr"] < 0  # b breaks more of what the source got right
     cli = run_json(capsys, "results", "compare", "a", "b", "--results", str(folder))
     assert [r["dataset"] for r in cli] == [DS, "Average"] and cli[0]["d_new"] == pytest.approx(a_new - b_new)
+
+
+def test_compare_average_leaves_ood_test_sets_out(tmp_path):
+    folder = _two_methods(tmp_path, lambda good: good)  # identical in distribution
+    for seed in (1, 2, 3):  # on an OOD test set a is right everywhere, b nowhere
+        write_run(folder, "a", seed, {SRC: [1] * 50, TGT: [1] * 50}, dataset="ds-ood")
+        write_run(folder, "b", seed, {SRC: [1] * 50, TGT: [0] * 50}, dataset="ds-ood")
+    out = compare(read_results(folder), read_ledgers(folder), "a", "b", n_boot=100).set_index("dataset")
+    assert out.loc["ds-ood", "d_new"] == 100 and out.loc["ds-ood", "d_H"] == pytest.approx(100)
+    assert out.loc["Average", ["d_new", "d_H", "d_nfr"]].tolist() == [0, 0, 0]
+    assert out.loc["Average", "b_only_right"] + out.loc["Average", "a_only_right"] == 0
 
 
 def test_compare_of_identical_runs_finds_no_difference(tmp_path):
