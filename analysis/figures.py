@@ -1,7 +1,8 @@
 """The paper's figures from result rows and a drift file, as PNG and PDF (matplotlib + seaborn).
 
-- Fig. 2a: Base / New / H of each method's reference configuration, averaged over datasets (grouped bars),
-  with the target's zero-shot accuracy as a reference line; one figure per (pair, shots).
+- Fig. 2a: Base / New / H of each method's reference configuration, averaged over datasets (grouped bars,
+  95% intervals where the runs have prediction ledgers), with the target's zero-shot accuracy as a
+  reference line; one figure per (pair, shots).
 - Fig. 2b / 2c: parameter / output-feature change per text-encoder layer (mean absolute and relative),
   one bar per target; one figure per source, from the drift parquet.
 - Fig. 2d: CoOp at depth k: Base and New against k, with both models' zero-shot accuracy as reference lines.
@@ -26,7 +27,9 @@ from .depth import DEPTH_KEY, depth_summary
 from .drift import FEATURES, PARAMETERS
 from .fidelity import paper_table_for, per_dataset_comparison
 from .outputs import MissingInput, Outputs
-from .selection import main_summary, ordered_labels, ordered_pairs, slug, sweep_summary, zeroshot_accuracy
+from upgradebench.metrics import LedgerKey
+
+from .selection import main_summary, main_summary_with_intervals, ordered_labels, ordered_pairs, slug, sweep_summary, zeroshot_accuracy
 from .tables import ABLATION_METHOD, METRICS
 
 PALETTE = sns.color_palette("colorblind")
@@ -35,7 +38,8 @@ ACCURACY = "Top-1 accuracy (%)"
 
 
 @contextmanager
-def _style() -> Iterator[None]:
+def plot_style() -> Iterator[None]:
+    """The look of every figure: seaborn's white grid at notebook scale."""
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=1.0):
         yield
 
@@ -55,16 +59,26 @@ def _metric_bars(ax, frame: pd.DataFrame, x: str, order: list[str]) -> None:
     long["metric"] = long.metric.map(dict(METRICS))
     sns.barplot(data=long, x=x, y="acc", hue="metric", order=order, hue_order=list(METRIC_COLOURS),
                 palette=METRIC_COLOURS, ax=ax)
-    for container in ax.containers:
+    bars = list(ax.containers)
+    for container in bars:
         ax.bar_label(container, fmt="%.1f", fontsize=7, padding=1)
+    indexed = frame.set_index(x)
+    for container, (metric, _) in zip(bars, METRICS):  # 95% intervals where the frame has them
+        if f"{metric}_lo" not in indexed:
+            continue
+        for bar, key in zip(container, order):
+            if key in indexed.index and pd.notna(indexed.loc[key, f"{metric}_lo"]):
+                mean, lo, hi = (float(indexed.loc[key, c]) for c in (metric, f"{metric}_lo", f"{metric}_hi"))
+                ax.errorbar(bar.get_x() + bar.get_width() / 2, mean, yerr=[[mean - lo], [hi - mean]], fmt="none",
+                            ecolor="0.2", elinewidth=0.8, capsize=2)
     ax.set_ylim(0, max(100.0, float(long.acc.max()) * 1.1))
     ax.set_ylabel(ACCURACY)
 
 
 # ---- Fig. 2a -------------------------------------------------------------------------------------------------------
-def fig2a(df: pd.DataFrame, out: Path) -> list[Path]:
-    """Fig. 2a for every (source, target, shots)."""
-    summary = main_summary(df)
+def fig2a(df: pd.DataFrame, out: Path, ledgers: dict[LedgerKey, pd.DataFrame] | None = None) -> list[Path]:
+    """Fig. 2a for every (source, target, shots); with prediction ledgers, 95% intervals as error bars."""
+    summary = main_summary_with_intervals(df, ledgers) if ledgers else main_summary(df)
     pairs = ordered_pairs(summary)
     if not pairs:
         raise MissingInput("no paired Base/New rows of reference configurations")
@@ -74,7 +88,7 @@ def fig2a(df: pd.DataFrame, out: Path) -> list[Path]:
         for shots, avg in part.groupby("shots"):
             labels = ordered_labels(avg.label)
             n_datasets = int(avg.datasets.max())
-            with _style():
+            with plot_style():
                 fig = Figure(figsize=(max(6.0, 1.3 * len(labels) + 2), 4.2))
                 ax = fig.subplots()
                 _metric_bars(ax, avg, "label", labels)
@@ -112,7 +126,7 @@ def fig_drift(drift: pd.DataFrame | None, kind: str, name: str, out: Path) -> li
         part = part.sort_values("layer_index").assign(tick=lambda f: f.layer.map(layer_label))
         order = list(dict.fromkeys(part.tick))
         targets = sorted(part.target.unique())
-        with _style():
+        with plot_style():
             fig = Figure(figsize=(max(7.0, 0.5 * len(order) + 2), 6.4))
             axes = fig.subplots(2, 1, sharex=True)
             for ax, column, title in ((axes[0], "mean_abs_change", "mean |Δ|"),
@@ -140,7 +154,7 @@ def fig2d(df: pd.DataFrame, out: Path) -> list[Path]:
     written = []
     for (source, target, dataset, shots), part in summary.groupby(["source", "target", "dataset", "shots"]):
         part = part.sort_values(DEPTH_KEY)
-        with _style():
+        with plot_style():
             fig = Figure(figsize=(6.4, 4.2))
             ax = fig.subplots()
             for model, column, role, colour, marker in ((source, "base", "Base", PALETTE[0], "o"),
@@ -172,7 +186,7 @@ def fig4(df: pd.DataFrame, out: Path) -> list[Path]:
     written = []
     for (source, target, dataset, shots), part in summary.groupby(["source", "target", "dataset", "shots"]):
         part = part.sort_values("n_ctx").assign(length=lambda f: f.n_ctx.astype(str))
-        with _style():
+        with plot_style():
             fig = Figure(figsize=(6.4, 4.2))
             ax = fig.subplots()
             _metric_bars(ax, part, "length", list(part.length))
@@ -183,11 +197,12 @@ def fig4(df: pd.DataFrame, out: Path) -> list[Path]:
     return written
 
 
-def write_figures(df: pd.DataFrame, drift: pd.DataFrame | None, out: str | Path) -> Outputs:
+def write_figures(df: pd.DataFrame, drift: pd.DataFrame | None, out: str | Path,
+                  ledgers: dict[LedgerKey, pd.DataFrame] | None = None) -> Outputs:
     """Write every figure the inputs allow into ``out``; the others are reported as skipped."""
     out = Path(out)
     outputs = Outputs()
-    outputs.attempt("fig2a", lambda: fig2a(df, out))
+    outputs.attempt("fig2a", lambda: fig2a(df, out, ledgers))
     outputs.attempt("fig2b", lambda: fig_drift(drift, PARAMETERS, "fig2b", out))
     outputs.attempt("fig2c", lambda: fig_drift(drift, FEATURES, "fig2c", out))
     outputs.attempt("fig2d", lambda: fig2d(df, out))
@@ -208,7 +223,7 @@ def fig_paper_vs_measured(df: pd.DataFrame, out: Path) -> list[Path]:
             continue
         points = points[points.dataset != "Average"]
         methods = ordered_labels(points.method)
-        with _style():
+        with plot_style():
             fig = Figure(figsize=(11.0, 5.0))
             for ax, metric, model in zip(fig.subplots(1, 2), ("base", "new"), (source, target)):
                 sns.scatterplot(data=points, x=f"paper_{metric}", y=f"measured_{metric}", hue="method",

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from upgradebench.metrics import LedgerKey, summarize_with_intervals
 from upgradebench.results import in_distribution, method_label, summarize
 
 
@@ -23,6 +24,12 @@ def main_summary(df: pd.DataFrame) -> pd.DataFrame:
     """:func:`~upgradebench.results.summarize` of the reference configurations, in distribution."""
     rows = in_distribution(df)
     return summarize(rows[rows.method_variant == ""])
+
+
+def main_summary_with_intervals(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame]) -> pd.DataFrame:
+    """:func:`main_summary` with every compatibility metric and its 95% interval (oracle rows kept for recovery)."""
+    rows = in_distribution(df)
+    return summarize_with_intervals(rows[(rows.method_variant == "") | (rows.role == "oracle")], ledgers)
 
 
 def ordered_pairs(summary: pd.DataFrame) -> list[tuple[str, str]]:

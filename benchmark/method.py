@@ -97,7 +97,9 @@ class Method(ABC):
 
     Class attributes: ``name`` (the registry name), ``version`` (bump when results would change),
     ``Config`` (a dataclass with the reference defaults), ``module_class``, ``description``, and
-    ``uses_train_views`` (False for methods that need no training images, e.g. zero-shot).
+    ``uses_train_views`` (False for methods that need no training images, e.g. zero-shot), and
+    ``needs_image_encoder`` (True for a method whose ``fit`` encodes pixels itself through
+    ``task.load_images()`` instead of using only cached features; a cost column of the result rows).
     """
 
     name: ClassVar[str] = ""
@@ -106,6 +108,7 @@ class Method(ABC):
     Config: ClassVar[type] = object
     module_class: ClassVar[type[Module]]
     uses_train_views: ClassVar[bool] = True
+    needs_image_encoder: ClassVar[bool] = False
 
     @abstractmethod
     def fit(self, source: VLM, task: Any, config: Any, seed: int) -> Module:

@@ -1,8 +1,9 @@
 """Result rows: the schema (as data), the parquet store, and Base / New / H aggregation.
 
 One row per (run x evaluated model x evaluated dataset). Files are written atomically; reading a folder
-reads every ``*.parquet`` under it. Old files are brought to the current schema by explicit migrations
-(``MIGRATIONS``), never silently. ``results/SCHEMA.md`` documents every column.
+reads every ``*.parquet`` under it except the prediction ledgers (``ledger/`` folders, see ``ledger.py``).
+Old files are brought to the current schema by explicit migrations (``MIGRATIONS``), never silently.
+``results/SCHEMA.md`` documents every column.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import pandas as pd
 
 from .atomic import write_atomic
 from .errors import UserError
+from .ledger import is_ledger_file, ledger_markdown
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # name -> (pandas dtype, description). The order is the column order of every file.
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -41,10 +43,14 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "source_fingerprint": ("string", "hash of the source weights"),
     "eval_model": ("string", "alias of the model evaluated in this row"),
     "eval_fingerprint": ("string", "hash of the evaluated model's weights"),
-    "role": ("string", "'base' (eval_model is the source) or 'new' (a target)"),
+    "role": ("string", "'base' (eval_model is the source), 'new' (a target) or 'oracle' (fitted on eval_model itself, "
+                       "`run --oracle`)"),
     "top1": ("float64", "top-1 accuracy in percent on the test split"),
     "n_test": ("int64", "number of test images"),
     "fit_seconds": ("float64", "wall time of fit (0 when the module was reused)"),
+    "trainable_params": ("Int64", "number of learned values in the saved module (0 for zero-shot); schema 1: NA"),
+    "needs_image_encoder": ("boolean", "whether training ran the image encoder (the method asks for pixels, or "
+                                       "--views online) instead of cached features; schema 1: NA"),
     "eval_seconds": ("float64", "wall time of this evaluation (features + logits)"),
     "device": ("string", "torch device of the run"),
     "torch_version": ("string", "torch.__version__"),
@@ -52,7 +58,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
 }
 
 # schema_version -> function bringing a frame of that version to the next one.
-MIGRATIONS: dict[int, Callable[[pd.DataFrame], pd.DataFrame]] = {}
+MIGRATIONS: dict[int, Callable[[pd.DataFrame], pd.DataFrame]] = {
+    # 1 -> 2: cost columns (unknown for old rows, so NA, never 0) and a prediction ledger beside each row file.
+    1: lambda df: df.assign(schema_version=2, trainable_params=pd.NA, needs_image_encoder=pd.NA),
+}
 
 
 def _conform(df: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -86,8 +95,8 @@ def read_results(*paths: str | Path) -> pd.DataFrame:
         if not root.exists():
             raise UserError(f"Results folder {root} does not exist.", "pass the folder given to --results")
         for f in files:
-            if f.name.startswith("."):
-                continue  # a temporary file of an interrupted write
+            if f.name.startswith(".") or is_ledger_file(f):
+                continue  # a temporary file of an interrupted write, or a prediction ledger
             try:
                 frame = pd.read_parquet(f)
             except Exception as exc:  # pyarrow raises several types for a damaged file
@@ -134,8 +143,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """
     pairs = paired(df)
     if pairs.empty:
-        return pd.DataFrame(columns=["source", "target", "label", "dataset", "base", "base_std", "new", "new_std",
-                                     "H", "H_std", "seeds"])
+        return pd.DataFrame(columns=["source", "target", "label", "method", "dataset", "shots", "base", "base_std",
+                                     "new", "new_std", "H", "H_std", "seeds"])
     group = ["source", "target", "label", "method", "dataset", "shots"]
     agg = pairs.groupby(group, dropna=False).agg(
         base=("base", "mean"), base_std=("base", "std"), new=("new", "mean"), new_std=("new", "std"),
@@ -168,8 +177,11 @@ def schema_markdown() -> str:
     lines += [f"| `{name}` | {dtype} | {text} |" for name, (dtype, text) in COLUMNS.items()]
     lines += ["", "Base / New / H: `role == 'base'` rows give Base, `role == 'new'` rows give New for their",
               "`eval_model`; H = 2 Base New / (Base + New). Zero-shot accuracy of a model is the row of method",
-              "`zeroshot`."]
-    return "\n".join(lines) + "\n"
+              "`zeroshot`. Migrations: 1 -> 2 adds `trainable_params` and `needs_image_encoder` (NA) and the",
+              "ledger; `upgradebench run` / `sweep` on an old folder re-evaluates each saved module (no refit),",
+              "checks that top-1 is unchanged, writes the ledger and rewrites the row (keeping `created_at`,",
+              "`fit_seconds` and the provenance columns). Compatibility metrics: `docs/metrics.md`.", ""]
+    return "\n".join(lines) + "\n" + ledger_markdown()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ seed, source fingerprint, views, precision), so a run whose module and rows alre
 Layout of a results folder::
 
     RESULTS/<run_id>/module/{module.safetensors, module.json}
-    RESULTS/<run_id>/<eval_model>--<dataset>.parquet      one file per evaluated (model, dataset)
+    RESULTS/<run_id>/<eval_model>--<dataset>.parquet      one row file per evaluated (model, dataset)
+    RESULTS/<run_id>/ledger/<eval_model>--<dataset>.parquet   its per-item predictions (ledger.py)
+
+A row of an older schema whose module is saved is brought up to date by re-evaluating the module (no refit).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from .method import MODULE_CONFIG, Method, Module, get_method, load_module, meth
 from .models import VLM, load_vlm, parse_model, resolve_device
 from .paths import default_results_dir
 from .provenance import now, stable_hash, versions
-from .results import read_results, write_rows
+from .ledger import ledger_path, predictions, top1_of, write_ledger
+from .results import SCHEMA_VERSION, read_results, write_rows
 from .task import ONLINE, FewShotTask
 
 DEFAULT_SOURCE = "toy-clip"
@@ -58,6 +62,7 @@ class RunSpec:
     pretrained: dict[str, str] = field(default_factory=dict)
     allow_download: bool = False
     zeroshot_reference: bool = True
+    oracle: bool = False
 
 
 def safe_name(name: str) -> str:
@@ -139,8 +144,24 @@ class Runner:
         return method, config
 
     def run(self, spec: RunSpec) -> pd.DataFrame:
-        """Fit (or reuse) the module of ``spec`` and evaluate it; returns this run's rows (and zero-shot rows)."""
+        """Fit (or reuse) the module of ``spec`` and evaluate it; returns this run's rows (and zero-shot rows).
+
+        With ``spec.oracle`` the same method and config is also fitted on each target and evaluated there
+        (role ``oracle``): one more fit per target, the ceiling of the recovery ratio.
+        """
         method, config = self.validate(spec)
+        out = self._run(spec, method, config, source_role="base")
+        if spec.oracle and method.name != "zeroshot":
+            for target in spec.targets:
+                mirror = dataclasses.replace(spec, source=target, targets=[], ood=[], oracle=False,
+                                             zeroshot_reference=False)
+                out = pd.concat([out, self._run(mirror, method, config, source_role="oracle")], ignore_index=True)
+        if spec.zeroshot_reference and method.name != "zeroshot":
+            zs = dataclasses.replace(spec, method="zeroshot", config={}, zeroshot_reference=False, oracle=False)
+            out = pd.concat([out, self.run(zs)], ignore_index=True)
+        return out
+
+    def _run(self, spec: RunSpec, method: type[Method], config, source_role: str) -> pd.DataFrame:
         source = self.model(spec.source, spec.pretrained.get(spec.source))
         targets = [self.model(t, spec.pretrained.get(t)) for t in spec.targets]
         dataset = self.dataset(spec.dataset)
@@ -149,10 +170,13 @@ class Runner:
         identity = {"method": method.name, "version": method.version, "config": config_json,
                     "dataset": dataset.fingerprint, "shots": spec.shots, "seed": spec.seed,
                     "source": source.fingerprint, "views": views, "precision": self.cache.precision}
+        if source_role == "oracle":  # only oracles add the key, so every other run id stays what it was
+            identity["role"] = source_role
         variant = variant_of(method, config)
         run_id = "-".join(filter(None, [safe_name(method.name), stable_hash(variant, 6) if variant else "",
                                         safe_name(dataset.name), f"k{spec.shots}", f"s{spec.seed}",
-                                        safe_name(spec.source), stable_hash(identity, 10)]))
+                                        safe_name(spec.source), "oracle" if source_role == "oracle" else "",
+                                        stable_hash(identity, 10)]))
         run_dir = self.results / run_id
         module, fit_seconds = self._fit_or_load(method, config, source, dataset, spec, views, run_dir, identity)
 
@@ -163,28 +187,45 @@ class Runner:
             "method_variant": variant, "config_hash": stable_hash([method.name, method.version, config_json]),
             "train_dataset": dataset.name, "shots": spec.shots, "seed": spec.seed, "views": str(views),
             "source": source.name, "source_fingerprint": source.fingerprint, "device": str(self.device),
-            "schema_version": 1, **versions(),
+            "schema_version": SCHEMA_VERSION, **versions(),
         }
+        cost = {"trainable_params": sum(t.numel() for t in module.tensors().values()),
+                "needs_image_encoder": bool(method.needs_image_encoder or views == ONLINE)}
         rows = []
-        for role, vlm in [("base", source)] + [("new", t) for t in targets]:
+        for role, vlm in [(source_role, source)] + [("new", t) for t in targets]:
             for eval_ds in [dataset] + [self.dataset(d) for d in spec.ood]:
                 path = run_dir / f"{safe_name(vlm.name)}--{safe_name(eval_ds.name)}.parquet"
                 existing = read_results(path) if path.is_file() else None
                 if existing is not None and existing["eval_fingerprint"].iloc[0] == vlm.fingerprint:
-                    rows.append(existing)
-                    continue
-                top1, n_test, seconds = self.evaluate(module, vlm, eval_ds)
-                row = {**common, "created_at": now(), "dataset": eval_ds.name,
-                       "dataset_fingerprint": eval_ds.fingerprint, "eval_model": vlm.name,
-                       "eval_fingerprint": vlm.fingerprint, "role": role, "top1": top1, "n_test": n_test,
-                       "fit_seconds": fit_seconds, "eval_seconds": seconds}
+                    if ledger_path(path).is_file() and not existing.trainable_params.isna().any():
+                        rows.append(existing)
+                        continue
+                    row = self._backfill(existing.iloc[0].to_dict(), module, vlm, eval_ds, path, cost)
+                else:
+                    preds, top1, seconds = self.predict(module, vlm, eval_ds)
+                    write_ledger(preds, ledger_path(path), run_id, vlm.name, eval_ds.name)
+                    row = {**common, **cost, "created_at": now(), "dataset": eval_ds.name,
+                           "dataset_fingerprint": eval_ds.fingerprint, "eval_model": vlm.name,
+                           "eval_fingerprint": vlm.fingerprint, "role": role, "top1": top1, "n_test": len(preds),
+                           "fit_seconds": fit_seconds, "eval_seconds": seconds}
                 write_rows([row], path)
                 rows.append(read_results(path))
-        out = pd.concat(rows, ignore_index=True)
-        if spec.zeroshot_reference and method.name != "zeroshot":
-            zs = dataclasses.replace(spec, method="zeroshot", config={}, zeroshot_reference=False)
-            out = pd.concat([out, self.run(zs)], ignore_index=True)
-        return out
+        return pd.concat(rows, ignore_index=True)
+
+    def _backfill(self, row: dict, module: Module, vlm: VLM, dataset: Dataset, path: Path, cost: dict) -> dict:
+        """Bring a row of an older schema up to date from its saved module, without refitting.
+
+        The module is evaluated again and its ledger written; the row keeps what cannot be recomputed
+        (created_at, fit_seconds, eval_seconds, versions) and gains the cost columns. A different top-1 means
+        the stored row came from other weights or features: that is reported, never overwritten.
+        """
+        preds, top1, _ = self.predict(module, vlm, dataset)
+        if top1 != row["top1"] or len(preds) != row["n_test"]:
+            raise UserError(f"{path} says top-1 {row['top1']!r} on {row['n_test']} items, but its saved module now "
+                            f"gives {top1!r} on {len(preds)} (different features or code).",
+                            "move that run folder away and re-run it, or keep using the older upgradebench")
+        write_ledger(preds, ledger_path(path), row["run_id"], vlm.name, dataset.name)
+        return {**row, **cost, "schema_version": SCHEMA_VERSION}
 
     def _fit_or_load(self, method: type[Method], config, source: VLM, dataset: Dataset, spec: RunSpec,
                      views: int | str, run_dir: Path, identity: dict) -> tuple[Module, float]:
@@ -200,16 +241,21 @@ class Runner:
         module.save(module_dir, provenance={"run_identity": identity, "created_at": now(), **versions()})
         return module, seconds
 
-    def evaluate(self, module: Module, vlm: VLM, dataset: Dataset) -> tuple[float, int, float]:
-        """Top-1 (%) of ``module`` plugged into ``vlm`` on ``dataset``'s test split."""
+    def predict(self, module: Module, vlm: VLM, dataset: Dataset) -> tuple[pd.DataFrame, float, float]:
+        """Per-item predictions of ``module`` plugged into ``vlm`` on ``dataset``'s test split, top-1 (%), seconds."""
         start = time.perf_counter()
         items = dataset.split("test")
         feats = self.cache.get(vlm, dataset, "test", items, vlm.test_transform_spec)
         labels = torch.tensor([y for _, y in items])
         with torch.no_grad():
             logits = module.logits(vlm, feats, dataset.classnames)
-        top1 = float((logits.argmax(-1).cpu() == labels).float().mean() * 100)
-        return top1, len(items), time.perf_counter() - start
+        preds = predictions(logits, labels, [ref for ref, _ in items])
+        return preds, top1_of(logits, labels), time.perf_counter() - start
+
+    def evaluate(self, module: Module, vlm: VLM, dataset: Dataset) -> tuple[float, int, float]:
+        """Top-1 (%) of ``module`` plugged into ``vlm`` on ``dataset``'s test split, number of items, seconds."""
+        preds, top1, seconds = self.predict(module, vlm, dataset)
+        return top1, len(preds), seconds
 
 
 def evaluate_module(folder: str | Path, model: str, dataset: str, device: str = "auto",

@@ -11,6 +11,7 @@ A grid is a YAML file (or the same keys given on the command line)::
     variants:                  # optional: extra config variants per method (the default config always runs)
       contcoop: [{attention: false}, {kd: false}, {n_ctx: 4}]
     ood: {toy-shape: [toy-shape-sketch, toy-shape-bg]}   # optional extra test-only datasets per dataset
+    oracle: false              # optional: also fit each method on each target (rows of role 'oracle')
 
 The paper's own grids (Tables 2-8, Fig. 2d, Fig. 4 on the real models and datasets) ship with the package
 and are named ``paper:table2``, ``paper:fig2d``, ... (:func:`paper_grids`).
@@ -49,6 +50,7 @@ class Grid:
     variants: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     ood: dict[str, list[str]] = field(default_factory=dict)
     views: int | str = 10
+    oracle: bool = False
 
     def specs(self) -> list[RunSpec]:
         """Every run of the grid, in a stable order (dataset, shots, seed, method, variant)."""
@@ -61,7 +63,7 @@ class Grid:
                             out.append(RunSpec(method=method, source=self.source, targets=list(self.targets),
                                                dataset=dataset, shots=shots, seed=seed,
                                                config={k: str(v) for k, v in variant.items()}, views=self.views,
-                                               ood=list(self.ood.get(dataset, []))))
+                                               ood=list(self.ood.get(dataset, [])), oracle=self.oracle))
         return out
 
 

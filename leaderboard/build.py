@@ -2,7 +2,8 @@
 
 Per source -> target pair (and shot count) methods are ranked by their average H over datasets, with
 Base / New / H per dataset, seeds and run counts, and the zero-shot rows marked as the reference every
-module must beat. Provenance (tool, method and model versions) and copied figures complete the page.
+module must beat; compatibility metrics (NFR, BTC, reuse gain, recovery ratio, with 95% intervals), cost
+columns and a per-class flip view come from the prediction ledgers (``compatibility``). Provenance (tool, method and model versions) and copied figures complete the page.
 The page needs no network: CSS and the small sorting script are copied next to it. Every string that
 comes from results (method names and configs, dataset and model names: plugins choose them) goes through
 Jinja2's autoescaping, and the script only moves existing rows, never writes HTML.
@@ -20,8 +21,10 @@ from urllib.parse import quote
 import pandas as pd
 from jinja2 import Environment, PackageLoader
 
-from upgradebench.analysis.selection import ordered_datasets, ordered_pairs
+from upgradebench.analysis.selection import main_summary_with_intervals, ordered_datasets, ordered_pairs
+from upgradebench.data import get_dataset
 from upgradebench.errors import UserError
+from upgradebench.metrics import METRICS, LedgerKey, cells, class_flips, cost_summary
 from upgradebench.provenance import now
 from upgradebench.results import in_distribution, method_label, paired, summarize
 
@@ -88,6 +91,47 @@ def board(df: pd.DataFrame) -> list[dict[str, Any]]:
     return sections
 
 
+# ---- compatibility beyond top-1 (template: compatibility.html) --------------------------------------------------------
+def compatibility(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
+                  flips: str | None = None) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """Per (source, target, shots): each reference method's compatibility metrics (averages over datasets, 95%
+    intervals), its cost, and the per-class flips of one method (``flips``, or the one with the largest NFR)."""
+    summary = main_summary_with_intervals(df, ledgers)
+    costs = cost_summary(df).set_index(["source", "label", "shots"])
+    found = cells(in_distribution(df[df.method_variant == ""]), ledgers)
+    out = {}
+    for (source, target, shots), part in summary[summary.dataset == "Average"].groupby(["source", "target", "shots"]):
+        entries = []
+        for _, r in part.iterrows():
+            cost = costs.loc[(source, r.label, shots)] if (source, r.label, shots) in costs.index else {}
+            entries.append({"label": r.label, "reference": r.method == REFERENCE_METHOD,
+                            **{k: r.get(k) for m in METRICS for k in (m, f"{m}_lo", f"{m}_hi")},
+                            **{k: _value(cost, k) for k in ("trainable_params", "fit_seconds", "device",
+                                                            "needs_image_encoder")}})
+        candidates = [e for e in entries if not e["reference"] and pd.notna(e["nfr"])]
+        chosen = flips if flips is not None else max(candidates, key=lambda e: e["nfr"])["label"] if candidates else None
+        views = []
+        for key, cell in sorted(found.items()):
+            if key[:3] == (source, target, chosen) and key[5] == shots:
+                table = class_flips(cell, _class_names(key[4]))
+                views.append({"dataset": key[4], "seeds": len(cell.seeds), "classes": table.to_dict(orient="records")})
+        out[(source, target, int(shots))] = {"entries": entries, "flips_label": chosen, "flips": views}
+    return out
+
+
+def _value(cost: Any, key: str) -> Any:
+    value = cost.get(key) if hasattr(cost, "get") else None
+    return None if value is None or pd.isna(value) else value
+
+
+def _class_names(dataset: str) -> list[str] | None:
+    """The dataset's class names when it can be opened here (real datasets need their data root)."""
+    try:
+        return get_dataset(dataset).classnames
+    except UserError:
+        return None
+
+
 def provenance(df: pd.DataFrame) -> dict[str, Any]:
     """Who and what produced the rows: tool versions, methods with their origin, models with fingerprints."""
     def distinct(columns: list[str]) -> list[dict[str, Any]]:
@@ -132,13 +176,21 @@ def _environment() -> Environment:
     return env
 
 
-def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = None) -> list[Path]:
-    """Write ``index.html``, its assets and copies of the figure PNGs into ``out``; returns the files written."""
+def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = None,
+               ledgers: dict[LedgerKey, pd.DataFrame] | None = None, flips: str | None = None) -> list[Path]:
+    """Write ``index.html``, its assets and copies of the figure PNGs into ``out``; returns the files written.
+
+    With ``ledgers`` each section also shows the compatibility metrics with intervals, the cost columns and
+    the per-class flips of the method ``flips`` (default: the one with the largest NFR).
+    """
     out = Path(out)
     sections = board(df)
     if not sections:
         raise UserError("The results hold no paired Base/New rows, so there is nothing to rank.",
                         "pass the folder given to `upgradebench run --results`")
+    compat = compatibility(df, ledgers or {}, flips)
+    for section in sections:
+        section["compat"] = compat.get((section["source"], section["target"], section["shots"]))
     figure_files, fidelity = [], []
     if figures is not None:
         figures = Path(figures)

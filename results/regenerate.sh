@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates every committed reference result of the embedded world: runs (parquet), drift, depth study,
 # figures, tables and the leaderboard. Finished runs are skipped, so an interrupted call can be repeated.
+# Runs written by an older result schema (no prediction ledger) are brought up to date on the way: each saved
+# module is re-evaluated without refitting, its top-1 checked against the stored row, its ledger written.
 #   bash results/regenerate.sh            (from the repository root, with upgradebench installed)
 set -euo pipefail
 cd "$(dirname "$0")"

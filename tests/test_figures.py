@@ -11,9 +11,10 @@ import pytest
 
 from upgradebench.analysis.drift import DRIFT_SCHEMA, DRIFT_SCHEMA_VERSION, write_drift
 from upgradebench.analysis.tables import main_table, ranks, table2, to_latex, to_markdown
-from upgradebench.results import COLUMNS, SCHEMA_VERSION, read_results, summarize, write_rows
+from upgradebench.results import SCHEMA_VERSION, read_results, summarize, write_rows
 
 from .cli_helpers import run_cli, run_json
+from .rows import blank_row
 
 COOP = {"n_ctx": 16, "depth": 0, "epochs": None}
 CONTCOOP = {"n_ctx": 16, "attention": True, "heads": 1, "kd": True, "kd_weight": 1.0, "condition": "{}"}
@@ -31,7 +32,7 @@ def result_rows(method: str, dataset: str, seed: int, source: str, target: str, 
     train = train_dataset or dataset
     out = []
     for role, model, acc in (("base", source, base), ("new", target, new)):
-        row = {c: "" for c in COLUMNS}
+        row = blank_row()
         row.update(schema_version=SCHEMA_VERSION, run_id=f"{method}-{variant}-{train}-s{seed}-{source}",
                    method=method, method_version="1", method_origin="upgradebench==0.1.0",
                    method_config=json.dumps(full, sort_keys=True), method_variant=variant, dataset=dataset,
@@ -118,8 +119,11 @@ def test_figures_command_writes_every_figure_and_table(capsys, synthetic, tmp_pa
                  "fig2c-toy-clip", "fig2d-toy-texture-toy-clip--toy-eva-16shot",
                  "fig4-toy-shape-toy-clip--toy-eva-16shot"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names, stem
-    for table in ("table2", "table3", "table4", "table5", "table6", "table7", "table8"):
+    for table in ("table2", "table3", "table4", "table5", "table6", "table7", "table8", "compat"):
         assert {f"{table}.md", f"{table}.tex"} <= names, table
+    assert {"fig-base-new-toy-clip--toy-eva-16shot.png", "fig-base-new-toy-clip-l--toy-eva-l-16shot.pdf"} <= names
+    coop = next(line for line in (tmp_path / "f" / "compat.md").read_text().splitlines() if line.startswith("| coop"))
+    assert coop.count("–") == 4 and "[" not in coop  # no ledgers (NFR, BTC, NFR vs ZS, intervals), no oracle
     for path in out["written"]:
         assert Path(path).stat().st_size > 0
     assert (tmp_path / "f" / "fig2a-toy-clip--toy-eva-16shot.png").read_bytes()[:4] == b"\x89PNG"

@@ -169,3 +169,50 @@ def test_page_in_headless_chromium(site, tmp_path):
     datasets = [r["cells"][1] for r in per_dataset["rows"]]
     assert datasets == sorted(datasets) and EVIL_DATASET in datasets
     assert len(per_dataset["rows"]) == 3 * 3 + 2
+
+
+@pytest.fixture(scope="module")
+def ledger_site(tmp_path_factory) -> tuple[Path, Path]:
+    """Results with prediction ledgers (a hostile method name among them) and the page built from them."""
+    from .test_metrics import MODULE_SRC, MODULE_TGT, SRC, TGT, ZS_TGT, write_run
+
+    folder = tmp_path_factory.mktemp("ledgers") / "results"
+    for seed in (1, 2):
+        write_run(folder, "m", seed, {SRC: MODULE_SRC, TGT: MODULE_TGT})
+        write_run(folder, EVIL, seed, {SRC: [1, 1, 1, 1, 1], TGT: [0, 0, 0, 0, 0]})
+        write_run(folder, "zeroshot", seed, {SRC: [1, 1, 1, 0, 0], TGT: ZS_TGT})
+    out = tmp_path_factory.mktemp("ledger-site")
+    with pytest.raises(SystemExit) as exc:
+        main(["leaderboard", "build", "--results", str(folder), "--out", str(out)])
+    assert exc.value.code in (0, None)
+    return folder, out
+
+
+def test_compatibility_table_shows_the_ledger_metrics_and_cost(ledger_site):
+    from upgradebench.metrics import compat_summary, read_ledgers
+
+    folder, site = ledger_site
+    html = (site / "index.html").read_text()
+    assert EVIL not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    rows = {r["cells"][0]: r["cells"] for r in Tables(html).with_class("compatibility")[0]["rows"]}
+    s = compat_summary(read_results(folder), read_ledgers(folder))
+    m = s[(s.label == "m") & (s.dataset == "Average")].iloc[0]
+    assert rows["m"][2] == f"{m.nfr:.2f} [{m.nfr_lo:.2f}, {m.nfr_hi:.2f}]" and rows["m"][2].startswith("40.00")
+    assert rows["m"][3].startswith("33.33") and rows["m"][5].startswith("-20.00")  # BTC, reuse gain
+    assert rows["m"][6] == "–"  # no oracle runs: recovery is missing, not 0
+    assert rows["m"][7:11] == ["10", "2.00", "cpu", "no (cached features)"]
+    # the flip view shows the method with the largest NFR: the hostile one, which breaks everything
+    flips = Tables(html).with_class("flips")
+    assert len(flips) == 1 and "Per-class flips of &lt;script&gt;" in html
+    assert sorted(r["cells"][3] for r in flips[0]["rows"]) == ["4", "6"]  # labels 0/1 of 5 items x 2 seeds
+
+
+@pytest.mark.skipif(CHROMIUM is None,
+                    reason="chromium is not installed (Debian package `chromium`; .ci/run installs it)")
+def test_compatibility_view_in_headless_chromium(ledger_site, tmp_path):
+    _, site = ledger_site
+    dom, console = render(site / "index.html", tmp_path / "profile")
+    assert console == []
+    table = Tables(dom).with_class("compatibility")[0]
+    assert table["attrs"].get("data-sorted") == "2:asc"  # sorted by NFR, lowest first
+    assert [r["cells"][0] for r in table["rows"]] == ["zeroshot", "m", EVIL]

@@ -10,11 +10,13 @@ import pytest
 from upgradebench.errors import UserError
 from upgradebench.results import COLUMNS, MIGRATIONS, SCHEMA_VERSION, read_results, schema_markdown, write_rows
 
+from .rows import blank_row
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _row(**kw):
-    row = {c: "" for c in COLUMNS}
+    row = blank_row()
     row.update(schema_version=SCHEMA_VERSION, shots=16, seed=1, top1=50.0, n_test=10, fit_seconds=0.0,
                eval_seconds=0.0, role="base")
     row.update(kw)

@@ -14,6 +14,7 @@ from upgradebench.models import load_vlm
 from upgradebench.results import read_results, summarize
 
 from .cli_helpers import run_cli, run_json
+from .rows import blank_row
 
 
 @pytest.fixture
@@ -121,7 +122,7 @@ def test_summarize_averages_per_dataset_means_of_in_distribution_datasets():
     for ds, seeds in {"a": [(80, 60), (90, 70)], "b": [(50, 50)], "a-ood": [(0, 0)]}.items():
         for seed, (b, n) in enumerate(seeds):
             for role, acc in (("base", b), ("new", n)):
-                row = {c: "" for c in COLUMNS}
+                row = blank_row()
                 row.update(schema_version=1, run_id=f"{ds[0]}{seed}", method="m", method_variant="", dataset=ds,
                            train_dataset=ds[0], shots=16, seed=seed, source="s", role=role, top1=float(acc), n_test=1,
                            eval_model="s" if role == "base" else "t", fit_seconds=0.0, eval_seconds=0.0)
@@ -198,3 +199,81 @@ def test_threads_option_sets_torch_threads(capsys, monkeypatch):
     assert calls == [3, 2]
     code, _, err = run_cli(capsys, "--threads", "0", "methods", "list")
     assert code == 2 and "--threads" in err
+
+
+def _to_schema_1(results):
+    """Make a results folder look as upgradebench wrote it before the ledger (schema 1)."""
+    import shutil
+
+    import pandas as pd
+
+    for path in results.glob("*/*.parquet"):
+        df = pd.read_parquet(path).drop(columns=["trainable_params", "needs_image_encoder"]).assign(schema_version=1)
+        df.to_parquet(path, index=False)
+        assert read_results(path).trainable_params.isna().all()  # migrated: unknown, not 0
+    for ledger in results.glob("*/ledger"):
+        shutil.rmtree(ledger)
+
+
+def test_every_evaluation_writes_a_ledger_that_pairs_items_across_models(capsys, models, tiny_dataset, tmp_path):
+    from upgradebench.ledger import ledger_path, read_ledger
+    from upgradebench.runner import safe_name
+
+    _run(capsys, models, tiny_dataset, tmp_path / "res")
+    df = read_results(tmp_path / "res")
+    assert len(df) == 4 and not df.trainable_params.isna().any()  # coop and zero-shot, base and new
+    assert df[df.method == "coop"].trainable_params.tolist() == [4 * 64] * 2  # n_ctx=4 vectors of width 64
+    assert df[df.method == "zeroshot"].trainable_params.tolist() == [0, 0]
+    assert not df.needs_image_encoder.any()
+    ledgers = {}
+    for row in df.itertuples():
+        path = ledger_path(tmp_path / "res" / row.run_id / f"{safe_name(row.eval_model)}--{row.dataset}.parquet")
+        ledger = read_ledger(path, row.n_test, row.top1)
+        assert ledger.eval_model.iloc[0] == row.eval_model and ledger.run_id.iloc[0] == row.run_id
+        assert (ledger.correct == (ledger.label == ledger.pred)).all()
+        assert (ledger.margin[ledger.correct] >= 0).all() and (ledger.margin[~ledger.correct] <= 0).all()
+        ledgers[(row.method, row.role)] = ledger
+    items = [ledger.item.tolist() for ledger in ledgers.values()]
+    assert all(i == items[0] for i in items) and len(set(items[0])) == 120  # same ids, same order, all distinct
+
+
+def test_old_rows_are_backfilled_from_the_saved_module_without_refitting(capsys, models, tiny_dataset, tmp_path):
+    _run(capsys, models, tiny_dataset, tmp_path / "res")
+    before = read_results(tmp_path / "res")
+    fitted = before[before.method == "coop"].fit_seconds.max()
+    weights = next((tmp_path / "res").glob("coop-*/module/module.safetensors"))
+    stamp = weights.stat().st_mtime_ns
+    _to_schema_1(tmp_path / "res")
+    _run(capsys, models, tiny_dataset, tmp_path / "res")
+    after = read_results(tmp_path / "res")
+    assert weights.stat().st_mtime_ns == stamp  # the saved module was reused, not refitted
+    assert after.top1.tolist() == before.top1.tolist() and after.created_at.tolist() == before.created_at.tolist()
+    assert after[after.method == "coop"].fit_seconds.max() == fitted  # kept, not the 0 of a reused module
+    assert after.trainable_params.tolist() == before.trainable_params.tolist()
+    assert len(list((tmp_path / "res").glob("*/ledger/*.parquet"))) == 4
+
+
+def test_backfill_refuses_a_row_its_module_does_not_reproduce(capsys, models, tiny_dataset, tmp_path):
+    import pandas as pd
+
+    from upgradebench.errors import UserError
+    from upgradebench.runner import Runner, RunSpec
+
+    _run(capsys, models, tiny_dataset, tmp_path / "res")
+    _to_schema_1(tmp_path / "res")
+    row_file = next(p for p in (tmp_path / "res").glob("coop-*/*.parquet"))
+    pd.read_parquet(row_file).assign(top1=12.5).to_parquet(row_file, index=False)
+    spec = RunSpec(method="coop", source=models[0], targets=[models[1]], dataset=tiny_dataset, shots=2, views=2,
+                   config={"epochs": "3", "n_ctx": "4"})
+    with pytest.raises(UserError, match=str(row_file.name)):
+        Runner(tmp_path / "res").run(spec)
+    assert read_results(row_file).top1.tolist() == [12.5]  # never silently overwritten
+
+
+def test_oracle_fits_once_more_on_each_target(capsys, models, tiny_dataset, tmp_path):
+    _run(capsys, models, tiny_dataset, tmp_path / "res", "--oracle")
+    df = read_results(tmp_path / "res")
+    oracle = df[df.role == "oracle"]
+    assert oracle.method.tolist() == ["coop"] and oracle.source.tolist() == oracle.eval_model.tolist() == [models[1]]
+    assert df[df.method == "coop"].run_id.nunique() == 2
+    assert sorted(df[df.method == "coop"].role) == ["base", "new", "oracle"]

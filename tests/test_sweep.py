@@ -18,7 +18,9 @@ def test_grid_expands_variants_and_ood(tmp_path):
     specs = load_grid(path).specs()
     assert len(specs) == 2 * (1 + 2)
     assert {tuple(sorted(s.config.items())) for s in specs if s.method == "contcoop"} == {(), (("kd", "False"),)}
-    assert all(s.ood == ["b"] for s in specs)
+    assert all(s.ood == ["b"] for s in specs) and not any(s.oracle for s in specs)
+    path.write_text("methods: [coop]\ndatasets: [a]\noracle: true\n")
+    assert all(s.oracle for s in load_grid(path).specs())  # a grid can ask for the oracle fits
 
 
 def test_bad_grid_names_the_key(tmp_path):

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -20,10 +21,10 @@ def print_json(obj: Any) -> None:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A rich table on stdout."""
-    table = Table(title=title, header_style="bold")
+    """A rich table on stdout; cells are text, never markup (a label like ``coop[n_ctx=4]`` stays whole)."""
+    table = Table(title=escape(title), header_style="bold")
     for col in columns:
-        table.add_column(col, overflow="fold")
+        table.add_column(escape(str(col)), overflow="fold")
     for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
+        table.add_row(*["" if v is None else escape(str(v)) for v in row])
     console.print(table)

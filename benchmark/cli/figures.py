@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..metrics import read_ledgers
 from ..results import read_results
 from ..runner import check_writable
 from ._common import console, print_json
@@ -18,9 +19,10 @@ def figures(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNG/PDF figures and Markdown/LaTeX tables."),
     as_json: bool = Json,
 ) -> None:
-    """Regenerate Fig. 2a-d, Fig. 4, Tables 2-8 and the fidelity scorecards from parquet alone; missing inputs
-    skip only their item."""
+    """Regenerate Fig. 2a-d, Fig. 4, Tables 2-8, the compatibility table, the Base-vs-New figures and the
+    fidelity scorecards from parquet alone; missing inputs skip only their item."""
     # imported here: matplotlib is slow to import and only this command needs it
+    from upgradebench.analysis.compatibility import write_compatibility
     from upgradebench.analysis.drift import read_drift
     from upgradebench.analysis.fidelity import write_scorecards
     from upgradebench.analysis.figures import write_figures
@@ -28,9 +30,11 @@ def figures(
 
     drift_rows = read_drift(drift) if drift is not None else None
     df = read_results(*results)
+    ledgers = read_ledgers(*results)
     check_writable(out)
-    outputs = write_figures(df, drift_rows, out)
+    outputs = write_figures(df, drift_rows, out, ledgers)
     outputs.extend(write_tables(df, out))
+    outputs.extend(write_compatibility(df, ledgers, out))
     outputs.extend(write_scorecards(df, drift_rows, out))
     if as_json:
         print_json(outputs.as_dict())

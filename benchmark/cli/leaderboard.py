@@ -8,6 +8,7 @@ import typer
 
 from upgradebench.leaderboard.build import build_site
 
+from ..metrics import read_ledgers
 from ..results import read_results
 from ..runner import check_writable
 from ._common import console, print_json
@@ -21,12 +22,14 @@ def build(
     results: list[Path] = typer.Option(..., "--results", "-r", help="Results folder(s) of runs; repeatable."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for index.html and its assets."),
     figures: Path = typer.Option(None, "--figures", help="Folder of PNGs from `upgradebench figures` to include."),
+    flips: str = typer.Option(None, "--flips", help="Method label whose per-class flips are shown "
+                              "(default: the method with the largest NFR)."),
     as_json: bool = Json,
 ) -> None:
     """Rank methods by average H per source -> target pair; a self-contained page that needs no network."""
     df = read_results(*results)
     check_writable(out)
-    written = build_site(df, out, figures)
+    written = build_site(df, out, figures, read_ledgers(*results), flips)
     if as_json:
         print_json({"index": str(written[0]), "written": [str(p) for p in written]})
         return

@@ -1,4 +1,4 @@
-"""``upgradebench results show``: the paper's Table 2 layout from a results folder."""
+"""``upgradebench results show`` (the paper's Table 2 layout, with intervals) and ``results compare``."""
 
 from __future__ import annotations
 
@@ -7,15 +7,33 @@ from pathlib import Path
 
 import typer
 
-from ..results import read_results, summarize
+from ..metrics import compare as compare_methods
+from ..metrics import read_ledgers, summarize_with_intervals
+from ..paths import default_results_dir
+from ..results import read_results
 from ._common import print_json, print_table
 from ._options import Json
 
 app = typer.Typer(help="Read result folders.", no_args_is_help=True)
 
+MISSING = "-"  # a metric that needs a ledger the rows do not have (schema 1): missing, not 0
 
-def _cell(mean: float, std: float) -> str:
-    return f"{mean:.2f}" if std is None or (isinstance(std, float) and math.isnan(std)) else f"{mean:.2f} ± {std:.2f}"
+
+def _nan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def cell(mean: float, lo: float = math.nan, hi: float = math.nan, std: float = math.nan) -> str:
+    """``mean [lo, hi]`` with an interval, ``mean ± std`` with a standard deviation only, ``-`` when missing."""
+    if _nan(mean):
+        return MISSING
+    if not _nan(lo):
+        return f"{mean:.2f} [{lo:.2f}, {hi:.2f}]"
+    return f"{mean:.2f}" if _nan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+ROWS = (("base", "Base"), ("new", "New"), ("H", "H"), ("nfr", "NFR"), ("btc", "BTC"), ("reuse_gain", "Reuse gain"),
+        ("recovery", "Recovery"))
 
 
 @app.command("show")
@@ -27,7 +45,11 @@ def show(
     reference: bool = typer.Option(False, "--reference", help="Only reference configurations (no variants), as Table 2."),
     as_json: bool = Json,
 ) -> None:
-    """Per dataset and on average: Base / New / H for each method, mean ± std over seeds."""
+    """Per dataset and on average: Base / New / H and the compatibility metrics of each method (docs/metrics.md).
+
+    A cell reads ``mean [95% interval]`` (paired bootstrap over test items and seeds) where the runs have
+    prediction ledgers, ``mean ± std`` over seeds where they do not, and ``-`` for a metric that needs one.
+    """
     rows = read_results(*folders)
     if reference:
         rows = rows[rows.method_variant == ""]
@@ -35,11 +57,11 @@ def show(
         rows = rows[rows.method.isin(method) | (rows.method == "zeroshot")]
     if dataset:
         rows = rows[rows.dataset.isin(dataset)]
-    summary = summarize(rows)
+    summary = summarize_with_intervals(rows, read_ledgers(*folders))
     if target:
         summary = summary[summary.target == target]
     if as_json:
-        print_json(summary.to_dict(orient="records"))
+        print_json(summary.astype(object).where(summary.notna(), None).to_dict(orient="records"))
         return
     if summary.empty:
         print_table("no paired results (a run needs a base and a new row)", ["-"], [])
@@ -47,17 +69,51 @@ def show(
     for (source, tgt), pair in summary.groupby(["source", "target"]):
         labels = sorted(pair.label.unique(), key=lambda l: (l != "zeroshot", l))
         datasets = [d for d in sorted(pair.dataset.unique()) if d != "Average"] + ["Average"]
-        rows = []
+        table = []
         for d in datasets:
-            for metric in ("base", "new", "H"):
-                row = [d if metric == "base" else "", {"base": "Base", "new": "New", "H": "H"}[metric]]
+            for i, (metric, name) in enumerate(ROWS):
+                row = [d if i == 0 else "", name]
                 for label in labels:
                     hit = pair[(pair.dataset == d) & (pair.label == label)]
                     if hit.empty:
                         row.append("")
                         continue
                     r = hit.iloc[0]
-                    std = r.get(f"{metric}_std") if d != "Average" else None
-                    row.append(_cell(float(r[metric]), std))
-                rows.append(row)
-        print_table(f"{source} -> {tgt} (seeds per cell: mean ± std)", ["dataset", ""] + labels, rows)
+                    row.append(cell(float(r[metric]), r.get(f"{metric}_lo", math.nan), r.get(f"{metric}_hi", math.nan),
+                                    r.get(f"{metric}_std", math.nan) if d != "Average" else math.nan))
+                table.append(row)
+        print_table(f"{source} -> {tgt}: mean [95% CI: paired bootstrap over items and seeds], or mean ± std over "
+                    f"seeds without ledgers; '{MISSING}' = needs a ledger", ["dataset", ""] + labels, table)
+
+
+@app.command("compare")
+def compare(
+    a: str = typer.Argument(..., help="Method label A (e.g. contcoop, or coop[n_ctx=4])."),
+    b: str = typer.Argument(..., help="Method label B."),
+    results: list[Path] = typer.Option(None, "--results", "-r", help="Results folder(s) (default: $UPGRADEBENCH_HOME/results)."),
+    target: str = typer.Option(None, "--target", help="Only this target model."),
+    dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Only these datasets."),
+    as_json: bool = Json,
+) -> None:
+    """A - B on the runs both have: Base, New, H and NFR differences with paired 95% intervals, and McNemar's
+    test on their pooled paired predictions on the target."""
+    folders = list(results) if results else [default_results_dir()]
+    rows = read_results(*folders)
+    if dataset:
+        rows = rows[rows.dataset.isin(dataset)]
+    out = compare_methods(rows, read_ledgers(*folders), a, b)
+    if target and not out.empty:
+        out = out[out.target == target]
+    if as_json:
+        print_json(out.to_dict(orient="records"))
+        return
+    if out.empty:
+        print_table(f"{a} and {b} share no runs (same source, target, dataset, shots and seed)", ["-"], [])
+        return
+    for (source, tgt, shots), group in out.groupby(["source", "target", "shots"], sort=False):
+        table = [[r.dataset, r.seeds] + [cell(getattr(r, f"d_{m}"), getattr(r, f"d_{m}_lo"), getattr(r, f"d_{m}_hi"))
+                                         for m in ("base", "new", "H", "nfr")] +
+                 [f"{r.a_only_right} / {r.b_only_right}", f"{r.mcnemar_p:.3g}"] for r in group.itertuples()]
+        print_table(f"{a} - {b}, {source} -> {tgt}, {shots} shots: difference [95% CI]",
+                    ["dataset", "seeds", "Δ Base", "Δ New", "Δ H", "Δ NFR", "only A / only B right (New)",
+                     "McNemar p"], table)

@@ -26,6 +26,8 @@ def run(
     pretrained: list[str] = typer.Option(None, "--pretrained",
                                          help="Local weights: MODEL=PATH (or PATH alone for the source); repeatable."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast for the image encoder)."),
+    oracle: bool = typer.Option(False, "--oracle", help="Also fit the method on each target (role 'oracle', the "
+                                "ceiling of the recovery ratio): one more fit per target."),
     device: str = Device,
     data_root: Path = DataRoot,
     download: bool = typer.Option(False, "--download", help="Allow open_clip to download missing weights."),
@@ -38,7 +40,8 @@ def run(
         weights.update(parse_pairs([item], "--pretrained") if "=" in item else {source: item})
     runner = Runner(results, device, precision, data_root, download, workers)
     specs = [RunSpec(method=method, source=source, targets=list(target), dataset=d, shots=shots, seed=s,
-                     config=parse_pairs(config, "--config"), views=views, ood=list(ood or []), pretrained=weights)
+                     config=parse_pairs(config, "--config"), views=views, ood=list(ood or []), pretrained=weights,
+                     oracle=oracle)
              for d in dataset for s in seed]
     for spec in specs:  # every mistake is reported before the first fit
         runner.validate(spec)
@@ -68,7 +71,7 @@ def _summary_rows(df, method: str, source: str, targets: list[str]) -> list[dict
         base = float(g[g.role == "base"].top1.iloc[0])
         row = {"dataset": dataset, "seed": int(seed), "Base": round(base, 2)}
         for t in targets:
-            new = float(g[g.eval_model == t].top1.iloc[0])
+            new = float(g[(g.eval_model == t) & (g.role == "new")].top1.iloc[0])
             row[f"New {t}"], row[f"H {t}"] = round(new, 2), round(harmonic(base, new), 2)
         for m in [source, *targets]:
             z = zs[(zs.dataset == dataset) & (zs.eval_model == m)]

@@ -1,0 +1,14 @@
+"""Hand-built result rows for tests."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from upgradebench.results import COLUMNS
+
+
+def blank_row(**values) -> dict:
+    """A row with every schema column: empty strings, NA where the column's type has no empty value."""
+    row = {c: "" if dtype == "string" else pd.NA for c, (dtype, _) in COLUMNS.items()}
+    row.update(values)
+    return row
