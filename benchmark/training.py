@@ -2,6 +2,8 @@
 
 SGD (lr 0.002, momentum 0.9, weight decay 5e-4), cosine schedule stepped per epoch, 1 warm-up epoch at a
 constant 1e-5, batch 32, epochs by shots (50 / 100 / 100 / 200 / 200 for 1 / 2 / 4 / 8 / 16; ImageNet 50).
+Options of the same loop: Dassl's Adam instead of SGD (TCP) and a ``backward`` hook that turns what the loss
+function returns into gradients (ProGrad's projected gradient).
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ def fit_epochs(
     return history
 
 
-def fit_recipe(task: FewShotTask, params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
+def fit_recipe(task: FewShotTask, params: list[torch.nn.Parameter],
+               loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
                recipe: SGDRecipe, seed: int, optimizer: str = "sgd",
                backward: Callable[[Any], torch.Tensor] = plain_backward) -> list[float]:
     """:func:`fit_epochs` with the fields of ``recipe`` (epochs by shots when ``recipe.epochs`` is None)."""

@@ -144,7 +144,7 @@ class _Call(nn.Module):
 
 
 def with_lora(vlm: VLM, factors: LoRAFactors, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
-    """``fn(*args)`` with the LoRA deltas added to ``vlm``'s weights for this call only (differentiable in the factors)."""
+    """``fn(*args)`` with the LoRA deltas added to ``vlm``'s weights for this call only (differentiable)."""
     overrides = {f"model.{n}": w for n, w in factors.overrides(vlm).items()}
     return functional_call(_Call(vlm.model, fn), overrides, args)
 
@@ -189,7 +189,8 @@ class CLIPLoRA(Method):
 
     name = "clip-lora"
     version = "1"
-    description = "Low-rank updates (r = 2) of the text encoder's q/k/v projections, added to the weights of the model in use."
+    description = ("Low-rank updates (r = 2) of the text encoder's q/k/v projections, "
+                   "added to the weights of the model in use.")
     Config = CLIPLoRAConfig
     module_class = CLIPLoRAModule
 

@@ -32,7 +32,7 @@ from .coop import CoOpModule
 
 @dataclass
 class ProGradConfig(SGDRecipe):
-    """ProGrad's defaults: N = 16, init from the template's words (``ctx_init=None``), lambda = 1, T = 1; CoOp's recipe."""
+    """ProGrad's defaults: N = 16 from the template's words (``ctx_init=None``), lambda = 1, T = 1; CoOp's recipe."""
 
     n_ctx: int = 16
     ctx_init: str | None = None
@@ -53,7 +53,7 @@ def template_context(vlm: VLM, n_ctx: int, words: str) -> torch.Tensor:
 
 
 def project_gradient(grad: torch.Tensor, reference: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
-    """ProGrad's update direction: ``grad`` minus ``lambda_`` times its projection on ``reference`` when they conflict."""
+    """ProGrad's direction: ``grad`` minus ``lambda_`` times its projection on ``reference`` if they conflict."""
     unit = reference / torch.linalg.norm(reference)
     if torch.dot((grad / torch.linalg.norm(grad)).flatten(), unit.flatten()) < 0:
         return grad - lambda_ * torch.dot(grad.flatten(), unit.flatten()) * unit
@@ -61,7 +61,7 @@ def project_gradient(grad: torch.Tensor, reference: torch.Tensor, lambda_: float
 
 
 def prograd_backward(params: list[torch.nn.Parameter], lambda_: float) -> Callable[[Any], torch.Tensor]:
-    """A ``backward`` for :func:`upgradebench.training.fit_epochs`: ``(L_ce, L_kl)`` -> projected gradients of ``L_ce``."""
+    """A ``backward`` for :func:`upgradebench.training.fit_epochs`: ``(L_ce, L_kl)`` -> projected ``grad L_ce``."""
 
     def backward(losses: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         ce, kl = losses

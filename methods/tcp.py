@@ -130,11 +130,15 @@ class TCPModule(Module):
 
 
 class TCP(Method):
-    """Textual-based Class-aware Prompt tuning (Yao et al., 2024), reference htyao89/Textual-based_Class-aware_prompt_tuning bd97bec."""
+    """Textual-based Class-aware Prompt tuning (Yao et al., 2024).
+
+    Reference: htyao89/Textual-based_Class-aware_prompt_tuning bd97bec (see the module docstring).
+    """
 
     name = "tcp"
     version = "1"
-    description = "CoOp context plus class-aware tokens from the zero-shot text features, inserted deep in the text encoder."
+    description = ("CoOp context plus class-aware tokens from the zero-shot text features, "
+                   "inserted deep in the text encoder.")
     Config = TCPConfig
     module_class = TCPModule
 
