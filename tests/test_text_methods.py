@@ -265,3 +265,19 @@ def test_fit_moves_the_parameters_and_transplants(name, pair, tiny_dataset, tmp_
         assert torch.equal(loaded.logits(vlm, feats, dataset.classnames), logits)
         zs = ZeroShotModule(dataset.template).logits(vlm, feats, dataset.classnames)
         assert (logits - zs).abs().max() > 1e-4  # training did something
+
+
+def test_prograd_with_lambda_zero_trains_exactly_like_coop_and_projects_otherwise(pair, tiny_dataset):
+    source = pair[0]
+    dataset = get_dataset(tiny_dataset)
+
+    def fit(name, overrides):
+        task = FewShotTask(dataset, load_fewshot(dataset, 2, 1), source, FeatureCache(), views=2)
+        method = get_method(name)
+        return method().fit(source, task, method.make_config({"epochs": "3", "batch_size": "4", "n_ctx": "4",
+                                                              "ctx_init": "a photo of a", **overrides}), seed=1)
+
+    coop = fit("coop", {})
+    assert torch.equal(fit("prograd", {"lambda_": "0"}).ctx, coop.ctx)  # same init, same CE gradients
+    projected = fit("prograd", {})
+    assert (projected.ctx - coop.ctx).abs().max() > 1e-6  # lambda = 1: some step had a conflicting gradient
