@@ -231,6 +231,7 @@ def test_lora_saved_and_plugged_into_another_model_changes_exactly_the_intended_
     assert all(torch.equal(p, before[n]) for n, p in target.model.named_parameters())
 
 
+@pytest.mark.slow
 def test_lora_refuses_a_text_tower_of_another_shape(pair):
     real = _real("ViT-B-16-quickgelu")
     module = CLIPLoRAModule(_random_factors(pair[0]), TEMPLATE)
