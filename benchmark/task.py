@@ -1,7 +1,7 @@
 """What ``Method.fit`` receives: the few-shot task, with cached image features instead of images.
 
 The harness hands a method the class names, the template, the labels, and features of the frozen
-source image encoder: ``V`` cached augmented views of each training image (METHODS.md's speed decision)
+source image encoder: ``V`` cached augmented views of each training image (docs/methods.md, "Training images")
 or, with ``views="online"``, freshly augmented images encoded every epoch (the reference's fidelity
 path), plus the validation shots. Test labels are never part of a task.
 """

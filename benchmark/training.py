@@ -2,6 +2,8 @@
 
 SGD (lr 0.002, momentum 0.9, weight decay 5e-4), cosine schedule stepped per epoch, 1 warm-up epoch at a
 constant 1e-5, batch 32, epochs by shots (50 / 100 / 100 / 200 / 200 for 1 / 2 / 4 / 8 / 16; ImageNet 50).
+Options of the same loop: Dassl's Adam instead of SGD (TCP) and a ``backward`` hook that turns what the loss
+function returns into gradients (ProGrad's projected gradient).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -59,6 +62,22 @@ def sgd(params: Iterable[torch.nn.Parameter], lr: float = 0.002, momentum: float
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+def dassl_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, momentum: float = 0.9,
+                    weight_decay: float = 5e-4) -> torch.optim.Optimizer:
+    """Dassl's ``OPTIM.NAME``: ``"sgd"`` (CoOp's) or ``"adam"`` (betas 0.9 / 0.999, L2 weight decay; TCP's)."""
+    if name == "sgd":
+        return sgd(params, lr, momentum, weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r} (sgd or adam)")
+
+
+def plain_backward(loss: torch.Tensor) -> torch.Tensor:
+    """The default backward of :func:`fit_epochs`: gradients of one scalar loss, which is also what is logged."""
+    loss.backward()
+    return loss
+
+
 def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Shuffled index batches; the last partial batch is dropped when there is at least one full batch (Dassl)."""
     order = torch.randperm(n, generator=generator)
@@ -71,7 +90,7 @@ def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator
 def fit_epochs(
     task: FewShotTask,
     params: list[torch.nn.Parameter],
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
     *,
     epochs: int,
     batch_size: int,
@@ -81,14 +100,17 @@ def fit_epochs(
     weight_decay: float = 5e-4,
     warmup_epochs: int = 1,
     warmup_lr: float = 1e-5,
+    optimizer: str = "sgd",
+    backward: Callable[[Any], torch.Tensor] = plain_backward,
 ) -> list[float]:
     """Run CoOp's recipe: per epoch, one augmented view per image, shuffled batches, ``loss_fn(feats, labels)``.
 
-    Returns the mean loss of each epoch.
+    ``backward`` turns what ``loss_fn`` returns into gradients of ``params`` and returns the loss to log
+    (ProGrad returns two losses and projects one gradient on the other). Returns the mean loss of each epoch.
     """
     device = task.source.device
-    optimizer = sgd(params, lr, momentum, weight_decay)
-    scheduler = warmup_cosine(optimizer, epochs, warmup_epochs, warmup_lr)
+    optim = dassl_optimizer(optimizer, params, lr, momentum, weight_decay)
+    scheduler = warmup_cosine(optim, epochs, warmup_epochs, warmup_lr)
     generator = torch.Generator().manual_seed(seed)
     labels = task.train_labels
     history = []
@@ -96,10 +118,9 @@ def fit_epochs(
         feats = task.epoch_features(epoch, generator)
         total, count = 0.0, 0
         for idx in minibatches(len(labels), batch_size, generator):
-            loss = loss_fn(feats[idx].to(device), labels[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optim.zero_grad(set_to_none=True)
+            loss = backward(loss_fn(feats[idx].to(device), labels[idx].to(device)))
+            optim.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         scheduler.step()
@@ -108,9 +129,11 @@ def fit_epochs(
 
 
 def fit_recipe(task: FewShotTask, params: list[torch.nn.Parameter],
-               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], recipe: SGDRecipe, seed: int) -> list[float]:
+               loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
+               recipe: SGDRecipe, seed: int, optimizer: str = "sgd",
+               backward: Callable[[Any], torch.Tensor] = plain_backward) -> list[float]:
     """:func:`fit_epochs` with the fields of ``recipe`` (epochs by shots when ``recipe.epochs`` is None)."""
     return fit_epochs(task, params, loss_fn, epochs=recipe.epochs or coop_epochs(task.shots, task.dataset.name),
                       batch_size=recipe.batch_size, lr=recipe.lr, seed=seed, momentum=recipe.momentum,
                       weight_decay=recipe.weight_decay, warmup_epochs=recipe.warmup_epochs,
-                      warmup_lr=recipe.warmup_lr)
+                      warmup_lr=recipe.warmup_lr, optimizer=optimizer, backward=backward)

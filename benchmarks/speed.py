@@ -38,14 +38,22 @@ from upgradebench.task import ONLINE, FewShotTask
 class NaiveVLM(VLM):
     """A VLM whose text encoder always runs the full context, as the reference TextEncoder does."""
 
-    def encode_text_embeddings(self, embeds, eot_index, start_layer=0):
+    def _pad(self, embeds):
         full = self.context_length
-        if start_layer == 0 and embeds.shape[1] < full:
+        if embeds.shape[1] < full:
             pad = self._tower.token_embedding.weight[0].expand(embeds.shape[0], full - embeds.shape[1], -1)
             embeds = torch.cat([embeds, pad.to(embeds.dtype)], dim=1)
-        x = embeds + self._tower.positional_embedding.to(embeds.dtype) if start_layer == 0 else embeds
+        return embeds
+
+    def encode_text_embeddings(self, embeds, eot_index, start_layer=0):
+        x = self._pad(embeds) + self._tower.positional_embedding.to(embeds.dtype) if start_layer == 0 else embeds
         x, _ = self._run_blocks(x, start_layer)
         return self._pool_project(x, eot_index)
+
+    def embeddings_to_layer(self, embeds, eot_index, layer):
+        x = self._pad(embeds) + self._tower.positional_embedding.to(embeds.dtype)
+        x, _ = self._run_blocks(x, 0, layer)
+        return x
 
 
 class SyntheticDataset(Dataset):

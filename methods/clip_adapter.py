@@ -6,7 +6,7 @@ ratio 0.2. The classifier is the zero-shot text features of the dataset template
 model in use; logits use the model's logit scale, as the reference does. Only the adapter is trained.
 Transplant (the paper's deep-layer baseline): the adapter is applied to the *target's* image features, so
 source and target must share the image-feature width.
-Departure: the reference released no training config, so CoOp's recipe is used (METHODS.md Decision):
+Departure: the reference released no training config, so CoOp's recipe is used (docs/methods.md):
 SGD 0.002, momentum 0.9, weight decay 5e-4, cosine, 1 warm-up epoch at 1e-5, batch 32, CoOp's epochs
 (200 at 16 shots). The adapter's init is PyTorch's Linear default (as in the reference), seeded per run.
 """

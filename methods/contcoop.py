@@ -1,6 +1,6 @@
 """ContCoOp (Wang et al., "Towards Compatible Fine-tuning for Vision-Language Model Updates", Sec. 3.2, 4.1).
 
-No official code was found; this follows the paper and METHODS.md:
+No official code was found; this follows the paper and docs/methods.md:
 - learnable context ``p`` (N = 16, N(0, 0.02)); class embedding ``c_i`` = token embeddings of class name i
   taken from the model in use, so the prompts follow the model when it is upgraded;
 - ``X = [p; c_i]``, single-head attention ``O = softmax(Q K^T / sqrt(D)) V W_O`` with ``W_Q, W_K, W_V, W_O``

@@ -4,7 +4,7 @@ CoOp's context (N = 4, initialised from the embeddings of "a photo of a", shared
 trained with ``CE + W * (1 - mean_i cos(t_i, t_zs_i))`` where ``t_i`` are the prompted text features and
 ``t_zs`` the zero-shot text features of the dataset template on the source model; W = 8.0. Recipe: batch 128,
 100 epochs, SGD 0.002 (momentum 0.9, weight decay 5e-4), cosine, 1 constant warm-up epoch at 1e-5.
-Departure: ``t_zs`` uses the harness's dataset template (METHODS.md); KgCoOp's own table differs for DTD only
+Departure: ``t_zs`` uses the harness's dataset template (docs/methods.md); KgCoOp's own table differs for DTD only
 ("a photo of a {}, a type of texture." instead of "{} texture."). fp32 instead of the reference's fp16.
 The artifact is exactly CoOp's (a context spliced into the text encoder of the model in use), saved under
 the method name ``kgcoop``; the knowledge-guidance term only shapes training.

@@ -18,7 +18,7 @@ from upgradebench.prompting import zeroshot_text_features
 
 @dataclass
 class ZeroShotConfig:
-    """``template``: None uses the dataset's template (METHODS.md table), e.g. ``"{} texture."`` for DTD."""
+    """``template``: None uses the dataset's template (docs/methods.md, "Templates"), e.g. ``"{} texture."`` for DTD."""
 
     template: str | None = None
 

@@ -18,7 +18,7 @@ from upgradebench.data.coop import SKIP_FILE
 from upgradebench.data.coop_spec import coop_classname, coop_specs
 from upgradebench.errors import UserError
 
-# METHODS.md, "Zero-shot CLIP".
+# docs/methods.md, "Templates" (CoOp's table).
 TEMPLATES = {
     "oxford_pets": "a photo of a {}, a type of pet.", "oxford_flowers": "a photo of a {}, a type of flower.",
     "fgvc_aircraft": "a photo of a {}, a type of aircraft.", "dtd": "{} texture.",

@@ -179,13 +179,24 @@ class VLM:
         tokens = tokens.to(self.device)
         return self.encode_text_embeddings(self.token_embeddings(tokens), self.eot_index(tokens))
 
+    def embeddings_to_layer(self, embeds: torch.Tensor, eot_index: torch.Tensor, layer: int) -> torch.Tensor:
+        """Hidden states ``[B, L', D]`` at the input of block ``layer`` from token embeddings ``[B, L, D]``.
+
+        Positional embedding added, positions ``0..max(eot_index)`` only, differentiable in ``embeds``; with
+        :meth:`encode_text_embeddings` at ``start_layer=layer`` it splits the text encoder at block ``layer``
+        (a method that rewrites hidden states in the middle of the tower, as TCP does).
+        """
+        if not 0 <= layer <= self.num_text_layers:
+            raise ValueError(f"layer must be in 0..{self.num_text_layers}, got {layer}")
+        length = int(eot_index.max().item()) + 1
+        x = embeds[:, :length].to(self.device) + self._tower.positional_embedding[:length].to(embeds.dtype)
+        x, _ = self._run_blocks(x, 0, layer)
+        return x
+
     def hidden_states_at(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
         """Hidden states ``[B, L', D]`` at the input of block ``layer`` (truncated to ``max(eot)+1``)."""
         tokens = tokens.to(self.device)
-        length = int(self.eot_index(tokens).max().item()) + 1
-        x = self.token_embeddings(tokens)[:, :length] + self._tower.positional_embedding[:length]
-        x, _ = self._run_blocks(x, 0, layer)
-        return x
+        return self.embeddings_to_layer(self.token_embeddings(tokens), self.eot_index(tokens), layer)
 
     def text_hidden_states(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Every layer's output, truncated to ``max(eot)+1`` positions: the embeddings (token +

@@ -1,0 +1,223 @@
+"""CLIP-LoRA on the text encoder (Zanella & Ben Ayed, CVPR-W 2024; MaxZanella/CLIP-LoRA 358f0d7, ``lora.py``,
+``loralib/layers.py``, ``loralib/utils.py``, ``main.py``), in its ``--encoder text`` mode.
+
+Every selected attention projection ``W`` (q, k, v of each text block; ``--position all``) gets a low-rank
+update: ``W' = W + (alpha / sqrt(r)) B A`` with ``A [r, D_in]`` (kaiming-uniform, a = sqrt(5)) and
+``B [D_out, r]`` (zeros), r = 2, alpha = 1. Classifier: the dataset template through the LoRA-adapted text
+encoder; logits ``logit_scale * cos(f, t_c)`` (the reference hard-codes 100, OpenAI CLIP's scale; the harness
+uses the scale of the model in use). Recipe: AdamW (lr 2e-4, weight decay 1e-2, betas 0.9 / 0.999), batch 32,
+``500 * K`` iterations with a per-iteration cosine schedule down to 1e-6, cross-entropy; the text features
+are recomputed every iteration.
+The module holds the factors only. Plugged into a model, the deltas are added to *that model's* attention
+weights for the duration of one call (``torch.func.functional_call``: the model's own parameters are never
+written), so a LoRA trained on CLIP can be dropped into EVA-CLIP, whose text tower has the same shapes. A
+model whose text blocks or widths differ is refused with both shapes named.
+Departures (docs/methods.md): the deltas are merged into the weights, which is the reference's forward at
+evaluation but leaves out its dropout (p = 0.25) on the input of the LoRA branch during training; fp32
+instead of fp16 autocast; the harness's dataset template.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from upgradebench.errors import UserError
+from upgradebench.method import Method, Module
+from upgradebench.models import VLM
+from upgradebench.prompting import clean_name
+from upgradebench.training import minibatches
+
+PROJECTIONS = "qkvo"
+
+
+@dataclass
+class CLIPLoRAConfig:
+    """CLIP-LoRA's defaults: r = 2, alpha = 1, q/k/v of every text block, AdamW 2e-4, 500 x K iterations."""
+
+    rank: int = 2
+    alpha: float = 1.0
+    params: str = "qkv"
+    layers: str = "all"
+    iters_per_shot: int = 500
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    eta_min: float = 1e-6
+
+
+def attention_blocks(vlm: VLM) -> list[nn.MultiheadAttention]:
+    """The attention module of every text block of ``vlm``."""
+    blocks = [m for name, m in vlm.text_modules.items() if name.startswith("block_")]
+    attns = [getattr(b, "attn", None) for b in blocks]
+    if not all(isinstance(a, nn.MultiheadAttention) for a in attns):
+        raise UserError(f"{vlm.name}'s text blocks have no nn.MultiheadAttention to adapt.",
+                        "CLIP-LoRA needs a CLIP-style text tower")
+    return attns
+
+
+def parse_layers(layers: str, num_layers: int) -> list[int]:
+    """``"all"`` or comma-separated block indices."""
+    if layers == "all":
+        return list(range(num_layers))
+    out = sorted({int(i) for i in layers.split(",")})
+    if out[0] < 0 or out[-1] >= num_layers:
+        raise UserError(f"CLIP-LoRA layers {layers!r} are outside 0..{num_layers - 1}.", "pass --config layers=all")
+    return out
+
+
+class LoRAFactors:
+    """``A`` and ``B`` per (block, projection): keys ``"<block>.<p>.A"`` / ``"<block>.<p>.B"``, p in q, k, v, o."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], rank: int, alpha: float, num_layers: int, width: int) -> None:
+        self.tensors, self.rank, self.alpha = tensors, rank, alpha
+        self.num_layers, self.width = num_layers, width
+
+    @property
+    def scaling(self) -> float:
+        """``alpha / sqrt(r)``, the reference's scaling (not LoRA's usual ``alpha / r``)."""
+        return self.alpha / math.sqrt(self.rank)
+
+    @classmethod
+    def init(cls, vlm: VLM, config: CLIPLoRAConfig, seed: int) -> LoRAFactors:
+        """The reference's init: ``A`` kaiming-uniform (a = sqrt(5)), ``B`` zeros, on the selected projections."""
+        if not config.params or set(config.params) - set(PROJECTIONS):
+            raise UserError(f"CLIP-LoRA params {config.params!r} must be letters of {PROJECTIONS!r}.",
+                            "pass --config params=qkv")
+        width = vlm.text_width
+        torch.manual_seed(seed)
+        tensors = {}
+        for i in parse_layers(config.layers, vlm.num_text_layers):
+            for p in config.params:
+                a = torch.empty(config.rank, width)
+                nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+                tensors[f"{i}.{p}.A"], tensors[f"{i}.{p}.B"] = a, torch.zeros(width, config.rank)
+        return cls(tensors, config.rank, config.alpha, vlm.num_text_layers, width)
+
+    def delta(self, block: int, projection: str) -> torch.Tensor | None:
+        """``scaling * B @ A`` of one projection, or None if it has no LoRA."""
+        a = self.tensors.get(f"{block}.{projection}.A")
+        return None if a is None else self.scaling * self.tensors[f"{block}.{projection}.B"] @ a
+
+    def check_fits(self, vlm: VLM) -> None:
+        """Refuse a model whose text tower has other block counts or widths than the one the factors were fitted on."""
+        if (vlm.num_text_layers, vlm.text_width) != (self.num_layers, self.width):
+            raise UserError(f"CLIP-LoRA module holds factors for a text tower of {self.num_layers} blocks x width "
+                            f"{self.width}, but {vlm.name}'s text tower has {vlm.num_text_layers} blocks x width "
+                            f"{vlm.text_width}.", "plug it into a model with the source's text architecture")
+
+    def overrides(self, vlm: VLM) -> dict[str, torch.Tensor]:
+        """``{parameter name in vlm.model: W + delta}`` for every adapted weight of ``vlm``."""
+        self.check_fits(vlm)
+        names = {id(p): n for n, p in vlm.model.named_parameters()}
+        out = {}
+        for i, attn in enumerate(attention_blocks(vlm)):
+            deltas = [self.delta(i, p) for p in "qkv"]
+            if any(d is not None for d in deltas):
+                w = attn.in_proj_weight
+                stacked = torch.cat([d.to(w.device) if d is not None else torch.zeros_like(w[:self.width])
+                                     for d in deltas])
+                out[names[id(w)]] = w + stacked
+            d_o = self.delta(i, "o")
+            if d_o is not None:
+                w = attn.out_proj.weight
+                out[names[id(w)]] = w + d_o.to(w.device)
+        return out
+
+
+class _Call(nn.Module):
+    """Holds ``vlm.model`` as a submodule so that ``functional_call`` can swap its parameters during ``fn``."""
+
+    def __init__(self, model: nn.Module, fn: Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        return self.fn(*args)
+
+
+def with_lora(vlm: VLM, factors: LoRAFactors, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+    """``fn(*args)`` with the LoRA deltas added to ``vlm``'s weights for this call only (differentiable)."""
+    overrides = {f"model.{n}": w for n, w in factors.overrides(vlm).items()}
+    return functional_call(_Call(vlm.model, fn), overrides, args)
+
+
+def template_tokens(vlm: VLM, class_names: list[str], template: str) -> torch.Tensor:
+    """Token ids of ``template.format(class)`` for every class."""
+    return vlm.tokenize([template.format(clean_name(n)) for n in class_names])
+
+
+class CLIPLoRAModule(Module):
+    """Low-rank factors of the text attention projections + the template; applied to the model in use."""
+
+    method = "clip-lora"
+
+    def __init__(self, factors: LoRAFactors, template: str) -> None:
+        self.factors, self.template = factors, template
+
+    def text_features(self, vlm: VLM, class_names: list[str]) -> torch.Tensor:
+        """Class text features of ``vlm`` with the LoRA deltas added to its text weights."""
+        return with_lora(vlm, self.factors, vlm.encode_text, template_tokens(vlm, class_names, self.template))
+
+    @torch.no_grad()
+    def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+        return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.factors.tensors)
+
+    def meta(self) -> dict[str, Any]:
+        f = self.factors
+        return {"rank": f.rank, "alpha": f.alpha, "num_layers": f.num_layers, "width": f.width,
+                "template": self.template}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> CLIPLoRAModule:
+        factors = LoRAFactors(dict(tensors), meta["rank"], meta["alpha"], meta["num_layers"], meta["width"])
+        return cls(factors, meta["template"])
+
+
+class CLIPLoRA(Method):
+    """CLIP-LoRA (Zanella & Ben Ayed, 2024) on the text encoder, reference MaxZanella/CLIP-LoRA 358f0d7."""
+
+    name = "clip-lora"
+    version = "1"
+    description = ("Low-rank updates (r = 2) of the text encoder's q/k/v projections, "
+                   "added to the weights of the model in use.")
+    Config = CLIPLoRAConfig
+    module_class = CLIPLoRAModule
+
+    def fit(self, source: VLM, task: Any, config: CLIPLoRAConfig, seed: int) -> CLIPLoRAModule:
+        factors = LoRAFactors.init(source, config, seed)
+        params = {k: nn.Parameter(v.to(source.device)) for k, v in factors.tensors.items()}
+        factors.tensors = params
+        optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay,
+                                      betas=(0.9, 0.999))
+        total = config.iters_per_shot * task.shots
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total, eta_min=config.eta_min)
+        tokens = template_tokens(source, task.class_names, task.template)
+        labels = task.train_labels
+        generator = torch.Generator().manual_seed(seed)
+        step, epoch = 0, 0
+        while step < total:
+            feats = task.epoch_features(epoch, generator)
+            for idx in minibatches(len(labels), config.batch_size, generator):
+                text = with_lora(source, factors, source.encode_text, tokens)
+                loss = F.cross_entropy(source.logits(feats[idx].to(source.device), text), labels[idx].to(source.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                if step == total:
+                    break
+            epoch += 1
+        factors.tensors = {k: v.detach().cpu() for k, v in params.items()}
+        return CLIPLoRAModule(factors, task.template)

@@ -1,0 +1,112 @@
+"""ProGrad (Zhu et al., ICCV 2023; BeierZhu/Prompt-align 1b76203, ``ProGrad.public/trainers/prograd.py`` and
+``Dassl.ProGrad.pytorch/dassl/engine/trainer.py: prograd_backward_and_update``): prompt-aligned gradients.
+
+CoOp's context (N = 16), initialised to zeros with its last k vectors set to the embeddings of the words of
+the dataset template before the class name ("a photo of a" for ``"a photo of a {}."``). Two losses per batch:
+``L_ce`` (cross-entropy) and ``L_kl = T^2 * mean_i sum_c -softmax(z_zs / T)_c log softmax(z / T)_c`` against the
+zero-shot logits ``z_zs`` of the source with the dataset template (T = 1). Per parameter, with ``g = grad L_ce``
+and ``g_kl = grad L_kl``: if ``cos(g, g_kl) < 0``, ``g <- g - lambda (g . g_kl / ||g_kl||) g_kl / ||g_kl||``
+(lambda = 1), else ``g`` is kept; the optimiser then steps with ``g``. Recipe: CoOp's (SGD 0.002, batch 32,
+50 / 100 / 200 epochs by shots, cosine, 1 warm-up epoch at 1e-5), as in the reference's ``ProGrad/rn50*.yaml``.
+Departures (docs/methods.md): the harness's dataset template is used for the init and the teacher (the
+reference has its own template table); fp32. The artifact is CoOp's context, saved under the name ``prograd``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from upgradebench.errors import UserError
+from upgradebench.method import Method
+from upgradebench.models import VLM
+from upgradebench.prompting import class_prompts, encode_prompts, text_embedding, zeroshot_text_features
+from upgradebench.training import SGDRecipe, fit_recipe
+
+from .coop import CoOpModule
+
+
+@dataclass
+class ProGradConfig(SGDRecipe):
+    """ProGrad's defaults: N = 16 from the template's words (``ctx_init=None``), lambda = 1, T = 1; CoOp's recipe."""
+
+    n_ctx: int = 16
+    ctx_init: str | None = None
+    lambda_: float = 1.0
+    temperature: float = 1.0
+
+
+def template_context(vlm: VLM, n_ctx: int, words: str) -> torch.Tensor:
+    """ProGrad's init: zeros ``[N, D]`` whose last vectors are the token embeddings of ``words``."""
+    ctx = torch.zeros(n_ctx, vlm.text_width)
+    if words.strip():
+        emb = text_embedding(vlm, words).float()
+        if len(emb) > n_ctx:
+            raise UserError(f"ProGrad's init {words!r} has {len(emb)} tokens but n_ctx is {n_ctx}.",
+                            f"pass --config n_ctx={len(emb)} or a shorter --config ctx_init")
+        ctx[n_ctx - len(emb):] = emb.cpu()
+    return ctx
+
+
+def project_gradient(grad: torch.Tensor, reference: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
+    """ProGrad's direction: ``grad`` minus ``lambda_`` times its projection on ``reference`` if they conflict."""
+    unit = reference / torch.linalg.norm(reference)
+    if torch.dot((grad / torch.linalg.norm(grad)).flatten(), unit.flatten()) < 0:
+        return grad - lambda_ * torch.dot(grad.flatten(), unit.flatten()) * unit
+    return grad
+
+
+def prograd_backward(params: list[torch.nn.Parameter], lambda_: float) -> Callable[[Any], torch.Tensor]:
+    """A ``backward`` for :func:`upgradebench.training.fit_epochs`: ``(L_ce, L_kl)`` -> projected ``grad L_ce``."""
+
+    def backward(losses: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        ce, kl = losses
+        kl_grads = torch.autograd.grad(kl, params, retain_graph=True)
+        ce.backward()
+        for p, g_kl in zip(params, kl_grads):
+            p.grad = project_gradient(p.grad, g_kl, lambda_)
+        return ce
+
+    return backward
+
+
+def prograd_losses(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's ``ProGradLoss``: cross-entropy and the soft cross-entropy to the zero-shot teacher."""
+    ce = F.cross_entropy(logits, labels)
+    teacher = F.softmax(teacher_logits / temperature, dim=-1)
+    kl = (-teacher * F.log_softmax(logits / temperature, dim=-1)).sum(1).mean() * temperature ** 2
+    return ce, kl
+
+
+class ProGradModule(CoOpModule):
+    """CoOp's context module, registered as ``prograd`` so that a saved module loads through this method."""
+
+    method = "prograd"
+
+
+class ProGrad(Method):
+    """Prompt-aligned Gradient (Zhu et al., 2023), reference BeierZhu/Prompt-align 1b76203."""
+
+    name = "prograd"
+    version = "1"
+    description = "CoOp context whose gradient never conflicts with the zero-shot prediction's (lambda = 1)."
+    Config = ProGradConfig
+    module_class = ProGradModule
+
+    def fit(self, source: VLM, task: Any, config: ProGradConfig, seed: int) -> ProGradModule:
+        words = config.ctx_init if config.ctx_init is not None else task.template.split("{}")[0]
+        ctx = torch.nn.Parameter(template_context(source, config.n_ctx, words).to(source.device))
+        prompts = class_prompts(source, task.class_names, config.n_ctx)
+        zs = zeroshot_text_features(source, task.class_names, task.template)
+
+        def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            text = encode_prompts(source, prompts, ctx)
+            return prograd_losses(source.logits(feats, text), source.logits(feats, zs), labels, config.temperature)
+
+        fit_recipe(task, [ctx], loss_fn, config, seed, backward=prograd_backward([ctx], config.lambda_))
+        return ProGradModule(ctx.detach().cpu())
