@@ -7,9 +7,12 @@ independent sequence (the training pool of the toy CLIPs, or one split of one to
 
 Objects have five attributes whose vocabulary is data (``vocab.json``): shape, colour, fill pattern,
 size and background. Backgrounds are smooth pale tints (a study with noisy backgrounds learned shape only
-to 18-23%). Three rendering styles exist: ``photo`` (the world itself), ``sketch`` (a pencil-like double
-outline on paper, no colour or fill) and ``clutter`` (the object on a background cluttered with pale blobs);
-the last two are out-of-distribution renderings of the same scenes.
+to 18-23%). Four rendering styles exist: ``photo`` (the world itself, the pre-training pool's only style),
+``sketch`` (a pencil-like double outline on paper, no colour or fill), ``clutter`` (the object on a
+background cluttered with pale blobs) and ``night`` (the photo at dusk: dim, a blue cast, sensor noise).
+``sketch`` and ``clutter`` render OOD test sets; ``night`` is the domain of a downstream task that toy-clip's
+pool lacks. Captions name an attribute by its canonical name (the toy datasets' class name) only with the
+vocabulary's ``name_share``, by a synonym otherwise.
 """
 
 from __future__ import annotations
