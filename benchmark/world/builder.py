@@ -38,6 +38,7 @@ class TrainingPool:
     images: torch.Tensor
     captions: list[str]
     attributes: dict[str, torch.Tensor]
+    seed: int = 0
     _tokens: dict[int, torch.Tensor] = field(default_factory=dict)
     _resized: dict[int, torch.Tensor] = field(default_factory=dict)
 
@@ -55,7 +56,15 @@ class TrainingPool:
                 attributes[a][i] = scene.attribute(a)
             if advance is not None and (i + 1) % 250 == 0:
                 advance(250)
-        return cls(images, captions, attributes)
+        return cls(images, captions, attributes, seed)
+
+    def restyled(self, style: str, every: int) -> torch.Tensor:
+        """The images with every ``every``-th one (index 0, every, 2 every, ...) rendered in ``style``
+        instead: the same scenes, so their captions still hold (a target whose pre-training saw more)."""
+        images = self.images.clone()
+        for i in range(0, len(images), every):
+            images[i] = torch.from_numpy(generator.render(generator.sample_scene(self.seed, POOL_STREAM, i), style))
+        return images
 
     def images_at(self, size: int) -> torch.Tensor:
         """The images at ``size`` x ``size`` pixels, resized as the saved model's test transform resizes
@@ -140,7 +149,13 @@ def build_model(
     if parts:
         assert parent_dir is not None
         inherit(model, parent_dir, parts)
-    images = pool.images_at(model_cfg["vision_cfg"].get("image_size", generator.IMAGE_SIZE))
+    image_size = model_cfg["vision_cfg"].get("image_size", generator.IMAGE_SIZE)
+    if "pool_restyle" in recipe:
+        if image_size != generator.IMAGE_SIZE:
+            raise ValueError(f"pool_restyle needs the pool's own image size ({generator.IMAGE_SIZE}), not {image_size}")
+        images = pool.restyled(recipe["pool_restyle"]["style"], recipe["pool_restyle"]["every"])
+    else:
+        images = pool.images_at(image_size)
     tokens = pool.tokens(model_cfg["text_cfg"]["context_length"])
     start = time.perf_counter()
     losses: list[float] = []

@@ -7,9 +7,12 @@ independent sequence (the training pool of the toy CLIPs, or one split of one to
 
 Objects have five attributes whose vocabulary is data (``vocab.json``): shape, colour, fill pattern,
 size and background. Backgrounds are smooth pale tints (a study with noisy backgrounds learned shape only
-to 18-23%). Three rendering styles exist: ``photo`` (the world itself), ``sketch`` (a pencil-like double
-outline on paper, no colour or fill) and ``clutter`` (the object on a background cluttered with pale blobs);
-the last two are out-of-distribution renderings of the same scenes.
+to 18-23%). Four rendering styles exist: ``photo`` (the world itself, the pre-training pool's only style),
+``sketch`` (a pencil-like double outline on paper, no colour or fill), ``clutter`` (the object on a
+background cluttered with pale blobs) and ``night`` (the photo at dusk: dim, a blue cast, sensor noise).
+``sketch`` and ``clutter`` render OOD test sets; ``night`` is the domain of a downstream task that toy-clip's
+pool lacks. Captions name an attribute by its canonical name (the toy datasets' class name) only with the
+vocabulary's ``name_share``, by a synonym otherwise.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 ATTRIBUTES = ("shape", "colour", "pattern", "size", "background")
-STYLES = ("photo", "sketch", "clutter")
+STYLES = ("photo", "sketch", "clutter", "night")
 IMAGE_SIZE = 64
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bumped whenever this code's output for a given (seed, stream, index) changes (see :func:`generator_key`)."""
 _SS = 2  # drawn at 2x and box-filtered down (in render): anti-aliased edges at little cost
 _CANVAS = IMAGE_SIZE * _SS
@@ -247,7 +250,7 @@ def render(scene: Scene, style: str = "photo") -> np.ndarray:
         lines = _ring(mask_img, 2) | _ring(second, 1)
         img[lines] = rng.uniform(30, 80)
     else:
-        img = _background(scene, rng) if style == "photo" else _clutter(rng)
+        img = _clutter(rng) if style == "clutter" else _background(scene, rng)
         img = np.ascontiguousarray(img, dtype=np.float32)
         if pattern == "outlined":
             img[_ring(mask_img, 2 * _SS)] = fill  # a 2-pixel outline
@@ -256,6 +259,9 @@ def render(scene: Scene, style: str = "photo") -> np.ndarray:
             shade = _second_shade(fill)
             img[inside & texture] = fill
             img[inside & ~texture] = shade
+    if style == "night":  # the scene at dusk: dim, low contrast, a blue cast and sensor noise
+        img = img * np.float32(rng.uniform(0.3, 0.4)) + np.array([10.0, 14.0, 32.0], dtype=np.float32)
+        img += rng.normal(0, 6, img.shape[:2])[..., None].astype(np.float32)
     small = (img[0::2, 0::2] + img[1::2, 0::2] + img[0::2, 1::2] + img[1::2, 1::2]) * 0.25  # _SS == 2
     small += rng.normal(0, 2.5, small.shape)
     return np.clip(np.rint(small), 0, 255).astype(np.uint8)
@@ -279,6 +285,19 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def caption_words(attribute: str) -> list[str]:
+    """Every word captions use for ``attribute``'s values: canonical names and synonyms."""
+    return [w for v in values(attribute) for w in (v["name"], *v["synonyms"])]
+
+
+def _word(entry: Mapping[str, Any], name_share: float, rng: np.random.Generator) -> str:
+    """The canonical name with probability ``name_share`` (always, without synonyms), else a synonym."""
+    synonyms = entry["synonyms"]
+    if not synonyms or rng.random() < name_share:
+        return entry["name"]
+    return synonyms[int(rng.integers(len(synonyms)))]
+
+
 def caption(scene: Scene) -> str:
     """A templated caption of ``scene``: synonyms, dropped attributes and varied word order.
 
@@ -288,7 +307,7 @@ def caption(scene: Scene) -> str:
     rng = np.random.default_rng([scene.detail_seed, 1])
     pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
     kept = {a: rng.random() < spec["keep"][a] for a in ATTRIBUTES}
-    word = {a: pick(values(a)[scene.attribute(a)]["words"]) for a in ATTRIBUTES}
+    word = {a: _word(values(a)[scene.attribute(a)], spec["name_share"][a], rng) for a in ATTRIBUTES}
     pattern_entry = values("pattern")[scene.pattern]
 
     if kept["pattern"] and rng.random() < spec["texture_probability"]:
