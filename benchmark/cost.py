@@ -7,7 +7,8 @@ as ``a + b * classes`` (for a method without an epoch loop: its whole fit, per c
 - feature extraction, each item once however many runs share it: every (model, dataset) test split, and per
   (source, dataset, shots, seed) few-shot sample its ``V`` augmented views, its plain training images and
   its validation shots;
-- every fit: epochs (``Method.epochs``) x steps per epoch (``ceil(classes * shots / batch)``) x seconds per step.
+- every fit: its optimisation steps (``Method.steps``: epochs x ``ceil(classes * shots / batch)`` for most
+  methods, iterations for CLIP-LoRA) x seconds per step.
 
 Class and test-set sizes come from the dataset table (``data/coop_datasets.json``), so a grid is estimated
 before its data is on disk. Runs on models, datasets or methods that were not measured are listed as not
@@ -17,7 +18,6 @@ estimated, never guessed.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -71,11 +71,10 @@ def fit_seconds(table: dict[str, Any], arch: str, method: str, config: Any, data
     timing = table.get("archs", {}).get(arch, {}).get("fit", {}).get(method)
     if timing is None:
         return None
-    epochs = get_method(method).epochs(config, dataset, shots)
-    if epochs is None:
+    steps = get_method(method).steps(config, dataset, classes, shots)
+    if steps is None:
         return timing["fit_per_class_s"] * classes
-    batch = getattr(config, "batch_size", None) or timing["batch_size"] or 1
-    return epochs * math.ceil(classes * shots / batch) * (timing["a"] + timing["b"] * classes)
+    return steps * (timing["a"] + timing["b"] * classes)
 
 
 def estimate(specs: Sequence[RunSpec], table: dict[str, Any] | None = None) -> CostEstimate:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import typing
 from abc import ABC, abstractmethod
@@ -125,6 +126,16 @@ class Method(ABC):
         if value:
             return int(value)
         return coop_epochs(shots, dataset) if isinstance(config, SGDRecipe) else None
+
+    @classmethod
+    def steps(cls, config: Any, dataset: str, classes: int, shots: int) -> int | None:
+        """How many optimisation steps ``fit`` takes (for cost estimates): by default :meth:`epochs` x
+        ``ceil(classes * shots / config.batch_size)``; None for a method without an epoch loop. A method that
+        counts iterations instead of epochs overrides this."""
+        epochs = cls.epochs(config, dataset, shots)
+        if epochs is None:
+            return None
+        return epochs * math.ceil(classes * shots / (getattr(config, "batch_size", None) or 1))
 
     # ---- configs ---------------------------------------------------------------------------------------------
     @classmethod

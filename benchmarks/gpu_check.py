@@ -9,9 +9,9 @@ For each model pair of the paper (ViT-B/16 CLIP -> EVA02-CLIP-B/16 for Table 2, 
    equals open_clip's ``encode_text`` on the device, in fp32 and under bf16 autocast (within tolerance);
 2. measures image-encoder throughput (images/s, bf16 autocast, channels-last or not, batch 256): the cost
    of feature extraction once decoding keeps up (``benchmarks/extraction.py`` measures decoding);
-3. fits every registered method for one epoch (methods without epochs: their whole fit) on a synthetic
-   few-shot task with cached features, at two class counts, and records seconds and peak GPU memory
-   (seconds per step = a + b * classes, from the two; steps per epoch follow from shots and batch size);
+3. fits every registered method briefly (one epoch, or a few iterations per shot; methods without
+   optimisation steps: their whole fit) on a synthetic few-shot task with cached features, at two class
+   counts, and records seconds and peak GPU memory (seconds per step = a + b * classes, from the two);
 4. measures peak memory of CoCoOp's batched path and of ContCoOp on the ViT-L/14 text tower per batch size;
 5. estimates the GPU-hours of the paper grids ``paper:table2`` and ``paper:table8`` (8 methods x 11 datasets x
    3 seeds, 16 shots) with ``upgradebench.cost`` from these throughputs (``--throughputs-out`` writes them in
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -133,12 +132,19 @@ def image_throughput(vlm: VLM, batch: int, iters: int) -> dict:
     return out
 
 
-def fit_timing(vlm: VLM, method_name: str, classes: int, shots: int, views: int, epochs: int) -> dict:
-    """One fit of ``method_name`` (``epochs`` epochs where the method has them) on a synthetic task."""
+def short_config(method_name: str) -> dict[str, str]:
+    """Overrides that make a fit short enough to time: one epoch, or 5 iterations per shot (CLIP-LoRA)."""
+    fields = getattr(get_method(method_name).Config, "__dataclass_fields__", {})
+    if "epochs" in fields:
+        return {"epochs": "1"}
+    return {"iters_per_shot": "5"} if "iters_per_shot" in fields else {}
+
+
+def fit_timing(vlm: VLM, method_name: str, classes: int, shots: int, views: int) -> dict:
+    """One short fit (:func:`short_config`) of ``method_name`` on a synthetic task: seconds, optimisation steps
+    (None for a method without them), peak GPU memory."""
     method = get_method(method_name)
-    fields = getattr(method.Config, "__dataclass_fields__", {})
-    overrides = {"epochs": str(epochs)} if "epochs" in fields else {}
-    config = method.make_config(overrides)
+    config = method.make_config(short_config(method_name))
     dataset = SyntheticDataset(classes, shots)
     split = load_fewshot(dataset, shots, 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,22 +157,21 @@ def fit_timing(vlm: VLM, method_name: str, classes: int, shots: int, views: int,
         method().fit(vlm, task, config, seed=1)
         _sync(vlm.device)
         seconds = time.perf_counter() - start
-    return {"seconds": seconds, "epochs": epochs if "epochs" in fields else None, "peak_gib": _peak_gib(vlm.device),
-            "batch_size": getattr(config, "batch_size", None)}
+    return {"seconds": seconds, "steps": method.steps(config, dataset.name, classes, shots),
+            "peak_gib": _peak_gib(vlm.device)}
 
 
-def fit_model(small: dict, large: dict, classes: tuple[int, int], shots: int) -> dict:
+def fit_model(small: dict, large: dict, classes: tuple[int, int]) -> dict:
     """The cost model of one method on one architecture (``upgradebench.cost``): seconds per optimisation
-    step ``a + b * classes`` from one epoch at two class counts; without epochs, the whole fit per class."""
-    if small["epochs"] is None:
-        return {"a": 0.0, "b": 0.0, "batch_size": None, "fit_per_class_s": large["seconds"] / classes[1]}
-    batch = large["batch_size"] or 1
-    per_step = [t["seconds"] / t["epochs"] / math.ceil(c * shots / batch) for c, t in zip(classes, (small, large))]
+    step ``a + b * classes`` from short fits at two class counts; without steps, the whole fit per class."""
+    if small["steps"] is None:
+        return {"a": 0.0, "b": 0.0, "fit_per_class_s": large["seconds"] / classes[1]}
+    per_step = [t["seconds"] / t["steps"] for t in (small, large)]
     b = max((per_step[1] - per_step[0]) / (classes[1] - classes[0]), 0.0)
     a = per_step[0] - b * classes[0]
     if a < 0:  # per-step time that is not linear in the classes: charge all of it per class (an upper bound)
         a, b = 0.0, per_step[1] / classes[1]
-    return {"a": a, "b": b, "batch_size": batch, "fit_per_class_s": None}
+    return {"a": a, "b": b, "fit_per_class_s": None}
 
 
 def memory_sweep(vlm: VLM, classes: int, shots: int, batches: list[int]) -> dict:
@@ -237,11 +242,11 @@ def main() -> None:
                 del vlm
         fits = {}
         for name in names:
-            small = fit_timing(source, name, args.classes, args.shots, args.views, epochs=1)
-            large = fit_timing(source, name, args.classes_large, args.shots, args.views, epochs=1)
-            fits[name] = {**fit_model(small, large, (args.classes, args.classes_large), args.shots),
+            small = fit_timing(source, name, args.classes, args.shots, args.views)
+            large = fit_timing(source, name, args.classes_large, args.shots, args.views)
+            fits[name] = {**fit_model(small, large, (args.classes, args.classes_large)),
                           "timed": {"small": small, "large": large}}
-            print(f"  {name}: {small['seconds']:.2f} s / {large['seconds']:.2f} s per epoch-or-fit "
+            print(f"  {name}: {small['seconds']:.2f} s / {large['seconds']:.2f} s per short fit "
                   f"({args.classes} / {args.classes_large} classes), peak {small['peak_gib']} GiB", file=sys.stderr,
                   flush=True)
         table["archs"][source_arch] = {"images_per_s": pair["source_images_per_s"]["best"], "fit": {

@@ -194,13 +194,18 @@ class CLIPLoRA(Method):
     Config = CLIPLoRAConfig
     module_class = CLIPLoRAModule
 
+    @classmethod
+    def steps(cls, config: CLIPLoRAConfig, dataset: str, classes: int, shots: int) -> int:
+        """The reference counts iterations, not epochs: ``iters_per_shot x K`` steps whatever the classes."""
+        return config.iters_per_shot * shots
+
     def fit(self, source: VLM, task: Any, config: CLIPLoRAConfig, seed: int) -> CLIPLoRAModule:
         factors = LoRAFactors.init(source, config, seed)
         params = {k: nn.Parameter(v.to(source.device)) for k, v in factors.tensors.items()}
         factors.tensors = params
         optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay,
                                       betas=(0.9, 0.999))
-        total = config.iters_per_shot * task.shots
+        total = self.steps(config, task.dataset.name, len(task.class_names), task.shots)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total, eta_min=config.eta_min)
         tokens = template_tokens(source, task.class_names, task.template)
         labels = task.train_labels

@@ -80,8 +80,7 @@ def test_cost_estimate_counts_shared_features_once_and_every_fit():
     from upgradebench.runner import RunSpec
 
     table = {"measured": {"device": "test GPU"}, "archs": {
-        "ViT-B-16-quickgelu": {"images_per_s": 1000.0, "fit": {"coop": {"a": 0.01, "b": 0.0, "batch_size": 32,
-                                                                         "fit_per_class_s": None}}},
+        "ViT-B-16-quickgelu": {"images_per_s": 1000.0, "fit": {"coop": {"a": 0.01, "b": 0.0, "fit_per_class_s": None}}},
         "EVA02-B-16": {"images_per_s": 500.0}}}
     specs = [RunSpec(method="coop", source="clip", targets=["eva-clip"], dataset="dtd", seed=s) for s in (1, 2)]
     cost = estimate(specs, table)

@@ -127,18 +127,22 @@ def test_toy_datasets_are_registered_with_splits_and_templates():
         for items in splits.values():
             counts = Counter(y for _, y in items)
             assert sorted(counts) == list(range(ds.num_classes)) and len(set(counts.values())) == 1
-    assert get_dataset("toy-colour-shape").num_classes == 64
+    # four colours (tasks.json "values") x eight shapes
+    assert get_dataset("toy-colour-shape").num_classes == 32
     assert get_dataset("toy-colour-shape").prompts()[0] == "a photo of a red circle."
     assert get_dataset("toy-pattern").prompts()[1] == "striped texture."
 
 
 def test_images_carry_their_label_and_splits_differ():
     ds = get_dataset("toy-colour-shape")
+    colours = set()
     for ref, label in ds.split("test")[:70]:
         split, index = ds.parse_ref(ref)
         scene = ds.scene(split, index)
         assert ds.classnames[label] == f"{gen.names('colour')[scene.colour]} {gen.names('shape')[scene.shape]}"
+        colours.add(gen.names("colour")[scene.colour])
         assert np.array_equal(np.asarray(ds.load_image(ref)), gen.render(scene))
+    assert colours == {"red", "orange", "yellow", "green"}  # a restricted attribute keeps to its listed values
     train = {np.asarray(ds.load_image(r)).tobytes() for r, _ in ds.split("train")[:64]}
     test = {np.asarray(ds.load_image(r)).tobytes() for r, _ in ds.split("test")[:64]}
     assert not train & test

@@ -31,19 +31,35 @@ def task_table() -> dict[str, dict[str, Any]]:
     for name, task in table.items():
         base = task.get("base")
         if base:
-            task.update(attributes=table[base]["attributes"], template=table[base]["template"], stream=base,
-                        splits=["test"])
+            task.update(attributes=table[base]["attributes"], values=table[base].get("values", {}),
+                        template=table[base]["template"], stream=base, splits=["test"])
+        task.setdefault("values", {})
         task.setdefault("style", "photo")
         task.setdefault("stream", name)
         task.setdefault("splits", ["train", "val", "test"])
     return table
 
 
-def task_classnames(attributes: list[str]) -> list[str]:
-    """Class names of a task on ``attributes``: every combination, the last attribute varying fastest."""
+def task_values(task: dict[str, Any]) -> list[tuple[str, list[int]]]:
+    """Per labelled attribute of ``task``, the vocabulary indices its classes use: all of them, or the names
+    listed under the task's ``values`` (in vocabulary order)."""
+    out = []
+    for attribute in task["attributes"]:
+        names = generator.names(attribute)
+        keep = task["values"].get(attribute)
+        unknown = set(keep or []) - set(names)
+        if unknown:
+            raise ValueError(f"tasks.json: {sorted(unknown)} are not {attribute} values ({names})")
+        out.append((attribute, [i for i, n in enumerate(names) if keep is None or n in keep]))
+    return out
+
+
+def task_classnames(task: dict[str, Any]) -> list[str]:
+    """Class names of ``task``: every combination of its attributes' values, the last varying fastest."""
     names = [""]
-    for attribute in attributes:
-        names = [f"{prefix} {value}".strip() for prefix in names for value in generator.names(attribute)]
+    for attribute, indices in task_values(task):
+        values = generator.names(attribute)
+        names = [f"{prefix} {values[i]}".strip() for prefix in names for i in indices]
     return names
 
 
@@ -55,7 +71,8 @@ class ToyDataset(Dataset):
         self.name = name
         self.task = task
         self.attributes: list[str] = list(task["attributes"])
-        self.classnames = task_classnames(self.attributes)
+        self._values = task_values(task)
+        self.classnames = task_classnames(task)
         self.template = task["template"]
         self.style: str = task["style"]
         self.world = world_name()
@@ -81,11 +98,11 @@ class ToyDataset(Dataset):
 
     def scene(self, split: str, index: int) -> generator.Scene:
         """The scene of item ``index`` of ``split``: labelled attributes fixed, the rest drawn."""
-        sizes = [len(generator.values(a)) for a in self.attributes]
         rest = index % self.num_classes
         fixed = {}
-        for attribute, size in zip(reversed(self.attributes), reversed(sizes)):
-            rest, fixed[attribute] = divmod(rest, size)
+        for attribute, indices in reversed(self._values):
+            rest, position = divmod(rest, len(indices))
+            fixed[attribute] = indices[position]
         return generator.sample_scene(self._config["seed"], f"{self.task['stream']}/{split}", index, fixed)
 
     def parse_ref(self, ref: str) -> tuple[str, int]:
@@ -123,7 +140,7 @@ def _factory(name: str, data_root: Path) -> ToyDataset:
 
 def _register_all() -> None:
     for name, task in task_table().items():
-        register_dataset(name, partial(_factory, name), num_classes=len(task_classnames(task["attributes"])),
+        register_dataset(name, partial(_factory, name), num_classes=len(task_classnames(task)),
                          kind="world", description=task["description"], ood_of=task.get("base"))
 
 
