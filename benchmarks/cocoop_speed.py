@@ -17,7 +17,6 @@ weights (nothing can be downloaded; timing does not depend on the weights) and s
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from upgradebench.features import FeatureCache
 from upgradebench.method import get_method
 from upgradebench.methods.cocoop import CoCoOpModule
 from upgradebench.task import ONLINE, FewShotTask
+from report import emit  # benchmarks/report.py, next to this script
 
 
 def _timed(fn):
@@ -78,11 +78,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, help="Also write the JSON result here.")
     args = parser.parse_args()
-    text = json.dumps(bench(args), indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(bench(args), args.out)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from PIL import Image
 from upgradebench.data import get_dataset
 from upgradebench.features import FeatureCache, ViewPixels, _seed_of, autocast_context, pixel_loader
 from upgradebench.models import VLM, ModelSpec
+from report import emit  # benchmarks/report.py, next to this script
 
 CLASSES = ["banded", "blotchy", "braided", "bubbly", "bumpy", "chequered", "cobwebbed", "cracked"]
 
@@ -186,11 +187,7 @@ def main() -> None:
             "workers_for_train_views": math.ceil(rate / per_worker),
             "workers_for_test": math.ceil(rate / out["decode"]["test_after_images_per_s"]),
         }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from upgradebench.method import available_methods, get_method
 from upgradebench.models import VLM, ModelSpec
 from upgradebench.sweep import load_grid
 from upgradebench.task import FewShotTask
+from report import emit  # benchmarks/report.py, next to this script
 
 # key -> (source architecture, target architecture, the paper grid it is estimated for)
 PAIRS = {"b16": ("ViT-B-16-quickgelu", "EVA02-B-16", "table2"), "l14": ("ViT-L-14-quickgelu", "EVA02-L-14", "table8")}
@@ -268,12 +269,7 @@ def main() -> None:
         del source
         print(json.dumps({grid: pair["estimate_paper_grid"]}, indent=1), file=sys.stderr, flush=True)
     report["throughputs"] = table
-    text = json.dumps(report, indent=1)
-    print(text)
-    for path, content in ((args.out, text), (args.throughputs_out, json.dumps(table, indent=1))):
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content + "\n")
+    emit(report, args.out, (args.throughputs_out, table))
 
 
 if __name__ == "__main__":

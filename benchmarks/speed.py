@@ -33,6 +33,7 @@ from upgradebench.method import get_method
 from upgradebench.models import VLM, ModelSpec, load_vlm
 from upgradebench.runner import Runner
 from upgradebench.task import ONLINE, FewShotTask
+from report import emit  # benchmarks/report.py, next to this script
 
 
 class NaiveVLM(VLM):
@@ -183,11 +184,7 @@ def main() -> None:
     sub.add_parser("default-run", parents=[common])
     args = parser.parse_args()
     result = {"epochs": bench_epochs, "fidelity": bench_fidelity, "default-run": bench_default_run}[args.cmd](args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

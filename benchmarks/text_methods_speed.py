@@ -42,6 +42,7 @@ from upgradebench.data import load_fewshot
 from upgradebench.features import FeatureCache
 from upgradebench.method import get_method
 from upgradebench.task import FewShotTask
+from report import emit  # benchmarks/report.py, next to this script
 
 METHODS = {"coop": {}, "prograd": {}, "tcp": {}, "clip-lora": {}}
 BATCH = 32
@@ -164,11 +165,7 @@ def main() -> None:
         print(json.dumps(probe(args.arch, args.method, args.n_classes)))
         return
     result = {"epochs": bench_epochs, "memory": bench_memory}[args.cmd](args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
