@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from upgradebench.analysis.drift import DRIFT_SCHEMA, DRIFT_SCHEMA_VERSION, write_drift
-from upgradebench.analysis.tables import main_table, ranks, table2, to_latex, to_markdown
+from upgradebench.analysis.tables import main_table, ranks, table2, table3, to_latex, to_markdown
 from upgradebench.results import SCHEMA_VERSION, read_results, summarize, write_rows
 
 from .cli_helpers import run_cli, run_json
@@ -186,3 +186,11 @@ def test_bad_results_folder_is_a_user_error(capsys, tmp_path):
     code, out, err = run_cli(capsys, "figures", "--results", str(tmp_path), "--drift", str(tmp_path / "d.parquet"),
                              "--out", str(tmp_path / "f"))
     assert code == 2 and "Drift file" in err
+
+
+def test_table3_averages_the_ood_datasets(synthetic):
+    doc = table3(read_results(synthetic))
+    assert doc.tables and all(t.header[-1] == "Avg." for t in doc.tables)
+    for table in doc.tables:
+        for row in table.rows:  # [method, training dataset, OOD datasets..., Avg.]
+            assert row[-1] == pytest.approx(sum(row[2:-1]) / len(row[2:-1])), row
