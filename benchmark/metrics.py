@@ -183,8 +183,8 @@ def cell_metrics(cell: Cell, weights: tuple[np.ndarray, np.ndarray] | None) -> d
     out["reuse_gain"] = acc["new"] - acc["zs"] if "zs" in acc else nan
     if "zs" in acc and "oracle" in acc:
         room = acc["oracle"] - acc["zs"]
-        out["recovery"] = np.where(np.abs(room) > 1e-9, (acc["new"] - acc["zs"]) / np.where(room == 0, 1, room),
-                                   np.nan)
+        # only defined where the oracle beats zero-shot: with no room (or negative room) the ratio is meaningless
+        out["recovery"] = np.where(room > 1e-9, (acc["new"] - acc["zs"]) / np.where(room > 1e-9, room, 1), np.nan)
     else:
         out["recovery"] = nan
     return out
@@ -385,6 +385,7 @@ def summarize_with_intervals(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.Dat
     if out.empty:
         return out
     zs = out[out.method == "zeroshot"].set_index(["source", "target", "dataset", "shots"]).new
+    new = out.set_index(["source", "target", "label", "dataset", "shots"]).new
     oracle = _oracle_means(rows)
     for i, r in out.iterrows():
         z = zs.get((r.source, r.target, r.dataset, r.shots))
@@ -392,20 +393,33 @@ def summarize_with_intervals(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.Dat
             continue
         if math.isnan(r.reuse_gain):
             out.at[i, "reuse_gain"] = r.new - z
-        o = oracle.get((r.target, r.label, r.dataset, r.shots))
-        if math.isnan(r.recovery) and o is not None and abs(o - z) > 1e-9:
-            out.at[i, "recovery"] = (r.new - z) / (o - z)
+        if not math.isnan(r.recovery):
+            continue
+        if r.dataset == "Average":
+            # over the datasets that have oracle runs only: an average over other datasets has no ceiling
+            datasets = [d for (t, label, d, shots) in oracle if (t, label, shots) == (r.target, r.label, r.shots)]
+            pairs = [(new.get((r.source, r.target, r.label, d, r.shots)), zs.get((r.source, r.target, d, r.shots)),
+                      oracle[(r.target, r.label, d, r.shots)]) for d in datasets]
+            pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
+            if not pairs:
+                continue
+            gain = sum(n - z_d for n, z_d, _ in pairs) / len(pairs)
+            room = sum(o - z_d for _, z_d, o in pairs) / len(pairs)
+        else:
+            o = oracle.get((r.target, r.label, r.dataset, r.shots))
+            if o is None:
+                continue
+            gain, room = r.new - z, o - z
+        if room > 1e-9:  # the oracle must beat zero-shot for a ratio to mean anything
+            out.at[i, "recovery"] = gain / room
     return out
 
 
 def _oracle_means(rows: pd.DataFrame) -> dict[tuple, float]:
-    """Mean top-1 of the oracle rows per (target, label, dataset, shots), Average over in-distribution datasets."""
+    """Mean top-1 of the oracle rows per (target, label, dataset, shots), in-distribution datasets only."""
     oracle = rows[(rows.role == "oracle") & (rows.dataset == rows.train_dataset)]
     if oracle.empty:
         return {}
     oracle = oracle.assign(label=[method_label(m, v) for m, v in zip(oracle.method, oracle.method_variant)])
     per = oracle.groupby(["eval_model", "label", "dataset", "shots"]).top1.mean()
-    out = {k: float(v) for k, v in per.items()}
-    for (target, label, shots), group in per.reset_index().groupby(["eval_model", "label", "shots"]):
-        out[(target, label, "Average", shots)] = float(group.top1.mean())
-    return out
+    return {k: float(v) for k, v in per.items()}

@@ -14,6 +14,7 @@ from upgradebench.metrics import (Cell, cell_metrics, class_flips, compare, comp
 from upgradebench.results import SCHEMA_VERSION, read_results, write_rows
 
 from .cli_helpers import run_cli, run_json
+from .test_figures import result_rows
 from .rows import blank_row
 
 SRC, TGT, DS = "src", "tgt", "ds"
@@ -199,3 +200,23 @@ def test_figures_show_the_ledger_metrics_with_intervals(tmp_path, capsys):
     line = next(l for l in (tmp_path / "f" / "compat.md").read_text().splitlines() if l.startswith("| m |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[0] == "m" and cells[4].startswith("40.00 [") and cells[8].startswith("-1.000 [")  # NFR, recovery
+
+
+def test_average_recovery_uses_only_the_datasets_with_oracle_runs():
+    """A recovery ratio over datasets where only some have an oracle must not divide the average gain of all of
+    them by the oracle room of a few: it is the ratio over the oracle datasets alone."""
+    rows = []
+    for dataset, zs, new, oracle in (("toy-a", 50.0, 60.0, 70.0), ("toy-b", 50.0, 10.0, None),
+                                     ("toy-c", 50.0, 48.0, 45.0)):
+        rows += result_rows("zeroshot", dataset, 1, "src", "tgt", 40.0, zs)
+        rows += result_rows("coop", dataset, 1, "src", "tgt", 40.0, new)
+        if oracle is not None:
+            row = dict(result_rows("coop", dataset, 1, "tgt", "tgt", oracle, oracle)[0], role="oracle")
+            rows.append(row)
+    out = summarize_with_intervals(pd.DataFrame(rows), {})
+    coop = out[out.method == "coop"].set_index("dataset")
+    assert coop.loc["toy-a", "recovery"] == pytest.approx(0.5)     # (60 - 50) / (70 - 50)
+    assert math.isnan(coop.loc["toy-b", "recovery"])                # no oracle on toy-b
+    assert math.isnan(coop.loc["toy-c", "recovery"])                # the oracle does not beat zero-shot
+    # over toy-a and toy-c only (the datasets with oracles): gain (10 - 2) / 2, room (20 - 5) / 2
+    assert coop.loc["Average", "recovery"] == pytest.approx(4 / 7.5)
