@@ -190,7 +190,8 @@ def _main_findings(paper: dict[str, dict[str, float]], measured: dict[str, dict[
     add("contcoop_beats_coop_new", "ContCoOp New - CoOp New", ">0",
         lambda t: _diff(_get(t, "contcoop", "new"), _get(t, "coop", "new")))
     for metric in ("new", "H"):
-        add(f"contcoop_best_{metric.lower()}", f"ContCoOp ranks first on {metric} among the paper's 8 methods",
+        add(f"contcoop_best_{metric.lower()}",
+            f"ContCoOp ranks first on {'New' if metric == 'new' else metric} among the paper's 8 methods",
             "rank 1", lambda t, k=metric: _rank(t, "contcoop", k, methods))
     return out
 
