@@ -40,6 +40,9 @@ LedgerKey = tuple[str, str, str]  # (run_id, eval_model, dataset)
 
 # The metrics of a (method, target, dataset) cell with intervals, and what each needs (besides the ledgers).
 METRICS = ("base", "new", "H", "nfr", "pfr", "btc", "nfr_zs", "reuse_gain", "recovery")
+RECOVERY_MIN_ROOM = 1.0
+"""Points (top-1 %) by which the oracle must beat the target's zero-shot for the recovery ratio to be defined:
+with less room, (reuse gain) / (room) divides by noise (a room of 0.01 turns a 1-point loss into -100)."""
 
 
 def read_ledgers(*paths: str | Path) -> dict[LedgerKey, pd.DataFrame]:
@@ -183,8 +186,9 @@ def cell_metrics(cell: Cell, weights: tuple[np.ndarray, np.ndarray] | None) -> d
     out["reuse_gain"] = acc["new"] - acc["zs"] if "zs" in acc else nan
     if "zs" in acc and "oracle" in acc:
         room = acc["oracle"] - acc["zs"]
-        # only defined where the oracle beats zero-shot: with no room (or negative room) the ratio is meaningless
-        out["recovery"] = np.where(room > 1e-9, (acc["new"] - acc["zs"]) / np.where(room > 1e-9, room, 1), np.nan)
+        # only defined where the oracle beats zero-shot by RECOVERY_MIN_ROOM: with less room the ratio explodes
+        defined = room >= RECOVERY_MIN_ROOM
+        out["recovery"] = np.where(defined, (acc["new"] - acc["zs"]) / np.where(defined, room, 1), np.nan)
     else:
         out["recovery"] = nan
     return out
@@ -410,7 +414,7 @@ def summarize_with_intervals(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.Dat
             if o is None:
                 continue
             gain, room = r.new - z, o - z
-        if room > 1e-9:  # the oracle must beat zero-shot for a ratio to mean anything
+        if room >= RECOVERY_MIN_ROOM:  # the oracle must beat zero-shot for the ratio to mean anything
             out.at[i, "recovery"] = gain / room
     return out
 

@@ -207,7 +207,7 @@ def test_average_recovery_uses_only_the_datasets_with_oracle_runs():
     them by the oracle room of a few: it is the ratio over the oracle datasets alone."""
     rows = []
     for dataset, zs, new, oracle in (("toy-a", 50.0, 60.0, 70.0), ("toy-b", 50.0, 10.0, None),
-                                     ("toy-c", 50.0, 48.0, 45.0)):
+                                     ("toy-c", 50.0, 48.0, 45.0), ("toy-d", 50.0, 49.0, 50.5)):
         rows += result_rows("zeroshot", dataset, 1, "src", "tgt", 40.0, zs)
         rows += result_rows("coop", dataset, 1, "src", "tgt", 40.0, new)
         if oracle is not None:
@@ -218,5 +218,6 @@ def test_average_recovery_uses_only_the_datasets_with_oracle_runs():
     assert coop.loc["toy-a", "recovery"] == pytest.approx(0.5)     # (60 - 50) / (70 - 50)
     assert math.isnan(coop.loc["toy-b", "recovery"])                # no oracle on toy-b
     assert math.isnan(coop.loc["toy-c", "recovery"])                # the oracle does not beat zero-shot
-    # over toy-a and toy-c only (the datasets with oracles): gain (10 - 2) / 2, room (20 - 5) / 2
-    assert coop.loc["Average", "recovery"] == pytest.approx(4 / 7.5)
+    assert math.isnan(coop.loc["toy-d", "recovery"])                # by less than a point: -1 / 0.5 is noise
+    # over toy-a, toy-c, toy-d only (the datasets with oracles): gain (10 - 2 - 1) / 3, room (20 - 5 + 0.5) / 3
+    assert coop.loc["Average", "recovery"] == pytest.approx(7 / 15.5)
