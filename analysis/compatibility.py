@@ -58,6 +58,9 @@ def compat_table(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame]) -> Ta
                     "ledgers (or, for recovery, oracle runs) the results do not have.", tables)
 
 
+MARKERS = ("o", "s", "^", "D")
+
+
 def fig_base_new(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], out: Path) -> list[Path]:
     """Base against New per method (averages over datasets, 95% intervals as error bars), zero-shot lines."""
     summary = main_summary_with_intervals(df, ledgers)
@@ -75,8 +78,9 @@ def fig_base_new(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], out: 
                     r = avg[avg.label == label].iloc[0]
                     xerr = [[r.base - r.base_lo], [r.base_hi - r.base]] if not math.isnan(r.base_lo) else None
                     yerr = [[r.new - r.new_lo], [r.new_hi - r.new]] if not math.isnan(r.new_lo) else None
-                    ax.errorbar(r.base, r.new, xerr=xerr, yerr=yerr, fmt="o", capsize=3,
-                                color=PALETTE[i % len(PALETTE)], label=label)
+                    # the palette has 10 colours: the marker changes with each round of them
+                    ax.errorbar(r.base, r.new, xerr=xerr, yerr=yerr, fmt=MARKERS[i // len(PALETTE) % len(MARKERS)],
+                                capsize=3, color=PALETTE[i % len(PALETTE)], label=label)
                 zs = avg[avg.label == "zeroshot"]
                 if len(zs):
                     ax.axhline(float(zs.new.iloc[0]), color="0.3", linestyle="--", linewidth=1.0,
