@@ -9,6 +9,7 @@ cd "$(dirname "$0")"
 upgradebench zoo build
 upgradebench sweep --grid grids/main.yaml --results runs
 upgradebench sweep --grid grids/ablations.yaml --results runs
+upgradebench sweep --grid grids/oracle.yaml --results runs
 upgradebench analyze depth --dataset toy-pattern --layers 0-3 --target toy-eva --target toy-eva-drift \
     --seed 1 --seed 2 --seed 3 --results runs
 upgradebench analyze drift --source toy-clip --target toy-eva --target toy-eva-drift --out analysis/drift.parquet

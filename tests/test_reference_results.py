@@ -23,11 +23,6 @@ def reference():
     return read_results(RUNS)
 
 
-# Built-in methods added to the main grid whose reference rows are not committed yet: they are produced by the
-# next `bash results/regenerate.sh`, after which this set must be emptied (the last test below enforces it).
-PENDING_REGENERATION = {"tcp", "prograd", "clip-lora"}
-
-
 def test_every_builtin_method_is_in_the_main_grid():
     builtins = {ep.name for ep in entry_points(group="upgradebench.methods") if ep.dist.name == "upgradebench"}
     grid = yaml.safe_load((ROOT / "results" / "grids" / "main.yaml").read_text())
@@ -40,13 +35,9 @@ def test_every_builtin_method_has_three_seeds_on_every_toy_task(reference):
     for target in TARGETS:
         rows = main[(main.role == "new") & (main.eval_model == target)]
         seeds = rows.groupby(["method", "dataset"]).seed.nunique()
-        for method in set(builtins) - PENDING_REGENERATION:
+        for method in builtins:
             for task in TOY_TASKS:
                 assert seeds.get((method, task), 0) == 3, (method, task, target)
-
-
-def test_methods_pending_regeneration_have_no_committed_rows_yet(reference):
-    assert not PENDING_REGENERATION & set(reference.method), "regenerated: empty PENDING_REGENERATION"
 
 
 def test_readme_table_is_the_summary_of_the_committed_rows(reference):
