@@ -16,7 +16,7 @@ from ..models import load_vlm, resolve_device
 from ..paths import home
 from ..runner import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS, Runner
 from ._common import err_console, print_json, print_table
-from ._options import DataRoot, Device, Json, parse_pairs
+from ._options import DataRoot, Device, Download, Json, parse_pairs
 
 app = typer.Typer(help="Analyses: text-encoder drift and the CoOp depth study.", no_args_is_help=True)
 
@@ -36,7 +36,7 @@ def drift(
     pretrained: list[str] = Pretrained,
     device: str = Device,
     data_root: Path = DataRoot,
-    download: bool = typer.Option(False, "--download", help="Allow open_clip to download missing weights."),
+    download: bool = Download,
     as_json: bool = Json,
 ) -> None:
     """Per text-encoder layer: how much parameters and output features change from SOURCE to each TARGET."""

@@ -20,7 +20,7 @@ from ..paths import data_root as resolve_data_root
 from ..runner import Runner
 from ..task import FewShotTask
 from ._common import err_console, print_json, print_table
-from ._options import DataRoot, Device, Json, Workers, parse_pairs
+from ._options import DataRoot, Device, Download, Json, Precision, Workers, parse_pairs
 from .datasets import dataset_found
 
 ALL = "all"
@@ -33,11 +33,11 @@ def features(
     shots: int = typer.Option(16, "--shots", "-k", help="Training images per class of the few-shot samples."),
     seed: list[int] = typer.Option([1, 2, 3], "--seed", help="Few-shot sample seed(s); repeatable."),
     views: int = typer.Option(10, "--views", min=1, help="Cached augmented views per training image."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast for the image encoder)."),
+    precision: str = Precision,
     pretrained: list[str] = typer.Option(None, "--pretrained", help="Local weights: MODEL=PATH; repeatable."),
     device: str = Device,
     data_root: Path = DataRoot,
-    download: bool = typer.Option(False, "--download", help="Allow open_clip to download missing weights."),
+    download: bool = Download,
     workers: int = Workers,
     as_json: bool = Json,
 ) -> None:

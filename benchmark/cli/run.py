@@ -9,7 +9,7 @@ import typer
 from ..results import harmonic
 from ..runner import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS, Runner, RunSpec, evaluate_module
 from ._common import err_console, print_json, print_table
-from ._options import DataRoot, Device, Json, Workers, parse_pairs
+from ._options import DataRoot, Device, Download, Json, Precision, Workers, parse_pairs
 
 
 def run(
@@ -25,12 +25,12 @@ def run(
     results: Path = typer.Option(None, "--results", "-r", help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
     pretrained: list[str] = typer.Option(None, "--pretrained",
                                          help="Local weights: MODEL=PATH (or PATH alone for the source); repeatable."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast for the image encoder)."),
+    precision: str = Precision,
     oracle: bool = typer.Option(False, "--oracle", help="Also fit the method on each target (role 'oracle', the "
                                 "ceiling of the recovery ratio): one more fit per target."),
     device: str = Device,
     data_root: Path = DataRoot,
-    download: bool = typer.Option(False, "--download", help="Allow open_clip to download missing weights."),
+    download: bool = Download,
     workers: int = Workers,
     as_json: bool = Json,
 ) -> None:
