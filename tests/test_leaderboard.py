@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import re
 import shutil
 import subprocess
@@ -119,6 +121,22 @@ def test_leaderboard_without_results_is_a_user_error(capsys, tmp_path):
     code, out, err = run_cli(capsys, "leaderboard", "build", "--results", str(tmp_path / "empty"),
                              "--out", str(tmp_path / "site"))
     assert code == 2 and "nothing to rank" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("out, message", [("", "--out is empty"), ("/", "is the filesystem root")])
+def test_output_folder_must_be_a_folder_of_its_own(capsys, results, tmp_path, monkeypatch, out, message):
+    monkeypatch.chdir(tmp_path)  # an empty --out used to write into the current folder
+    for command in (["leaderboard", "build", "--results", str(results)], ["figures", "--results", str(results)]):
+        code, _, err = run_cli(capsys, *command, "--out", out)
+        assert code == 2 and message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_json_output_has_null_not_nan(capsys, results):
+    """A missing number (e.g. the std of a single seed) is JSON null: NaN is not JSON."""
+    code, text, _ = run_cli(capsys, "results", "show", str(results), "--json")
+    assert code == 0 and "NaN" not in text and "null" in text  # one-seed cells have no std
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"invalid JSON constant {name}"))
 
 
 def test_build_json_lists_the_files(capsys, results, tmp_path):

@@ -145,6 +145,7 @@ def test_summarize_averages_per_dataset_means_of_in_distribution_datasets():
     (["--method", "coop", "--views", "0", "--dataset", "tiny-colours"], "--views"),
     (["--method", "coop", "--shots", "abc"], "Invalid value for '--shots'"),  # parse errors of (vendored) click
     (["--method", "coop", "--no-such-option"], "No such option"),
+    (["--method", "coop", "--device", "junk"], "--device 'junk' is not a device"),
 ])
 def test_bad_input_is_one_line_no_traceback(capsys, tiny_dataset, args, expect):
     code, out, err = run_cli(capsys, "run", *args)

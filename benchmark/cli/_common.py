@@ -1,23 +1,49 @@
-"""What every command shares: the console, JSON output, tables."""
+"""What every command shares: the console, JSON output, tables, output folders."""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import UserError
+
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN: ``null`` is valid JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def print_json(obj: Any) -> None:
-    """Machine-readable output on stdout (no colour, no wrapping)."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    """Machine-readable output on stdout (no colour, no wrapping); missing numbers are ``null``, never NaN."""
+    sys.stdout.write(json.dumps(_finite(obj), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def output_folder(value: str, option: str = "--out") -> Path:
+    """The folder a command writes its files into, refused when it is empty or the filesystem root (an empty
+    string would mean the current folder, the root every folder of the machine)."""
+    if not value.strip():
+        raise UserError(f"{option} is empty.", f"pass {option} DIR, a folder for this command's files")
+    path = Path(value).expanduser()
+    if path.resolve() == Path(path.resolve().anchor):
+        raise UserError(f"{option} {value!r} is the filesystem root.", f"pass {option} DIR, a folder of its own")
+    return path
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

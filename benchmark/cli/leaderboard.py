@@ -11,7 +11,7 @@ from upgradebench.leaderboard.build import build_site
 from ..metrics import read_ledgers
 from ..results import read_results
 from ..runner import check_writable
-from ._common import console, print_json
+from ._common import console, output_folder, print_json
 from ._options import Json
 
 app = typer.Typer(help="The static leaderboard site.", no_args_is_help=True)
@@ -20,7 +20,7 @@ app = typer.Typer(help="The static leaderboard site.", no_args_is_help=True)
 @app.command("build")
 def build(
     results: list[Path] = typer.Option(..., "--results", "-r", help="Results folder(s) of runs; repeatable."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for index.html and its assets."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for index.html and its assets."),
     figures: Path = typer.Option(None, "--figures", help="Folder of PNGs from `upgradebench figures` to include."),
     flips: str = typer.Option(None, "--flips", help="Method label whose per-class flips are shown "
                               "(default: the method with the largest NFR)."),
@@ -28,6 +28,7 @@ def build(
 ) -> None:
     """Rank methods by average H per source -> target pair; a self-contained page that needs no network."""
     df = read_results(*results)
+    out = output_folder(out)
     check_writable(out)
     written = build_site(df, out, figures, read_ledgers(*results), flips)
     if as_json:
