@@ -4,6 +4,11 @@ Per source -> target pair (and shot count) methods are ranked by their average H
 Base / New / H per dataset, seeds and run counts, and the zero-shot rows marked as the reference every
 module must beat; compatibility metrics (NFR, BTC, reuse gain, recovery ratio, with 95% intervals), cost
 columns and a per-class flip view come from the prediction ledgers (``compatibility``). Provenance (tool, method and model versions) and copied figures complete the page.
+
+Only complete, matching entries are ranked (``submission``): rows on other weights or another method version
+than the reference protocol's are set aside, and a default-config entry whose remaining rows miss a cell of the
+protocol is listed in a section of its own with what it lacks, never averaged over fewer datasets. Re-scored
+rows (``rescore``: modules evaluated on held-out models) add one column per model to the rankings.
 The page needs no network: CSS and the small sorting script are copied next to it. Every string that
 comes from results (method names and configs, dataset and model names: plugins choose them) goes through
 Jinja2's autoescaping, and the script only moves existing rows, never writes HTML.
@@ -28,8 +33,10 @@ from upgradebench.metrics import METRICS, LedgerKey, cells, class_flips, cost_su
 from upgradebench.provenance import now
 from upgradebench.results import in_distribution, method_label, paired, summarize
 
+from .rescore import held_out_scores
+from .submission import REFERENCE_METHOD, Protocol, check_entries, protocol_of
+
 ASSETS = ("style.css", "sort.js")
-REFERENCE_METHOD = "zeroshot"
 FIDELITY_KEYS = {"source", "target", "shots", "paper_table", "counts", "findings", "ranking_kendall_tau", "per_dataset"}
 
 
@@ -54,8 +61,40 @@ def _configs(df: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def board(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """One section per (source, target, shots): ranked reference methods, ranked variants, per-dataset rows."""
+def matching_rows(df: pd.DataFrame, protocol: Protocol) -> pd.Series:
+    """Whether each row's models, dataset and method version are the protocol's (where it knows them)."""
+    def same(names: pd.Series, values: pd.Series, expected: dict[str, str]) -> pd.Series:
+        return pd.Series([expected.get(n, v) == v for n, v in zip(names, values)], index=df.index, dtype=bool)
+
+    return (same(df.source, df.source_fingerprint, protocol.models) & same(df.eval_model, df.eval_fingerprint, protocol.models)
+            & same(df.dataset, df.dataset_fingerprint, protocol.datasets)
+            & same(df.method, df.method_version, protocol.method_versions))
+
+
+def split_entries(df: pd.DataFrame, protocol: Protocol) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """(the rows that may be ranked, the entries that are not ranked with what they lack).
+
+    Rows that do not match the protocol are dropped; a default-config entry whose matching rows miss a cell
+    of the protocol is dropped whole. Variants (ablations) keep their own table, which shows how many
+    datasets each averages over. Every entry with rows set aside is reported, with its check.
+    """
+    df = df.drop_duplicates(["run_id", "eval_model", "dataset", "role"])  # one reference run read twice
+    ok = df[matching_rows(df, protocol)]
+    complete = {e["label"] for e in check_entries(ok, protocol) if e["complete"]}
+    labels = pd.Series([method_label(m, v) for m, v in zip(ok.method, ok.method_variant)], index=ok.index, dtype=object)
+    ranked = ok[(ok.method_variant != "") | labels.isin(complete)]
+    unranked = [e for e in check_entries(df, protocol)
+                if (e["variant"] == "" and e["label"] not in complete) or not e["matching"]]
+    return ranked, unranked
+
+
+def board(df: pd.DataFrame, held_out: pd.DataFrame | None = None) -> list[dict[str, Any]]:
+    """One section per (source, target, shots): ranked reference methods, ranked variants, per-dataset rows;
+    with ``held_out`` (:func:`upgradebench.leaderboard.rescore.held_out_scores`) each entry's top-1 on each
+    held-out model."""
+    held_out = held_out if held_out is not None else held_out_scores(pd.DataFrame())
+    models = sorted(set(held_out.model))
+    scores = {(r.source, int(r.shots), r.label, r.model): r for r in held_out.itertuples(index=False)}
     rows = in_distribution(df)
     summary = summarize(rows)
     runs = _runs(rows)
@@ -71,7 +110,8 @@ def board(df: pd.DataFrame) -> list[dict[str, Any]]:
             ranked, variant_rows = [], []
             for _, row in avg.iterrows():
                 entry = {**_entry(row, int(run_totals.loc[(source, target, shots, row.label)])),
-                         "config": configs.get(row.label, "")}
+                         "config": configs.get(row.label, ""),
+                         "held_out": [_held_out(scores.get((source, int(shots), row.label, m))) for m in models]}
                 (ranked if row.label == row.method else variant_rows).append(entry)  # label == method: defaults
             for group in (ranked, variant_rows):
                 for rank, entry in enumerate(group, 1):
@@ -86,9 +126,14 @@ def board(df: pd.DataFrame) -> list[dict[str, Any]]:
                 "id": f"pair-{len(sections) + 1}", "source": source, "target": target, "shots": int(shots),
                 "datasets": [d for d in ordered_datasets(part.dataset) if d != "Average"], "n_datasets": n_datasets,
                 "ranked": ranked, "variants": variant_rows, "per_dataset": per_dataset,
-                "zeroshot_new": float(zs.new.iloc[0]) if len(zs) else None,
+                "zeroshot_new": float(zs.new.iloc[0]) if len(zs) else None, "held_out_models": models,
             })
     return sections
+
+
+def _held_out(score: Any) -> dict[str, Any] | None:
+    return None if score is None else {"top1": float(score.top1), "datasets": int(score.datasets),
+                                       "seeds": int(score.seeds)}
 
 
 # ---- compatibility beyond top-1 (template: compatibility.html) --------------------------------------------------------
@@ -177,14 +222,24 @@ def _environment() -> Environment:
 
 
 def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = None,
-               ledgers: dict[LedgerKey, pd.DataFrame] | None = None, flips: str | None = None) -> list[Path]:
+               ledgers: dict[LedgerKey, pd.DataFrame] | None = None, flips: str | None = None,
+               protocol: Protocol | None = None, rescored: pd.DataFrame | None = None) -> list[Path]:
     """Write ``index.html``, its assets and copies of the figure PNGs into ``out``; returns the files written.
 
-    With ``ledgers`` each section also shows the compatibility metrics with intervals, the cost columns and
-    the per-class flips of the method ``flips`` (default: the one with the largest NFR).
+    Entries are checked against ``protocol`` (default: the protocol of ``df`` itself); only complete, matching
+    ones are ranked, the others are listed apart. With ``ledgers`` each section also shows the compatibility
+    metrics with intervals, the cost columns and the per-class flips of the method ``flips`` (default: the one
+    with the largest NFR). ``rescored`` rows (:func:`upgradebench.leaderboard.rescore.rescore`) of ranked
+    entries add a column per held-out model.
     """
     out = Path(out)
-    sections = board(df)
+    all_rows = df
+    protocol = protocol or protocol_of(df, "the results themselves")
+    df, unranked = split_entries(df, protocol)
+    held_out = None
+    if rescored is not None and len(rescored):
+        held_out = held_out_scores(rescored[rescored.run_id.isin(set(df.run_id))])
+    sections = board(df, held_out)
     if not sections:
         raise UserError("The results hold no paired Base/New rows, so there is nothing to rank.",
                         "pass the folder given to `upgradebench run --results`")
@@ -217,7 +272,8 @@ def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = N
         written.append(target)
         copied.append({"src": f"figures/{quote(png.name)}", "name": png.stem})
     html = _environment().get_template("index.html").render(
-        sections=sections, provenance=provenance(df), figures=copied, fidelity=fidelity, generated=now())
+        sections=sections, unranked=unranked, protocol_where=protocol.where, provenance=provenance(all_rows), figures=copied, fidelity=fidelity,
+        generated=now())
     index = out / "index.html"
     index.write_text(html, encoding="utf-8")
     return [index, *written]

@@ -249,7 +249,7 @@ def test_compact_token_embedding_trains_only_used_rows():
 
 # ---- the micro zoo ------------------------------------------------------------------------------------------
 def _fingerprints() -> dict[str, str]:
-    return {n: zoo.build_record(n)["fingerprint"] for n in recipe_table()}
+    return {n: zoo.build_record(n)["fingerprint"] for n in zoo.default_models()}
 
 
 def test_micro_build_is_deterministic(tmp_path, monkeypatch):
@@ -260,7 +260,7 @@ def test_micro_build_is_deterministic(tmp_path, monkeypatch):
         zoo.build_models()
         fingerprints.append(_fingerprints())
     assert fingerprints[0] == fingerprints[1]
-    assert len(set(fingerprints[0].values())) == len(recipe_table())
+    assert len(set(fingerprints[0].values())) == len(zoo.default_models())
     assert torch.get_num_threads() == threads  # the build pins its own thread count and restores the caller's
 
 
@@ -384,7 +384,7 @@ def test_default_world_meets_its_mechanism_targets(in_default_world):
     from upgradebench.data.fewshot import load_fewshot
     from upgradebench.methods.linear_probe import LinearProbeConfig, fit_logistic, search_c
 
-    vlms = {name: load_vlm(name, device="cpu") for name in recipe_table()}
+    vlms = {name: load_vlm(name, device="cpu") for name in zoo.default_models()}
     assert all(vlm.logit_scale == pytest.approx(100.0) for vlm in vlms.values())
 
     ds = get_dataset(LP_TASK)
@@ -419,5 +419,5 @@ def test_committed_reference_results_come_from_this_world(in_default_world):
 
     rows = read_results(Path(__file__).resolve().parents[1] / "results" / "runs")
     recorded = dict(zip(rows.eval_model, rows.eval_fingerprint))
-    built = {name: zoo.model_status(name)["fingerprint"] for name in recipe_table()}
-    assert recorded == {name: built[name] for name in recorded} and set(recorded) == set(recipe_table())
+    built = {name: zoo.model_status(name)["fingerprint"] for name in zoo.default_models()}
+    assert recorded == {name: built[name] for name in recorded} and set(recorded) == set(zoo.default_models())

@@ -52,6 +52,12 @@ def recipe(name: str) -> dict[str, Any]:
     return _merge({k: v for k, v in entry.items() if k != "sizes"}, entry.get("sizes", {}).get(world_name(), {}))
 
 
+def default_models() -> list[str]:
+    """The toy models of the default build (``zoo build`` with no names): every recipe not marked ``on_demand``
+    (held-out targets are built when first used, so the default world's build time does not grow)."""
+    return [name for name, r in recipe_table().items() if not r.get("on_demand")]
+
+
 def parent_of(name: str) -> str | None:
     """The model whose weights ``name`` starts from, if any."""
     return recipe(name).get("init", {}).get("from")
@@ -203,7 +209,7 @@ def _install(tmp: Path, final: Path) -> None:
 
 
 def build_models(names: Iterable[str] | None = None, force: bool = False) -> list[Path]:
-    """Build ``names`` (default: every toy model) and their ancestors where missing or stale.
+    """Build ``names`` (default: :func:`default_models`) and their ancestors where missing or stale.
 
     ``force`` rebuilds the named models even when current. Shows a rich progress bar on stderr.
     """
@@ -212,7 +218,7 @@ def build_models(names: Iterable[str] | None = None, force: bool = False) -> lis
 
     from .builder import TrainingPool, build_model, training_stages
 
-    names = list(names) if names else list(recipe_table())
+    names = list(names) if names else default_models()
     order = build_order(names)
     cfg = world_config()
     with _build_lock():  # another process may have built them meanwhile: decide under the lock

@@ -1,0 +1,198 @@
+"""Submissions: what a results folder covers of the reference protocol, and whether it matches it.
+
+The **protocol** is what every ranked entry (one method with one config, a *label*) must cover: the cells
+(source, target, dataset, shots, seed) of the reference, and the fingerprints of its models and datasets. It
+comes from a reference results folder (the cells of its zero-shot reference entry, which every run writes
+beside its own rows, else of its default-config entries; the fingerprints of its rows) or from a grid (cells
+only: a grid names models and datasets, not weights). A few-shot split is a pure
+function of (dataset fingerprint, K, seed) (``upgradebench.data.fewshot``), so a split that differs shows as a
+dataset fingerprint that differs, and each module's recorded run identity is checked against its rows.
+
+:func:`check_entries` judges every entry of a table of rows; :func:`check_submission` adds what needs the
+folder (schema, saved modules) and is what ``upgradebench leaderboard check`` prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from safetensors import safe_open
+
+from upgradebench.errors import UnknownNameError, UserError
+from upgradebench.method import MODULE_CONFIG, MODULE_WEIGHTS, load_module
+from upgradebench.results import in_distribution, method_label, paired, read_results
+from upgradebench.sweep import load_grid
+
+REFERENCE_METHOD = "zeroshot"
+"""The method whose rows every run writes beside its own (``RunSpec.zeroshot_reference``)."""
+
+Cell = tuple[str, str, str, int, int]
+"""(source, target, dataset, shots, seed): one paired Base/New measurement the protocol asks for."""
+
+
+@dataclass
+class Protocol:
+    """The cells every entry must cover and the fingerprints its rows must carry (empty: not checked)."""
+
+    where: str
+    cells: set[Cell]
+    models: dict[str, str] = field(default_factory=dict)
+    datasets: dict[str, str] = field(default_factory=dict)
+    method_versions: dict[str, str] = field(default_factory=dict)
+
+
+def cells_of(df: pd.DataFrame) -> set[Cell]:
+    """The (source, target, dataset, shots, seed) cells the in-distribution Base/New pairs of ``df`` cover."""
+    pairs = paired(in_distribution(df))
+    return {(s, t, d, int(k), int(seed)) for s, t, d, k, seed in
+            zip(pairs.source, pairs.target, pairs.dataset, pairs.shots, pairs.seed)}
+
+
+def _most_common(names: pd.Series, values: pd.Series) -> dict[str, str]:
+    counts = Counter(zip(names, values))
+    out: dict[str, str] = {}
+    for (name, value), _ in counts.most_common():
+        out.setdefault(name, value)
+    return out
+
+
+def protocol_of(df: pd.DataFrame, where: str) -> Protocol:
+    """The protocol of reference rows: the cells of their zero-shot entry (of every default-config entry when
+    there is none) and their fingerprints (where the reference holds several for one name, the most frequent)."""
+    defaults = df[df.method_variant == ""]
+    if (defaults.method == REFERENCE_METHOD).any():
+        defaults = defaults[defaults.method == REFERENCE_METHOD]
+    models = _most_common(pd.concat([df.source, df.eval_model]), pd.concat([df.source_fingerprint, df.eval_fingerprint]))
+    return Protocol(where, cells_of(defaults), models, _most_common(df.dataset, df.dataset_fingerprint),
+                    _most_common(df.method, df.method_version))
+
+
+def load_protocol(reference: str | Path) -> Protocol:
+    """The protocol of a reference results folder, or of a grid (a YAML file or ``paper:NAME``)."""
+    path = Path(reference)
+    if path.is_dir():
+        rows = read_results(path)
+        if rows.empty:
+            raise UserError(f"Reference {path} holds no result rows.", "pass the reference results folder or a grid")
+        return protocol_of(rows, str(path))
+    grid = load_grid(reference)
+    cells = {(grid.source, t, d, k, s) for t in grid.targets for d in grid.datasets for k in grid.shots
+             for s in grid.seeds}
+    return Protocol(str(reference), cells)
+
+
+def _cell_text(cell: Cell) -> str:
+    source, target, dataset, shots, seed = cell
+    return f"{source}->{target} {dataset} k{shots} s{seed}"
+
+
+def _differences(rows: pd.DataFrame, names: str, values: str, expected: dict[str, str], kind: str) -> list[dict]:
+    found = rows[[names, values]].drop_duplicates()
+    return [{"kind": kind, "name": n, "expected": expected[n], "found": v}
+            for n, v in sorted(zip(found[names], found[values])) if n in expected and v != expected[n]]
+
+
+def check_entries(df: pd.DataFrame, protocol: Protocol) -> list[dict[str, Any]]:
+    """Per entry (method, variant) of ``df``: coverage of the protocol, fingerprints and method versions that
+    differ from it, and the distributions that supplied the method. ``complete`` and ``matching`` say
+    whether the entry may be ranked."""
+    out = []
+    for (method, variant), rows in df.groupby(["method", "method_variant"], sort=True):
+        have = cells_of(rows)
+        missing = sorted(protocol.cells - have)
+        foreign = (_differences(rows, "source", "source_fingerprint", protocol.models, "model")
+                   + _differences(rows, "eval_model", "eval_fingerprint", protocol.models, "model")
+                   + _differences(rows, "dataset", "dataset_fingerprint", protocol.datasets, "dataset"))
+        foreign = [dict(t) for t in dict.fromkeys(tuple(d.items()) for d in foreign)]
+        expected_version = protocol.method_versions.get(method)
+        versions = sorted(set(rows.method_version))
+        version_problems = [f"method version {v!r}, the reference ran {expected_version!r}"
+                            for v in versions if expected_version is not None and v != expected_version]
+        out.append({
+            "method": method, "variant": variant, "label": method_label(method, variant),
+            "origin": sorted(set(rows.method_origin)), "method_version": versions,
+            "upgradebench_version": sorted(set(rows.upgradebench_version)),
+            "covered": len(protocol.cells & have), "expected": len(protocol.cells),
+            "missing": [_cell_text(c) for c in missing], "extra": [_cell_text(c) for c in sorted(have - protocol.cells)],
+            "foreign_fingerprints": foreign,
+            "version_problems": version_problems,
+            "complete": not missing and bool(protocol.cells), "matching": not foreign and not version_problems,
+        })
+    return out
+
+
+def module_problems(run_dir: Path, rows: pd.DataFrame) -> list[str]:
+    """What is wrong with the saved module of one run (empty: nothing): it must exist, load (its method
+    installed), hold exactly the tensors its ``module.json`` names with as many values as its rows say it
+    learned, and record the run identity (source and dataset fingerprints, shots, seed) of its rows.
+    The one place to add content-hash checks."""
+    folder = run_dir / "module"
+    config_path = folder / MODULE_CONFIG
+    if not config_path.is_file():
+        return [f"{folder}: no saved module ({MODULE_CONFIG} missing)"]
+    problems = []
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        return [f"{config_path} is not JSON ({exc})"]
+    named = sorted(config.get("tensors", []))
+    weights = folder / MODULE_WEIGHTS
+    if named:
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                stored = {k: handle.get_slice(k).get_shape() for k in handle.keys()}
+        except Exception as exc:  # safetensors raises several types for a missing or damaged file
+            return [f"{weights} cannot be read ({exc})"]
+        if sorted(stored) != named:
+            problems.append(f"{weights} holds tensors {sorted(stored)}, {MODULE_CONFIG} names {named}")
+        learned = sum(math.prod(shape) for shape in stored.values())
+        claimed = set(rows.trainable_params.dropna().astype(int))
+        if claimed and claimed != {learned}:
+            problems.append(f"{weights} holds {learned} values, its rows say {sorted(claimed)}")
+    identity = config.get("provenance", {}).get("run_identity", {})
+    own = in_distribution(rows)
+    first = (own if len(own) else rows).iloc[0]
+    recorded = {"source": first.source_fingerprint, "shots": int(first.shots), "seed": int(first.seed)}
+    if len(own):
+        recorded["dataset"] = first.dataset_fingerprint
+    differ = [k for k, v in recorded.items() if k in identity and identity[k] != v]
+    if differ:
+        problems.append(f"{config_path} records a run identity whose {', '.join(differ)} differ from its rows")
+    try:
+        load_module(folder)
+    except UnknownNameError:
+        problems.append(f"{folder} does not load: method {first.method!r} is not installed here "
+                        f"(install {first.method_origin})")
+    except UserError as exc:
+        problems.append(f"{folder} does not load: {exc.message}")
+    return problems
+
+
+def check_submission(folder: str | Path, protocol: Protocol) -> dict[str, Any]:
+    """Everything ``leaderboard check`` reports of a submitted results folder; ``ok`` only when it reads,
+    every entry is complete and matching, and every module passes :func:`module_problems`."""
+    folder = Path(folder)
+    try:
+        df = read_results(folder)
+    except UserError as exc:
+        return {"submission": str(folder), "reference": protocol.where, "ok": False, "schema_problems": [exc.message],
+                "entries": [], "module_problems": []}
+    schema = [] if len(df) else [f"{folder} holds no result rows"]
+    entries = check_entries(df, protocol)
+    modules = []
+    for run_id, rows in df.groupby("run_id", sort=True):
+        problems = module_problems(folder / run_id, rows)
+        modules += [{"run_id": run_id, "label": method_label(rows.method.iloc[0], rows.method_variant.iloc[0]),
+                     "problem": p} for p in problems]
+    broken = {m["label"] for m in modules}
+    for entry in entries:
+        entry["modules_ok"] = entry["label"] not in broken
+    ok = not schema and bool(entries) and all(e["complete"] and e["matching"] and e["modules_ok"] for e in entries)
+    return {"submission": str(folder), "reference": protocol.where, "ok": ok, "schema_problems": schema,
+            "entries": entries, "module_problems": modules}

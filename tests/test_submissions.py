@@ -1,0 +1,174 @@
+"""Submissions: ``leaderboard check``, complete-only ranking in ``leaderboard build``, re-scoring on held-out
+models, and the held-out toy target built on demand."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from upgradebench.results import read_results, write_rows
+from upgradebench.runner import Runner, RunSpec
+
+from .cli_helpers import run_cli, run_json
+from .conftest import MICRO_EVA, make_micro
+from .test_figures import result_rows
+from .test_leaderboard import Tables
+
+COOP = {"epochs": "2", "n_ctx": "4"}
+
+
+@pytest.fixture
+def models(micro_dirs, tmp_path) -> tuple[str, str, str]:
+    """Source, target and a held-out third model (another micro EVA-style model no run was fitted for)."""
+    held_out = make_micro(tmp_path / "held-out", MICRO_EVA, 7)
+    return f"local-dir:{micro_dirs['clip']}", f"local-dir:{micro_dirs['eva']}", f"local-dir:{held_out}"
+
+
+def _runs(folder: Path, models, dataset: str, seeds: list[int]) -> Path:
+    """CoOp (a short config) on ``dataset`` for ``seeds``, with the zero-shot rows every run writes."""
+    runner = Runner(folder, device="cpu")
+    for seed in seeds:
+        runner.run(RunSpec(method="coop", source=models[0], targets=[models[1]], dataset=dataset, shots=2, seed=seed,
+                           config=COOP, views=2))
+    return folder
+
+
+@pytest.fixture
+def reference(models, tiny_dataset, tmp_path) -> Path:
+    return _runs(tmp_path / "reference", models, tiny_dataset, [1, 2])
+
+
+def _check(capsys, submission: Path, against: Path) -> tuple[int, dict]:
+    code, out, _ = run_cli(capsys, "leaderboard", "check", str(submission), "--against", str(against), "--json")
+    return code, json.loads(out)
+
+
+def test_check_complete_incomplete_and_foreign(capsys, models, tiny_dataset, reference, tmp_path):
+    complete = _runs(tmp_path / "complete", models, tiny_dataset, [1, 2])
+    code, report = _check(capsys, complete, reference)
+    assert code == 0 and report["ok"], report
+    assert {e["label"] for e in report["entries"]} == {"coop[epochs=2,n_ctx=4]", "zeroshot"}
+    assert all(e["covered"] == e["expected"] == 2 for e in report["entries"])
+    assert report["entries"][0]["origin"] == ["upgradebench==" + report["entries"][0]["upgradebench_version"][0]]
+
+    incomplete = _runs(tmp_path / "incomplete", models, tiny_dataset, [1])
+    code, report = _check(capsys, incomplete, reference)
+    assert code == 1 and not report["ok"]
+    assert {e["label"]: e["missing"] for e in report["entries"]} == {
+        label: [f"{models[0]}->{models[1]} {tiny_dataset} k2 s2"] for label in ("coop[epochs=2,n_ctx=4]", "zeroshot")}
+
+    # other weights under the target's name: every row on it carries another fingerprint
+    foreign = tmp_path / "foreign"
+    shutil.copytree(complete, foreign)
+    for path in foreign.glob("*/*--*.parquet"):
+        rows = read_results(path)
+        rows.loc[rows.eval_model == models[1], "eval_fingerprint"] = "0123456789ab"
+        write_rows(rows.to_dict(orient="records"), path)
+    code, report = _check(capsys, foreign, reference)
+    assert code == 1 and all(e["complete"] and not e["matching"] for e in report["entries"])
+    assert report["entries"][0]["foreign_fingerprints"][0]["found"] == "0123456789ab"
+
+    # the table view says the same and names the missing cell
+    code, out, _ = run_cli(capsys, "leaderboard", "check", str(incomplete), "--against", str(reference))
+    out = " ".join(out.split())
+    assert code == 1 and f"missing {models[0]}->{models[1]} {tiny_dataset} k2 s2" in out and "not accepted" in out
+
+
+def test_check_reports_damaged_and_missing_modules(capsys, models, tiny_dataset, reference, tmp_path):
+    broken = shutil.copytree(reference, tmp_path / "broken")
+    coop_run = next(p for p in broken.iterdir() if p.name.startswith("coop"))
+    config = json.loads((coop_run / "module" / "module.json").read_text())
+    config["tensors"].append("ghost")
+    (coop_run / "module" / "module.json").write_text(json.dumps(config))
+    zs_run = next(p for p in broken.iterdir() if p.name.startswith("zeroshot"))
+    shutil.rmtree(zs_run / "module")
+    code, report = _check(capsys, broken, reference)
+    assert code == 1
+    problems = {m["run_id"]: m["problem"] for m in report["module_problems"]}
+    assert "ghost" in problems[coop_run.name] and "no saved module" in problems[zs_run.name]
+
+
+def test_check_against_a_grid_checks_coverage(capsys, models, tiny_dataset, reference, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"source: {models[0]}\ntargets: [{models[1]}]\nmethods: [coop]\ndatasets: [{tiny_dataset}]\n"
+                    "seeds: [1, 2, 3]\nshots: [2]\n")
+    code, report = _check(capsys, reference, grid)
+    assert code == 1 and all(e["covered"] == 2 and e["expected"] == 3 for e in report["entries"])
+
+
+def _synthetic(folder: Path, method: str, datasets, fingerprint: str | None = None) -> None:
+    rows = []
+    for seed in (1, 2, 3):
+        for d, dataset in enumerate(datasets):
+            rows += result_rows(method, dataset, seed, "toy-clip", "toy-eva", 70 + d, 60 + d)
+    for row in rows:
+        if fingerprint and row["eval_model"] == "toy-eva":
+            row["eval_fingerprint"] = fingerprint
+    write_rows(rows, folder / f"{method}.parquet")
+
+
+def test_build_ranks_only_complete_matching_entries(capsys, tmp_path):
+    datasets = ("toy-pattern", "toy-shape", "toy-texture")
+    reference, submission = tmp_path / "reference", tmp_path / "submission"
+    for method in ("zeroshot", "coop"):
+        _synthetic(reference, method, datasets)
+    _synthetic(submission, "plugin-complete", datasets)
+    _synthetic(submission, "plugin-partial", datasets[:2])
+    _synthetic(submission, "plugin-foreign", datasets, fingerprint="other-weights")
+    run_json(capsys, "leaderboard", "build", "--results", str(reference), "--results", str(submission),
+             "--out", str(tmp_path / "site"))
+    tables = Tables((tmp_path / "site" / "index.html").read_text())
+    ranked = [r["cells"][1].replace(" reference", "") for r in tables.with_class("ranking")[0]["rows"]]
+    assert sorted(ranked) == ["coop", "plugin-complete", "zeroshot"]
+    unranked = {r["cells"][0]: r["cells"] for r in tables.with_class("unranked")[0]["rows"]}
+    assert set(unranked) == {"plugin-partial", "plugin-foreign"}
+    assert unranked["plugin-partial"][2] == "6 / 9" and "3 missing" in unranked["plugin-partial"][3]
+    assert "other-weights" in unranked["plugin-foreign"][5]
+    # no average over fewer datasets anywhere: the partial entry has no per-dataset rows either
+    assert "plugin-partial" not in {r["cells"][0] for r in tables.with_class("per-dataset")[0]["rows"]}
+
+
+def test_rescore_equals_eval_module_and_leaves_the_submission_alone(capsys, models, tiny_dataset, reference,
+                                                                    tmp_path):
+    before = sorted(p.relative_to(reference) for p in reference.rglob("*"))
+    site, rescored = tmp_path / "site", tmp_path / "rescored"
+    args = ["leaderboard", "build", "--results", str(reference), "--out", str(site), "--rescore-on", models[2],
+            "--rescored", str(rescored), "--device", "cpu"]
+    run_json(capsys, *args)
+    assert sorted(p.relative_to(reference) for p in reference.rglob("*")) == before
+    rows = read_results(rescored)
+    assert set(rows.role) == {"rescore"} and set(rows.eval_model) == {models[2]} and len(rows) == 4  # 2 runs x 2 seeds
+    for row in rows.itertuples():
+        ev = run_json(capsys, "eval", "--module", str(reference / row.run_id / "module"), "--model", models[2],
+                      "--dataset", tiny_dataset, "--device", "cpu")
+        assert ev["top1"] == row.top1 and ev["n_test"] == row.n_test
+    assert (rescored / rows.run_id.iloc[0] / "ledger").is_dir()
+    tables = Tables((site / "index.html").read_text())
+    ranking = tables.with_class("variants")[0]["rows"] + tables.with_class("ranking")[0]["rows"]
+    shown = {r["cells"][1].replace(" reference", ""): r["cells"][8] for r in ranking}
+    expect = rows.assign(label=[f"{m}[{v}]" if v else m for m, v in zip(rows.method, rows.method_variant)])
+    assert shown == {k: f"{v:.2f}" for k, v in expect.groupby("label").top1.mean().items()}
+    # resumable: a second build reuses every re-scored row
+    run_json(capsys, *args)
+    assert read_results(rescored).created_at.tolist() == rows.created_at.tolist()
+
+
+def test_held_out_target_is_built_on_demand_only(monkeypatch):
+    from safetensors.torch import load_file
+
+    from upgradebench.world import zoo
+
+    assert "toy-eva-text" not in zoo.default_models()
+    zoo.build_models()
+    assert zoo.is_built("toy-eva") and not zoo.is_built("toy-eva-text")
+    folder = zoo.ensure_model("toy-eva-text")
+    assert zoo.build_record("toy-eva-text")["parent"]["name"] == "toy-eva"
+    text = load_file(str(folder / "open_clip_model.safetensors"))
+    eva = load_file(str(zoo.model_dir("toy-eva") / "open_clip_model.safetensors"))
+    # an independently initialised text tower: no tensor of it starts from (or stays at) toy-eva's
+    shared = [k for k in text if k.startswith("text.") and k in eva and text[k].shape == eva[k].shape]
+    assert shared and not any(torch.equal(text[k], eva[k]) for k in shared)
