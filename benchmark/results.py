@@ -43,8 +43,9 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "source_fingerprint": ("string", "hash of the source weights"),
     "eval_model": ("string", "alias of the model evaluated in this row"),
     "eval_fingerprint": ("string", "hash of the evaluated model's weights"),
-    "role": ("string", "'base' (eval_model is the source), 'new' (a target) or 'oracle' (fitted on eval_model itself, "
-                       "`run --oracle`)"),
+    "role": ("string", "'base' (eval_model is the source), 'new' (a target), 'oracle' (fitted on eval_model itself, "
+                       "`run --oracle`) or 'rescore' (a held-out model, `leaderboard build --rescore-on`; written "
+                       "to a folder of its own)"),
     "top1": ("float64", "top-1 accuracy in percent on the test split"),
     "n_test": ("int64", "number of test images"),
     "fit_seconds": ("float64", "wall time of fit (0 when the module was reused)"),
