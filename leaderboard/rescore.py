@@ -5,7 +5,9 @@ dataset it was fitted on, through :meth:`upgradebench.runner.Runner.predict` (th
 ``upgradebench eval --module``). Its row copies the run's identity and provenance from the Base row, with
 ``role`` :data:`RESCORE_ROLE`, and is written with its ledger into a folder of its own,
 ``RESCORED/<run_id>/<model>--<dataset>.parquet``, never into the submitted folder. A row that exists for the
-same weights is reused, so an interrupted re-scoring continues where it stopped.
+same weights is reused, so an interrupted re-scoring continues where it stopped; one of other weights under
+the same name is refused, never replaced. Runs whose module is missing are skipped (``leaderboard check``
+reports them).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import pandas as pd
 
 from upgradebench.features import progress_bar
 from upgradebench.ledger import ledger_path, write_ledger
-from upgradebench.method import load_module
+from upgradebench.errors import UserError
+from upgradebench.method import MODULE_CONFIG, load_module
 from upgradebench.provenance import now, versions
 from upgradebench.results import in_distribution, method_label, read_results, write_rows
 from upgradebench.runner import Runner, safe_name
@@ -30,7 +33,9 @@ def rescore(folders: list[Path], models: list[str], out: Path, runner: Runner) -
     for folder in folders:
         rows = in_distribution(read_results(folder))
         base = rows[rows.role == "base"].drop_duplicates("run_id")
-        jobs += [(folder / row.run_id / "module", row) for row in base.itertuples(index=False)]
+        # a run without its module cannot be re-scored: `leaderboard check` reports it, the column stays empty
+        jobs += [(folder / row.run_id / "module", row) for row in base.itertuples(index=False)
+                 if (folder / row.run_id / "module" / MODULE_CONFIG).is_file()]
     found = []
     with progress_bar(transient=True) as bar:
         task = bar.add_task("re-scoring", total=len(jobs) * len(models))
@@ -39,7 +44,11 @@ def rescore(folders: list[Path], models: list[str], out: Path, runner: Runner) -
             for module_dir, row in jobs:
                 path = out / row.run_id / f"{safe_name(vlm.name)}--{safe_name(row.dataset)}.parquet"
                 existing = read_results(path) if path.is_file() else None
-                if existing is None or existing.eval_fingerprint.iloc[0] != vlm.fingerprint:
+                if existing is not None and existing.eval_fingerprint.iloc[0] != vlm.fingerprint:
+                    raise UserError(f"{path} holds an evaluation of other weights under {vlm.name!r} "
+                                    f"({existing.eval_fingerprint.iloc[0]}, now {vlm.fingerprint}).",
+                                    "move that folder away, or pass another --rescored folder")
+                if existing is None:
                     dataset = runner.dataset(row.dataset)
                     preds, top1, seconds = runner.predict(load_module(module_dir), vlm, dataset)
                     write_ledger(preds, ledger_path(path), row.run_id, vlm.name, dataset.name)

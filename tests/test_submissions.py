@@ -155,6 +155,11 @@ def test_rescore_equals_eval_module_and_leaves_the_submission_alone(capsys, mode
     # resumable: a second build reuses every re-scored row
     run_json(capsys, *args)
     assert read_results(rescored).created_at.tolist() == rows.created_at.tolist()
+    # a re-scored row of other weights under the same name is refused, never replaced
+    path = next(rescored.glob("*/*--*.parquet"))
+    write_rows(read_results(path).assign(eval_fingerprint="0123456789ab").to_dict(orient="records"), path)
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and "other weights" in " ".join(err.split()) and "Traceback" not in err
 
 
 def test_held_out_target_is_built_on_demand_only(monkeypatch):
