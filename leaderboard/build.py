@@ -5,13 +5,14 @@ Base / New / H per dataset, seeds and run counts, and the zero-shot rows marked 
 module must beat; compatibility metrics (NFR, BTC, reuse gain, recovery ratio, with 95% intervals), cost
 columns and a per-class flip view come from the prediction ledgers (``compatibility``). Provenance (tool, method and model versions) and copied figures complete the page.
 
+The page needs no network: CSS and the small sorting script are copied next to it. Every string that
+comes from results (method names and configs, dataset and model names: plugins choose them) goes through
+Jinja2's autoescaping, and the script only moves existing rows, never writes HTML.
+
 Only complete, matching entries are ranked (``submission``): rows on other weights or another method version
 than the reference protocol's are set aside, and a default-config entry whose remaining rows miss a cell of the
 protocol is listed in a section of its own with what it lacks, never averaged over fewer datasets. Re-scored
 rows (``rescore``: modules evaluated on held-out models) add one column per model to the rankings.
-The page needs no network: CSS and the small sorting script are copied next to it. Every string that
-comes from results (method names and configs, dataset and model names: plugins choose them) goes through
-Jinja2's autoescaping, and the script only moves existing rows, never writes HTML.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def matching_rows(df: pd.DataFrame, protocol: Protocol) -> pd.Series:
     def same(names: pd.Series, values: pd.Series, expected: dict[str, str]) -> pd.Series:
         return pd.Series([expected.get(n, v) == v for n, v in zip(names, values)], index=df.index, dtype=bool)
 
-    return (same(df.source, df.source_fingerprint, protocol.models) & same(df.eval_model, df.eval_fingerprint, protocol.models)
+    return (same(df.source, df.source_fingerprint, protocol.models)
+            & same(df.eval_model, df.eval_fingerprint, protocol.models)
             & same(df.dataset, df.dataset_fingerprint, protocol.datasets)
             & same(df.method, df.method_version, protocol.method_versions))
 
@@ -272,8 +274,8 @@ def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = N
         written.append(target)
         copied.append({"src": f"figures/{quote(png.name)}", "name": png.stem})
     html = _environment().get_template("index.html").render(
-        sections=sections, unranked=unranked, protocol_where=protocol.where, provenance=provenance(all_rows), figures=copied, fidelity=fidelity,
-        generated=now())
+        sections=sections, unranked=unranked, protocol_where=protocol.where, provenance=provenance(all_rows),
+        figures=copied, fidelity=fidelity, generated=now())
     index = out / "index.html"
     index.write_text(html, encoding="utf-8")
     return [index, *written]

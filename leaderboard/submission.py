@@ -68,7 +68,8 @@ def protocol_of(df: pd.DataFrame, where: str) -> Protocol:
     defaults = df[df.method_variant == ""]
     if (defaults.method == REFERENCE_METHOD).any():
         defaults = defaults[defaults.method == REFERENCE_METHOD]
-    models = _most_common(pd.concat([df.source, df.eval_model]), pd.concat([df.source_fingerprint, df.eval_fingerprint]))
+    models = _most_common(pd.concat([df.source, df.eval_model]),
+                          pd.concat([df.source_fingerprint, df.eval_fingerprint]))
     return Protocol(where, cells_of(defaults), models, _most_common(df.dataset, df.dataset_fingerprint),
                     _most_common(df.method, df.method_version))
 
@@ -119,7 +120,8 @@ def check_entries(df: pd.DataFrame, protocol: Protocol) -> list[dict[str, Any]]:
             "origin": sorted(set(rows.method_origin)), "method_version": versions,
             "upgradebench_version": sorted(set(rows.upgradebench_version)),
             "covered": len(protocol.cells & have), "expected": len(protocol.cells),
-            "missing": [_cell_text(c) for c in missing], "extra": [_cell_text(c) for c in sorted(have - protocol.cells)],
+            "missing": [_cell_text(c) for c in missing],
+            "extra": [_cell_text(c) for c in sorted(have - protocol.cells)],
             "foreign_fingerprints": foreign,
             "version_problems": version_problems,
             "complete": not missing and bool(protocol.cells), "matching": not foreign and not version_problems,
