@@ -23,9 +23,14 @@ def list_models(as_json: bool = Json) -> None:
     print_table(
         f"toy models ({world_name()} world)",
         ["name", "recipe", "built", "fingerprint", "path"],
-        [[r["name"], r["recipe"], "stale" if r["stale"] else ("yes" if r["built"] else "no"), r["fingerprint"] or "",
-          r["path"]] for r in rows],
+        [[r["name"], r["recipe"], _built(r), r["fingerprint"] or "", r["path"]] for r in rows],
     )
+
+
+def _built(status: dict) -> str:
+    if status["stale"]:
+        return "stale"
+    return "yes" if status["built"] else "no (on demand)" if status["on_demand"] else "no"
 
 
 @app.command("build")

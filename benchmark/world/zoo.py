@@ -126,6 +126,7 @@ def model_status(name: str) -> dict[str, Any]:
         "recipe": recipe_summary(r),
         "world": world_name(),
         "built": record is not None,
+        "on_demand": bool(r.get("on_demand")),
         "stale": record is None and (folder / "open_clip_config.json").is_file(),
         "fingerprint": record.get("fingerprint") if record else None,
         "path": str(folder),
