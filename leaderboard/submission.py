@@ -3,8 +3,9 @@
 The **protocol** is what every ranked entry (one method with one config, a *label*) must cover: the cells
 (source, target, dataset, shots, seed) of the reference, and the fingerprints of its models and datasets. It
 comes from a reference results folder (the cells of its zero-shot reference entry, which every run writes
-beside its own rows, else of its default-config entries; the fingerprints of its rows) or from a grid (cells
-only: a grid names models and datasets, not weights). A few-shot split is a pure
+beside its own rows, else of its default-config entries; for a variant the reference ran, an ablation, the
+cells it ran it on; the fingerprints of its rows) or from a grid (cells only: a grid names models and
+datasets, not weights). A few-shot split is a pure
 function of (dataset fingerprint, K, seed) (``upgradebench.data.fewshot``), so a split that differs shows as a
 dataset fingerprint that differs, and each module's recorded run identity is checked against its rows.
 
@@ -45,6 +46,12 @@ class Protocol:
     models: dict[str, str] = field(default_factory=dict)
     datasets: dict[str, str] = field(default_factory=dict)
     method_versions: dict[str, str] = field(default_factory=dict)
+    variant_cells: dict[str, set[Cell]] = field(default_factory=dict)
+
+    def expected(self, label: str) -> set[Cell]:
+        """The cells entry ``label`` must cover: a variant the reference ran (an ablation, often on fewer
+        datasets) those the reference covered with it, every other entry all of :attr:`cells`."""
+        return self.variant_cells.get(label, self.cells)
 
 
 def cells_of(df: pd.DataFrame) -> set[Cell]:
@@ -70,8 +77,10 @@ def protocol_of(df: pd.DataFrame, where: str) -> Protocol:
         defaults = defaults[defaults.method == REFERENCE_METHOD]
     models = _most_common(pd.concat([df.source, df.eval_model]),
                           pd.concat([df.source_fingerprint, df.eval_fingerprint]))
+    variants = {method_label(m, v): cells_of(rows)
+                for (m, v), rows in df[df.method_variant != ""].groupby(["method", "method_variant"])}
     return Protocol(where, cells_of(defaults), models, _most_common(df.dataset, df.dataset_fingerprint),
-                    _most_common(df.method, df.method_version))
+                    _most_common(df.method, df.method_version), variants)
 
 
 def load_protocol(reference: str | Path) -> Protocol:
@@ -106,7 +115,8 @@ def check_entries(df: pd.DataFrame, protocol: Protocol) -> list[dict[str, Any]]:
     out = []
     for (method, variant), rows in df.groupby(["method", "method_variant"], sort=True):
         have = cells_of(rows)
-        missing = sorted(protocol.cells - have)
+        expected = protocol.expected(method_label(method, variant))
+        missing = sorted(expected - have)
         foreign = (_differences(rows, "source", "source_fingerprint", protocol.models, "model")
                    + _differences(rows, "eval_model", "eval_fingerprint", protocol.models, "model")
                    + _differences(rows, "dataset", "dataset_fingerprint", protocol.datasets, "dataset"))
@@ -119,12 +129,12 @@ def check_entries(df: pd.DataFrame, protocol: Protocol) -> list[dict[str, Any]]:
             "method": method, "variant": variant, "label": method_label(method, variant),
             "origin": sorted(set(rows.method_origin)), "method_version": versions,
             "upgradebench_version": sorted(set(rows.upgradebench_version)),
-            "covered": len(protocol.cells & have), "expected": len(protocol.cells),
+            "covered": len(expected & have), "expected": len(expected),
             "missing": [_cell_text(c) for c in missing],
-            "extra": [_cell_text(c) for c in sorted(have - protocol.cells)],
+            "extra": [_cell_text(c) for c in sorted(have - expected)],
             "foreign_fingerprints": foreign,
             "version_problems": version_problems,
-            "complete": not missing and bool(protocol.cells), "matching": not foreign and not version_problems,
+            "complete": not missing and bool(expected), "matching": not foreign and not version_problems,
         })
     return out
 

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -177,3 +178,23 @@ def test_held_out_target_is_built_on_demand_only(monkeypatch):
     # an independently initialised text tower: no tensor of it starts from (or stays at) toy-eva's
     shared = [k for k in text if k.startswith("text.") and k in eva and text[k].shape == eva[k].shape]
     assert shared and not any(torch.equal(text[k], eva[k]) for k in shared)
+
+
+def test_a_variant_the_reference_ran_is_held_to_the_reference_cells_of_that_variant():
+    """Ablations run on fewer datasets than the main protocol: the same variant is complete on those cells,
+    a new variant or a new method needs the whole protocol."""
+    from upgradebench.leaderboard.submission import check_entries, protocol_of
+
+    def rows(method, datasets, **config):
+        return [r for seed in (1, 2) for d in datasets
+                for r in result_rows(method, d, seed, "toy-clip", "toy-eva", 70, 60, **config)]
+
+    datasets = ["toy-pattern", "toy-shape", "toy-texture"]
+    reference = pd.DataFrame(rows("zeroshot", datasets) + rows("contcoop", datasets)
+                             + rows("contcoop", datasets[:1], kd_weight=0.3))
+    protocol = protocol_of(reference, "reference")
+    submitted = pd.DataFrame(rows("contcoop", datasets[:1], kd_weight=0.3) + rows("contcoop", datasets[:1], n_ctx=8)
+                             + rows("plugin", datasets[:1]))
+    found = {e["label"]: (e["complete"], e["covered"], e["expected"]) for e in check_entries(submitted, protocol)}
+    assert found == {"contcoop[kd_weight=0.3]": (True, 2, 2), "contcoop[n_ctx=8]": (False, 2, 6),
+                     "plugin": (False, 2, 6)}
