@@ -179,8 +179,8 @@ def module_problems(run_dir: Path, rows: pd.DataFrame) -> list[str]:
     try:
         load_module(folder)
     except UnknownNameError:
-        problems.append(f"{folder} does not load: method {first.method!r} is not installed here "
-                        f"(install {first.method_origin})")
+        problems.append(f"{folder} does not load: its method {config.get('method')!r} is not installed here "
+                        f"(its rows name the distribution {first.method_origin}: install it)")
     except UserError as exc:
         problems.append(f"{folder} does not load: {exc.message}")
     return problems

@@ -85,12 +85,17 @@ def test_check_reports_damaged_and_missing_modules(capsys, models, tiny_dataset,
     config = json.loads((coop_run / "module" / "module.json").read_text())
     config["tensors"].append("ghost")
     (coop_run / "module" / "module.json").write_text(json.dumps(config))
-    zs_run = next(p for p in broken.iterdir() if p.name.startswith("zeroshot"))
-    shutil.rmtree(zs_run / "module")
+    zs_runs = sorted(p for p in broken.iterdir() if p.name.startswith("zeroshot"))
+    shutil.rmtree(zs_runs[0] / "module")
+    config = json.loads((zs_runs[1] / "module" / "module.json").read_text())
+    (zs_runs[1] / "module" / "module.json").write_text(json.dumps({**config, "method": "plugin-not-here"}))
     code, report = _check(capsys, broken, reference)
     assert code == 1
     problems = {m["run_id"]: m["problem"] for m in report["module_problems"]}
-    assert "ghost" in problems[coop_run.name] and "no saved module" in problems[zs_run.name]
+    assert set(problems) == {coop_run.name, *(p.name for p in zs_runs)}
+    assert "ghost" in problems[coop_run.name] and "no saved module" in problems[zs_runs[0].name]
+    assert "'plugin-not-here' is not installed" in problems[zs_runs[1].name]
+    assert "upgradebench==" in problems[zs_runs[1].name]
 
 
 def test_check_against_a_grid_checks_coverage(capsys, models, tiny_dataset, reference, tmp_path):
