@@ -5,9 +5,9 @@ The **protocol** is what every ranked entry (one method with one config, a *labe
 comes from a reference results folder (the cells of its zero-shot reference entry, which every run writes
 beside its own rows, else of its default-config entries; for a variant the reference ran, an ablation, the
 cells it ran it on; the fingerprints of its rows) or from a grid (cells only: a grid names models and
-datasets, not weights). A few-shot split is a pure
-function of (dataset fingerprint, K, seed) (``upgradebench.data.fewshot``), so a split that differs shows as a
-dataset fingerprint that differs, and each module's recorded run identity is checked against its rows.
+datasets, not weights). A few-shot split is a pure function of (dataset fingerprint, K, seed)
+(``upgradebench.data.fewshot``), so a split that differs shows as a dataset fingerprint that differs, and
+each module's recorded run identity is checked against its rows.
 
 :func:`check_entries` judges every entry of a table of rows; :func:`check_submission` adds what needs the
 folder (schema, saved modules) and is what ``upgradebench leaderboard check`` prints.
