@@ -10,6 +10,9 @@ Layout of a results folder::
     RESULTS/<run_id>/ledger/<eval_model>--<dataset>.parquet   its per-item predictions (ledger.py)
 
 A row of an older schema whose module is saved is brought up to date by re-evaluating the module (no refit).
+A row is never replaced by an evaluation of other weights under the same model name: a changed model is
+refused unless ``replace`` (``--replace``) says to replace its rows. Temporary files of killed writes in a
+run folder are removed when the run starts again.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import pandas as pd
 import torch
 
 from .data import Dataset, get_dataset, load_fewshot
+from .data.fewshot import effective_shots
 from .errors import UserError
+from .integrity import clean_stale_tmp
 from .features import FeatureCache
 from .method import MODULE_CONFIG, Method, Module, get_method, load_module, method_entry
 from .models import VLM, load_vlm, parse_model, resolve_device
@@ -102,10 +107,15 @@ def variant_of(method: type[Method], config) -> str:
 
 
 class Runner:
-    """Runs specs against shared state: loaded models, the feature cache and the results folder."""
+    """Runs specs against shared state: loaded models, the feature cache and the results folder.
+
+    ``replace``: rows of a model whose weights changed since they were written are replaced (default: refused).
+    """
 
     def __init__(self, results: str | Path | None = None, device: str = "auto", precision: str = "fp32",
-                 data_root: str | Path | None = None, allow_download: bool = False, workers: int | None = None) -> None:
+                 data_root: str | Path | None = None, allow_download: bool = False, workers: int | None = None,
+                 replace: bool = False) -> None:
+        self.replace = replace  # replace the rows of a model whose weights changed (else refuse)
         self.results = Path(results) if results is not None else default_results_dir()
         self.device = resolve_device(device)
         self.cache = FeatureCache(precision=precision, workers=workers)
@@ -150,6 +160,7 @@ class Runner:
         (role ``oracle``): one more fit per target, the ceiling of the recovery ratio.
         """
         method, config = self.validate(spec)
+        spec = dataclasses.replace(spec, shots=effective_shots(self.dataset(spec.dataset), spec.shots))
         out = self._run(spec, method, config, source_role="base")
         if spec.oracle and method.name != "zeroshot":
             for target in spec.targets:
@@ -178,6 +189,7 @@ class Runner:
                                         safe_name(spec.source), "oracle" if source_role == "oracle" else "",
                                         stable_hash(identity, 10)]))
         run_dir = self.results / run_id
+        clean_stale_tmp(run_dir, recursive=True)
         module, fit_seconds = self._fit_or_load(method, config, source, dataset, spec, views, run_dir, identity)
 
         entry = method_entry(method.name)
@@ -196,7 +208,10 @@ class Runner:
             for eval_ds in [dataset] + [self.dataset(d) for d in spec.ood]:
                 path = run_dir / f"{safe_name(vlm.name)}--{safe_name(eval_ds.name)}.parquet"
                 existing = read_results(path) if path.is_file() else None
-                if existing is not None and existing["eval_fingerprint"].iloc[0] == vlm.fingerprint:
+                if existing is not None and existing["eval_fingerprint"].iloc[0] != vlm.fingerprint:
+                    self._check_replace(path, vlm, existing["eval_fingerprint"].iloc[0])
+                    existing = None
+                if existing is not None:
                     if ledger_path(path).is_file() and not existing.trainable_params.isna().any():
                         rows.append(existing)
                         continue
@@ -211,6 +226,16 @@ class Runner:
                 write_rows([row], path)
                 rows.append(read_results(path))
         return pd.concat(rows, ignore_index=True)
+
+    def _check_replace(self, path: Path, vlm: VLM, old: str) -> None:
+        """Refuse to replace the rows in ``path`` of weights ``old`` by ``vlm``'s, unless ``replace``."""
+        if self.replace:
+            return
+        raise UserError(f"{path} holds the row of {vlm.name!r} with weights {old}, but {vlm.name!r} now has weights "
+                        f"{vlm.fingerprint}: the model changed since that row was written.",
+                        "to keep both, give the new weights another name (e.g. --target local-dir:FOLDER or "
+                        "--pretrained with a copy) or use another --results folder; to replace the old rows, "
+                        "re-run with --replace")
 
     def _backfill(self, row: dict, module: Module, vlm: VLM, dataset: Dataset, path: Path, cost: dict) -> dict:
         """Bring a row of an older schema up to date from its saved module, without refitting.
