@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from ..errors import UserError
 from ._common import err_console
-from . import datasets, features
+from . import cache, datasets, features
 from . import analyze, fidelity, figures, leaderboard
 from . import methods, models, results, run, sweep
 from . import zoo
@@ -54,6 +54,7 @@ app.command("fidelity")(fidelity.fidelity)
 app.add_typer(leaderboard.app, name="leaderboard")
 app.command("sweep")(sweep.sweep)
 app.add_typer(zoo.app, name="zoo")
+app.add_typer(cache.app, name="cache")
 
 
 # Recent typer releases vendor click (``typer._click``): their parse errors derive from ``typer.TyperException``,
