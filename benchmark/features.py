@@ -284,10 +284,6 @@ class FeatureCache:
         if problem is not None:
             log.warning("feature cache file %s %s: its features are computed again", path, problem)
             return [], None
-        try:
-            os.utime(path)  # the file's time says when it was last used: `cache prune --older-than` reads it
-        except OSError:
-            pass  # a read-only cache is still a cache
         return refs, feats
 
     def _write(self, path: Path, refs: list[str], feats: torch.Tensor, vlm: VLM, dataset: Dataset, split: str,

@@ -3,7 +3,7 @@
 The cache (``features.py``) is laid out as ``features/<model fingerprint>/<dataset>-<dataset fingerprint>/``.
 Pruning removes whole files: those of toy models whose fingerprint no toy model built under
 ``UPGRADEBENCH_HOME`` has any more (a recipe changed and the model was rebuilt), those not used for a
-given number of days (a read refreshes a file's time), or everything. Temporary files of killed writes are
+given number of days (by the time each file was last written), or everything. Temporary files of killed writes are
 removed by every prune.
 """
 
@@ -21,7 +21,7 @@ from .paths import features_dir, home
 
 @dataclass
 class CacheEntry:
-    """The cached features of one (model, dataset): where, how much, how recently used."""
+    """The cached features of one (model, dataset): where, how much, how recently written."""
 
     model: str
     model_fingerprint: str
@@ -29,13 +29,13 @@ class CacheEntry:
     folder: Path
     files: int
     bytes: int
-    last_used: float  # newest modification time of its files (a read refreshes it), seconds since the epoch
+    last_written: float  # newest modification time of its files, seconds since the epoch
 
     def as_dict(self) -> dict:
         """JSON-able form (for ``--json``)."""
         return {"model": self.model, "model_fingerprint": self.model_fingerprint, "dataset": self.dataset,
                 "folder": str(self.folder), "files": self.files, "bytes": self.bytes,
-                "days_unused": round((time.time() - self.last_used) / 86400, 2)}
+                "days_old": round((time.time() - self.last_written) / 86400, 2)}
 
 
 def _files(folder: Path) -> list[Path]:
@@ -93,7 +93,7 @@ class PruneReport:
 
 def prune_cache(unbuilt: bool = False, older_than_days: float | None = None, everything: bool = False,
                 dry_run: bool = False, root: Path | None = None) -> PruneReport:
-    """Remove cache files: of toy models no longer built (``unbuilt``), unused for ``older_than_days``, or all.
+    """Remove cache files: of toy models no longer built (``unbuilt``), not written for ``older_than_days``, or all.
 
     A model that is not a toy model is never pruned as ``unbuilt``: whether its weights still exist
     somewhere cannot be told from here.

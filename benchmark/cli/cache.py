@@ -20,7 +20,7 @@ def _mib(size: int) -> str:
 
 @app.callback()
 def show(ctx: typer.Context, as_json: bool = Json) -> None:
-    """Show the feature cache's size per model and dataset (and temporary files of killed writes are kept out)."""
+    """Show the feature cache's size per model and dataset."""
     if ctx.invoked_subcommand is not None:
         return
     entries = cache_entries()
@@ -30,8 +30,8 @@ def show(ctx: typer.Context, as_json: bool = Json) -> None:
         return
     rows = [e.as_dict() for e in entries]
     print_table(f"feature cache {features_dir()} ({_mib(sum(e.bytes for e in entries))} MiB)",
-                ["model", "fingerprint", "dataset", "files", "MiB", "days unused"],
-                [[r["model"], r["model_fingerprint"], r["dataset"], r["files"], _mib(r["bytes"]), r["days_unused"]]
+                ["model", "fingerprint", "dataset", "files", "MiB", "days old"],
+                [[r["model"], r["model_fingerprint"], r["dataset"], r["files"], _mib(r["bytes"]), r["days_old"]]
                  for r in rows])
 
 
@@ -39,7 +39,7 @@ def show(ctx: typer.Context, as_json: bool = Json) -> None:
 def prune(
     unbuilt: bool = typer.Option(False, "--unbuilt", help="Features of toy models whose fingerprint is no longer "
                                                          "built (their recipe changed and they were rebuilt)."),
-    older_than: float = typer.Option(None, "--older-than", min=0, help="Files not used for this many days."),
+    older_than: float = typer.Option(None, "--older-than", min=0, help="Files last written this many days ago or earlier."),
     everything: bool = typer.Option(False, "--all", help="The whole feature cache."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; remove nothing."),
     as_json: bool = Json,
