@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16")
 CHUNK = 8  # items a worker decodes per hand-over: small enough to spread a short split over every worker
 FLUSH_EVERY = 4096  # items between two writes of a growing cache file (the resume granularity)
+# path -> (inode, size, mtime) of the version whose hash this process checked: a file read again unchanged
+# (every run of a sweep reads the same test features) is hashed once, not on every read
+_VERIFIED: dict[Path, tuple[int, int, int]] = {}
 
 
 def default_workers() -> int:
@@ -269,21 +272,25 @@ class FeatureCache:
         if not path.is_file():
             return [], None
         try:
+            stat = path.stat()
+            version = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 feats = f.get_tensor("features")
             refs = json.loads(meta["refs"])
             recorded = meta.pop(DIGEST_KEY, None)
-            problem = None if recorded == tensors_digest({"features": feats}, meta) else (
-                "has no content hash (written by an older upgradebench)" if recorded is None
-                else "does not match its content hash")
+            problem = None if _VERIFIED.get(path) == version or recorded == tensors_digest({"features": feats}, meta) \
+                else ("has no content hash (written by an older upgradebench)" if recorded is None
+                      else "does not match its content hash")
             if problem is None and len(refs) != len(feats):
                 problem = f"lists {len(refs)} items for {len(feats)} features"
         except Exception as exc:  # safetensors and json raise several types for a damaged file
             problem = f"is unreadable ({type(exc).__name__})"
         if problem is not None:
+            _VERIFIED.pop(path, None)
             log.warning("feature cache file %s %s: its features are computed again", path, problem)
             return [], None
+        _VERIFIED[path] = version
         return refs, feats
 
     def _write(self, path: Path, refs: list[str], feats: torch.Tensor, vlm: VLM, dataset: Dataset, split: str,
@@ -309,4 +316,6 @@ class FeatureCache:
             meta[DIGEST_KEY] = tensors_digest({"features": feats}, meta)
             with atomic_path(path) as tmp:
                 save_file({"features": feats}, str(tmp), metadata=meta)
+            stat = path.stat()
+            _VERIFIED[path] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)  # hashed just now, while writing
         return refs, feats

@@ -40,7 +40,8 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str] 
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{tuple(tensors[name].shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy())  # the buffer itself: no copy of the bytes
     h.update(json.dumps(dict(sorted((meta or {}).items()))).encode())
     return h.hexdigest()
 

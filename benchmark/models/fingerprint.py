@@ -24,5 +24,6 @@ def tensors_fingerprint(tensors: Mapping[str, torch.Tensor], length: int = 16) -
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy())  # the buffer itself: no copy of the bytes
     return h.hexdigest()[:length]
