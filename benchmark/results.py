@@ -124,6 +124,13 @@ def _verify(df: pd.DataFrame, checked: pd.Series, files: pd.Series) -> pd.DataFr
     return df.assign(row_hash=hashes)
 
 
+def has_row_hash(path: str | Path) -> bool:
+    """Whether the row file ``path`` has a ``row_hash`` column (schema 3 or later); reads only its schema."""
+    import pyarrow.parquet as pq
+
+    return "row_hash" in pq.read_schema(path).names
+
+
 def write_rows(rows: list[dict], path: str | Path) -> Path:
     """Write rows to a parquet file atomically, in schema order and types, each with its ``row_hash``."""
     frame = pd.DataFrame(rows)

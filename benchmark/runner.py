@@ -9,7 +9,8 @@ Layout of a results folder::
     RESULTS/<run_id>/<eval_model>--<dataset>.parquet      one row file per evaluated (model, dataset)
     RESULTS/<run_id>/ledger/<eval_model>--<dataset>.parquet   its per-item predictions (ledger.py)
 
-A row of an older schema whose module is saved is brought up to date by re-evaluating the module (no refit).
+A row of an older schema whose module is saved is brought up to date by re-evaluating the module (no refit);
+a schema-2 row, which lacks only its row hash, is rewritten with the same values and their hash.
 A row is never replaced by an evaluation of other weights under the same model name: a changed model is
 refused unless ``replace`` (``--replace``) says to replace its rows. Temporary files of killed writes in a
 run folder are removed when the run starts again.
@@ -39,7 +40,7 @@ from .models import VLM, load_vlm, parse_model, resolve_device
 from .paths import default_results_dir
 from .provenance import now, stable_hash, versions
 from .ledger import ledger_path, predictions, top1_of, write_ledger
-from .results import SCHEMA_VERSION, read_results, write_rows
+from .results import SCHEMA_VERSION, has_row_hash, read_results, write_rows
 from .task import ONLINE, FewShotTask
 
 DEFAULT_SOURCE = "toy-clip"
@@ -213,6 +214,8 @@ class Runner:
                     existing = None
                 if existing is not None:
                     if ledger_path(path).is_file() and not existing.trainable_params.isna().any():
+                        if not has_row_hash(path):  # schema 2: the same values, now written with their hash
+                            write_rows(existing.to_dict("records"), path)
                         rows.append(existing)
                         continue
                     row = self._backfill(existing.iloc[0].to_dict(), module, vlm, eval_ds, path, cost)

@@ -241,6 +241,9 @@ def build_models(names: Iterable[str] | None = None, force: bool = False) -> lis
     order = build_order(names)
     cfg = world_config()
     with _build_lock():  # another process may have built them meanwhile: decide under the lock
+        # builds hold the lock, so any build folder or replaced folder still there was left by a killed build
+        for leftover in [*world_root().glob("models/.*.tmp"), *world_root().glob("models/.*.old.*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
         todo = [n for n in order if (force and n in names) or not is_built(n)]
         if not todo:
             return [model_dir(n) for n in names]
