@@ -146,9 +146,15 @@ def test_garbled_fewshot_file_is_sampled_again(capsys, models, tiny_dataset, fin
 
 
 def test_damaged_toy_model_is_reported_by_zoo_and_never_used(capsys, tiny_dataset, tmp_path):
+    from upgradebench.world.worlds import world_root
+
+    killed = world_root() / "models" / ".toy-clip.4242.tmp"  # a build killed before it was renamed into place
+    killed.mkdir(parents=True)
+    (killed / "open_clip_model.safetensors").write_bytes(b"half")
     code, _, err = run_cli(capsys, "zoo", "build", "toy-clip")
     assert code == 0, err
-    assert run_json(capsys, "zoo", "verify") [0]["damaged"] is None
+    assert not killed.exists()
+    assert run_json(capsys, "zoo", "verify")[0]["damaged"] is None
     weights = Path(run_json(capsys, "zoo", "list")[0]["path"]) / "open_clip_model.safetensors"
     _garble(weights)
     listing = run_json(capsys, "zoo", "list")
