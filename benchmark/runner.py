@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -42,6 +44,8 @@ from .provenance import now, stable_hash, versions
 from .ledger import ledger_path, predictions, top1_of, write_ledger
 from .results import SCHEMA_VERSION, has_row_hash, read_results, write_rows
 from .task import ONLINE, FewShotTask
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "toy-clip"
 DEFAULT_TARGETS = ("toy-eva",)
@@ -190,6 +194,7 @@ class Runner:
                                         safe_name(spec.source), "oracle" if source_role == "oracle" else "",
                                         stable_hash(identity, 10)]))
         run_dir = self.results / run_id
+        self._check_source_unchanged(run_dir, identity, source)
         clean_stale_tmp(run_dir, recursive=True)
         module, fit_seconds = self._fit_or_load(method, config, source, dataset, spec, views, run_dir, identity)
 
@@ -229,6 +234,31 @@ class Runner:
                 write_rows([row], path)
                 rows.append(read_results(path))
         return pd.concat(rows, ignore_index=True)
+
+    def _check_source_unchanged(self, run_dir: Path, identity: dict, source: VLM) -> None:
+        """Refuse a run whose only difference from a run already in the folder is the source's weights (the
+        same run of a changed model under the same name: its rows would count twice); with ``replace`` the old
+        run folder is removed instead."""
+        prefix = run_dir.name.rsplit("-", 1)[0]
+        mine = json.loads(json.dumps(identity))
+        for other in self.results.glob(f"{prefix}-*"):
+            config = other / "module" / MODULE_CONFIG
+            if other == run_dir or other.name.rsplit("-", 1)[0] != prefix or not config.is_file():
+                continue
+            try:
+                theirs = json.loads(config.read_text())["provenance"]["run_identity"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a run this check can compare; load_module reports a damaged one where it is used
+            if theirs.get("source") == mine["source"] or {**theirs, "source": None} != {**mine, "source": None}:
+                continue
+            if not self.replace:
+                raise UserError(f"{other} holds this run with {source.name!r} of weights {theirs.get('source')}, but "
+                                f"{source.name!r} now has weights {source.fingerprint}: the model changed since that "
+                                "run was written.",
+                                "to keep both, give the new weights another name (e.g. --source local-dir:FOLDER) or "
+                                "use another --results folder; to replace the old run, re-run with --replace")
+            log.warning("%s: %r changed weights; the run of its old weights is removed (--replace)", other, source.name)
+            shutil.rmtree(other)
 
     def _check_replace(self, path: Path, vlm: VLM, old: str) -> None:
         """Refuse to replace the rows in ``path`` of weights ``old`` by ``vlm``'s, unless ``replace``."""

@@ -84,6 +84,26 @@ def test_changed_target_weights_never_overwrite_rows(capsys, models, tiny_datase
     assert after[~changed].equals(before[~changed])
 
 
+def test_changed_source_weights_never_count_a_run_twice(capsys, micro_dirs, tiny_dataset, tmp_path):
+    from ..conftest import MICRO_CLIP
+
+    source = tmp_path / "clip"
+    shutil.copytree(micro_dirs["clip"], source)
+    models = f"local-dir:{source}", f"local-dir:{micro_dirs['eva']}"
+    results = tmp_path / "res"
+    assert _run(capsys, models, tiny_dataset, results)[0] == 0
+    before = _rows(results)
+    make_micro(source, MICRO_CLIP, seed=7)
+    code, _, err = _run(capsys, models, tiny_dataset, results)
+    assert code == 2 and "model changed" in err and "--replace" in err
+    pd.testing.assert_frame_equal(_rows(results), before)
+    code, _, err = _run(capsys, models, tiny_dataset, results, "--replace")
+    assert code == 0, err
+    after = _rows(results)
+    assert len(after) == len(before) and set(after.run_id).isdisjoint(before.run_id)  # replaced, not added
+    assert after.source_fingerprint.nunique() == 1 and (after.source_fingerprint != before.source_fingerprint).all()
+
+
 def test_edited_row_is_reported_with_its_file(capsys, finished):
     results, before = finished
     path = next(_coop_dir(results).glob("*.parquet"))
