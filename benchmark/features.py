@@ -5,7 +5,9 @@ safetensors file per key holds the features of every item computed so far (item 
 metadata); asking for new items of the same key computes only those and rewrites the file atomically
 (every few thousand items, so an interrupted extraction of a large split resumes where it stopped).
 Augmented view ``v`` of an item is seeded by (item, v), so it is the same whichever other items are
-computed with it. Files live under ``$UPGRADEBENCH_HOME/features``.
+computed with it. Files live under ``$UPGRADEBENCH_HOME/features``. Each file records a content hash
+(``integrity.py``): a damaged file is computed again, with a warning. Writers of one key take a lock file
+and merge what the other wrote, so concurrent extractions lose no items.
 
 Extraction decodes each image once for all the views it needs; ``workers`` processes (a torch DataLoader)
 decode and augment, the main process encodes batches. Each view is seeded by (item, view) and the images
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -35,13 +38,19 @@ from torch.utils.data import Dataset as TorchDataset
 from .atomic import atomic_path
 from .data.dataset import Dataset, Item
 from .errors import UserError
+from .integrity import DIGEST_KEY, clean_stale_tmp, file_lock, tensors_digest
 from .models.transforms import TransformSpec
 from .models.vlm import VLM
 from .paths import features_dir
 
+log = logging.getLogger(__name__)
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 CHUNK = 8  # items a worker decodes per hand-over: small enough to spread a short split over every worker
 FLUSH_EVERY = 4096  # items between two writes of a growing cache file (the resume granularity)
+# path -> (inode, size, mtime) of the version whose hash this process checked: a file read again unchanged
+# (every run of a sweep reads the same test features) is hashed once, not on every read
+_VERIFIED: dict[Path, tuple[int, int, int]] = {}
 
 
 def default_workers() -> int:
@@ -253,22 +262,60 @@ class FeatureCache:
                         refs, old = stored[view]
                         stored[view] = (refs + missing[done:done + new.shape[1]],
                                         new[i] if old is None else torch.cat([old, new[i]]))
-                        self._write(self.path(vlm, dataset, split, transform, view), *stored[view], vlm, dataset,
-                                    split, transform, view)
+                        stored[view] = self._write(self.path(vlm, dataset, split, transform, view), *stored[view],
+                                                   vlm, dataset, split, transform, view)
                     done, fresh = done + new.shape[1], []
 
     @staticmethod
     def _read(path: Path) -> tuple[list[str], torch.Tensor | None]:
+        """The refs and features stored in ``path``; a damaged or unverifiable file counts as empty (rebuilt)."""
         if not path.is_file():
             return [], None
-        with safe_open(str(path), framework="pt") as f:
-            refs = json.loads(f.metadata()["refs"])
-            return refs, f.get_tensor("features")
+        try:
+            stat = path.stat()
+            version = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                feats = f.get_tensor("features")
+            refs = json.loads(meta["refs"])
+            recorded = meta.pop(DIGEST_KEY, None)
+            problem = None if _VERIFIED.get(path) == version or recorded == tensors_digest({"features": feats}, meta) \
+                else ("has no content hash (written by an older upgradebench)" if recorded is None
+                      else "does not match its content hash")
+            if problem is None and len(refs) != len(feats):
+                problem = f"lists {len(refs)} items for {len(feats)} features"
+        except Exception as exc:  # safetensors and json raise several types for a damaged file
+            problem = f"is unreadable ({type(exc).__name__})"
+        if problem is not None:
+            _VERIFIED.pop(path, None)
+            log.warning("feature cache file %s %s: its features are computed again", path, problem)
+            return [], None
+        _VERIFIED[path] = version
+        return refs, feats
 
     def _write(self, path: Path, refs: list[str], feats: torch.Tensor, vlm: VLM, dataset: Dataset, split: str,
-               transform: TransformSpec, view: int | None) -> None:
-        meta = {"refs": json.dumps(refs), "model": vlm.name, "model_fingerprint": vlm.fingerprint,
+               transform: TransformSpec, view: int | None) -> tuple[list[str], torch.Tensor]:
+        """Write ``refs``/``feats`` with their content hash, merged with what another process wrote meanwhile.
+
+        Returns what the file now holds. Writers of one key are serialised by a lock file, and each keeps
+        the other's items, so concurrent extractions lose nothing.
+        """
+        meta = {"model": vlm.name, "model_fingerprint": vlm.fingerprint,
                 "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "split": split,
                 "transform": transform.key, "view": str(view), "precision": self.precision}
-        with atomic_path(path) as tmp:
-            save_file({"features": feats.contiguous()}, str(tmp), metadata=meta)
+        with file_lock(path.parent / f".{path.name}.lock"):
+            clean_stale_tmp(path.parent)
+            disk_refs, disk_feats = self._read(path) if path.is_file() else ([], None)
+            known = set(refs)
+            extra = [i for i, ref in enumerate(disk_refs) if ref not in known]
+            if extra:
+                refs = refs + [disk_refs[i] for i in extra]
+                feats = torch.cat([feats, disk_feats[torch.tensor(extra, dtype=torch.long)]])
+            feats = feats.contiguous()
+            meta["refs"] = json.dumps(refs)
+            meta[DIGEST_KEY] = tensors_digest({"features": feats}, meta)
+            with atomic_path(path) as tmp:
+                save_file({"features": feats}, str(tmp), metadata=meta)
+            stat = path.stat()
+            _VERIFIED[path] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)  # hashed just now, while writing
+        return refs, feats

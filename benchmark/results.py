@@ -3,11 +3,15 @@
 One row per (run x evaluated model x evaluated dataset). Files are written atomically; reading a folder
 reads every ``*.parquet`` under it except the prediction ledgers (``ledger/`` folders, see ``ledger.py``).
 Old files are brought to the current schema by explicit migrations (``MIGRATIONS``), never silently.
+Every row carries a hash of its other columns (``row_hash``, from schema 3), checked when read: a row that
+does not match it is reported with its file, never used. Reading overlapping folders (the same folder twice,
+or one inside another) counts each row once and says so.
 ``results/SCHEMA.md`` documents every column.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +22,9 @@ from .atomic import write_atomic
 from .errors import UserError
 from .ledger import is_ledger_file, ledger_markdown
 
-SCHEMA_VERSION = 2
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 3
 
 # name -> (pandas dtype, description). The order is the column order of every file.
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -56,17 +62,37 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "device": ("string", "torch device of the run"),
     "torch_version": ("string", "torch.__version__"),
     "open_clip_version": ("string", "open_clip.__version__"),
+    "row_hash": ("string", "hash of every other column of the row, checked when read (schema 3; migrated rows get "
+                           "the hash of their migrated values)"),
 }
 
-# schema_version -> function bringing a frame of that version to the next one.
+# a row is counted once when several files give it (overlapping folders): same run, model, dataset and weights
+ROW_IDENTITY = ["run_id", "eval_model", "dataset", "role", "source_fingerprint", "eval_fingerprint",
+                "dataset_fingerprint"]
+
+# schema_version -> function bringing a frame of that version to the next one. A row migrated from before
+# schema 3 has no row hash to check: read_results gives it the hash of its migrated values.
 MIGRATIONS: dict[int, Callable[[pd.DataFrame], pd.DataFrame]] = {
     # 1 -> 2: cost columns (unknown for old rows, so NA, never 0) and a prediction ledger beside each row file.
     1: lambda df: df.assign(schema_version=2, trainable_params=pd.NA, needs_image_encoder=pd.NA),
+    # 2 -> 3: the row hash, computed from the migrated values (an old row had nothing to check it against).
+    2: lambda df: df.assign(schema_version=3, row_hash=pd.NA),
 }
 
 
+def row_hashes(df: pd.DataFrame) -> pd.Series:
+    """The ``row_hash`` of each row of a frame in the current schema: 64-bit hash of every other column, as hex."""
+    values = pd.util.hash_pandas_object(df[[c for c in COLUMNS if c != "row_hash"]], index=False)
+    return pd.Series([f"{v:016x}" for v in values], index=df.index, dtype="string")
+
+
+
+def _version(df: pd.DataFrame) -> int:
+    return int(df["schema_version"].iloc[0]) if "schema_version" in df and len(df) else SCHEMA_VERSION
+
+
 def _conform(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    version = int(df["schema_version"].iloc[0]) if "schema_version" in df and len(df) else SCHEMA_VERSION
+    version = _version(df)
     if version > SCHEMA_VERSION:
         raise UserError(f"{source} has result schema {version}, newer than this upgradebench ({SCHEMA_VERSION}).",
                         "upgrade upgradebench to read it")
@@ -77,35 +103,92 @@ def _conform(df: pd.DataFrame, source: str) -> pd.DataFrame:
         version += 1
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
-        raise UserError(f"{source} is not an upgradebench result file (missing columns: {', '.join(missing)}).")
-    return df[list(COLUMNS)].astype({c: t for c, (t, _) in COLUMNS.items()})
+        raise UserError(f"{source} is not an upgradebench result file (missing columns: {', '.join(missing)}).",
+                        "pass a folder of upgradebench result files")
+    try:
+        return df[list(COLUMNS)].astype({c: t for c, (t, _) in COLUMNS.items()})
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{source} has a column of the wrong type ({exc}).",
+                        "restore the file from a copy, or delete its run folder and re-run the run") from None
+
+
+def _verify(df: pd.DataFrame, checked: pd.Series, files: pd.Series) -> pd.DataFrame:
+    """``df`` (current schema) with the hash of each unchecked row filled in; a ``checked`` row that does not
+    match its ``row_hash`` is a user error naming its file (``files``)."""
+    hashes = row_hashes(df)
+    bad = checked & (df.row_hash.isna() | (df.row_hash != hashes).fillna(True))
+    if bad.any():
+        f = files[bad].iloc[0]
+        raise UserError(f"{f}: {int((files[bad] == f).sum())} rows do not match their row hash (edited or damaged), "
+                        f"e.g. run {df.run_id[bad].iloc[0]!r} on {df.eval_model[bad].iloc[0]!r}.",
+                        "restore the file from a copy, or delete its run folder and re-run the run")
+    return df.assign(row_hash=hashes)
+
+
+def has_row_hash(path: str | Path) -> bool:
+    """Whether the row file ``path`` has a ``row_hash`` column (schema 3 or later); reads only its schema."""
+    import pyarrow.parquet as pq
+
+    return "row_hash" in pq.read_schema(path).names
 
 
 def write_rows(rows: list[dict], path: str | Path) -> Path:
-    """Write rows to a parquet file atomically, in schema order and types."""
-    df = _conform(pd.DataFrame(rows), str(path))
+    """Write rows to a parquet file atomically, in schema order and types, each with its ``row_hash``."""
+    frame = pd.DataFrame(rows)
+    if "row_hash" not in frame:
+        frame["row_hash"] = pd.NA
+    df = _conform(frame, str(path))
+    df = df.assign(row_hash=row_hashes(df))
     return write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def read_results(*paths: str | Path) -> pd.DataFrame:
-    """Every result row under the given folders (or files), migrated to the current schema."""
+    """Every result row under the given folders (or files), migrated to the current schema.
+
+    Rows of schema 3 and later are checked against their ``row_hash``. A file reached twice (a folder given
+    twice, or one inside another) is read once, and a row given by several files (same run, model, dataset
+    and weights: :data:`ROW_IDENTITY`) is counted once; both are said in a warning. Two files that disagree
+    on such a row are an error.
+    """
     frames = []
+    seen: set[Path] = set()
+    repeated = 0
     for root in paths:
         root = Path(root)
-        files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
         if not root.exists():
             raise UserError(f"Results folder {root} does not exist.", "pass the folder given to --results")
+        files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
         for f in files:
             if f.name.startswith(".") or is_ledger_file(f):
                 continue  # a temporary file of an interrupted write, or a prediction ledger
+            if f.resolve() in seen:
+                repeated += 1
+                continue
+            seen.add(f.resolve())
             try:
                 frame = pd.read_parquet(f)
             except Exception as exc:  # pyarrow raises several types for a damaged file
-                raise UserError(f"{f} is not a readable parquet file ({exc}).", "delete it and re-run") from None
-            frames.append(_conform(frame, str(f)))
+                raise UserError(f"{f} is not a readable parquet file ({exc}).",
+                                "restore it from a copy, or delete its run folder and re-run the run") from None
+            version = _version(frame)
+            frames.append(_conform(frame, str(f)).assign(_file=str(f), _checked=version >= 3))
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, (t, _) in COLUMNS.items()})
-    return pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
+    df = _verify(df, df.pop("_checked"), df["_file"])  # hashed once for every file: a read stays one pass
+    dup = df.duplicated(ROW_IDENTITY, keep="first")
+    if dup.any():
+        first = df[~dup].set_index(ROW_IDENTITY)
+        for _, row in df[dup].iterrows():
+            kept = first.loc[tuple(row[c] for c in ROW_IDENTITY)]
+            if kept["top1"] != row["top1"] or kept["n_test"] != row["n_test"]:
+                raise UserError(f"{kept['_file']} and {row['_file']} hold the same row (run {row['run_id']!r} on "
+                                f"{row['eval_model']!r}, {row['dataset']}) with different top-1 ({kept['top1']} vs "
+                                f"{row['top1']}).", "keep one of the two files; read the folders separately")
+    if repeated or dup.any():
+        log.warning("overlapping results folders: %d files read twice and %d rows found in several files were "
+                    "counted once (same run, model, dataset and fingerprints)", repeated, int(dup.sum()))
+    return df[~dup].drop(columns="_file").reset_index(drop=True)
 
 
 def harmonic(base: float, new: float) -> float:
@@ -170,6 +253,10 @@ def schema_markdown() -> str:
         "a results folder is read by reading every `*.parquet` under it (`upgradebench.results.read_results`).",
         "Files are written atomically (temporary file, then rename). A file of an older schema version is",
         "brought up to date by the explicit migrations in `upgradebench.results.MIGRATIONS`; a newer one is refused.",
+        "Each row of schema 3 or later is checked against its `row_hash` when read (a mismatch is an error naming",
+        "the file); reading overlapping folders counts a row (same run, model, dataset, fingerprints) once, with a",
+        "warning. A row is never replaced by an evaluation of other weights under the same model name: `run` and",
+        "`sweep` refuse unless `--replace`.",
         "This file is generated by `python -m upgradebench.results > results/SCHEMA.md` (a test checks it).",
         "",
         "| column | type | meaning |",
@@ -178,7 +265,7 @@ def schema_markdown() -> str:
     lines += [f"| `{name}` | {dtype} | {text} |" for name, (dtype, text) in COLUMNS.items()]
     lines += ["", "Base / New / H: `role == 'base'` rows give Base, `role == 'new'` rows give New for their",
               "`eval_model`; H = 2 Base New / (Base + New). Zero-shot accuracy of a model is the row of method",
-              "`zeroshot`. Migrations: 1 -> 2 adds `trainable_params` and `needs_image_encoder` (NA) and the",
+              "`zeroshot`. Migrations: 2 -> 3 adds `row_hash`; 1 -> 2 adds `trainable_params` and `needs_image_encoder` (NA) and the",
               "ledger; `upgradebench run` / `sweep` on an old folder re-evaluates each saved module (no refit),",
               "checks that top-1 is unchanged, writes the ledger and rewrites the row (keeping `created_at`,",
               "`fit_seconds` and the provenance columns). Compatibility metrics: `docs/metrics.md`.", ""]

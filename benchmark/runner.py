@@ -9,15 +9,21 @@ Layout of a results folder::
     RESULTS/<run_id>/<eval_model>--<dataset>.parquet      one row file per evaluated (model, dataset)
     RESULTS/<run_id>/ledger/<eval_model>--<dataset>.parquet   its per-item predictions (ledger.py)
 
-A row of an older schema whose module is saved is brought up to date by re-evaluating the module (no refit).
+A row of an older schema whose module is saved is brought up to date by re-evaluating the module (no refit);
+a schema-2 row, which lacks only its row hash, is rewritten with the same values and their hash.
+A row is never replaced by an evaluation of other weights under the same model name: a changed model is
+refused unless ``replace`` (``--replace``) says to replace its rows. Temporary files of killed writes in a
+run folder are removed when the run starts again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,15 +33,19 @@ import pandas as pd
 import torch
 
 from .data import Dataset, get_dataset, load_fewshot
+from .data.fewshot import effective_shots
 from .errors import UserError
+from .integrity import clean_stale_tmp
 from .features import FeatureCache
 from .method import MODULE_CONFIG, Method, Module, get_method, load_module, method_entry
 from .models import VLM, load_vlm, parse_model, resolve_device
 from .paths import default_results_dir
 from .provenance import now, stable_hash, versions
 from .ledger import ledger_path, predictions, top1_of, write_ledger
-from .results import SCHEMA_VERSION, read_results, write_rows
+from .results import SCHEMA_VERSION, has_row_hash, read_results, write_rows
 from .task import ONLINE, FewShotTask
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "toy-clip"
 DEFAULT_TARGETS = ("toy-eva",)
@@ -102,10 +112,15 @@ def variant_of(method: type[Method], config) -> str:
 
 
 class Runner:
-    """Runs specs against shared state: loaded models, the feature cache and the results folder."""
+    """Runs specs against shared state: loaded models, the feature cache and the results folder.
+
+    ``replace``: rows of a model whose weights changed since they were written are replaced (default: refused).
+    """
 
     def __init__(self, results: str | Path | None = None, device: str = "auto", precision: str = "fp32",
-                 data_root: str | Path | None = None, allow_download: bool = False, workers: int | None = None) -> None:
+                 data_root: str | Path | None = None, allow_download: bool = False, workers: int | None = None,
+                 replace: bool = False) -> None:
+        self.replace = replace  # replace the rows of a model whose weights changed (else refuse)
         self.results = Path(results) if results is not None else default_results_dir()
         self.device = resolve_device(device)
         self.cache = FeatureCache(precision=precision, workers=workers)
@@ -150,6 +165,7 @@ class Runner:
         (role ``oracle``): one more fit per target, the ceiling of the recovery ratio.
         """
         method, config = self.validate(spec)
+        spec = dataclasses.replace(spec, shots=effective_shots(self.dataset(spec.dataset), spec.shots))
         out = self._run(spec, method, config, source_role="base")
         if spec.oracle and method.name != "zeroshot":
             for target in spec.targets:
@@ -178,6 +194,8 @@ class Runner:
                                         safe_name(spec.source), "oracle" if source_role == "oracle" else "",
                                         stable_hash(identity, 10)]))
         run_dir = self.results / run_id
+        self._check_source_unchanged(run_dir, identity, source)
+        clean_stale_tmp(run_dir, recursive=True)
         module, fit_seconds = self._fit_or_load(method, config, source, dataset, spec, views, run_dir, identity)
 
         entry = method_entry(method.name)
@@ -196,8 +214,13 @@ class Runner:
             for eval_ds in [dataset] + [self.dataset(d) for d in spec.ood]:
                 path = run_dir / f"{safe_name(vlm.name)}--{safe_name(eval_ds.name)}.parquet"
                 existing = read_results(path) if path.is_file() else None
-                if existing is not None and existing["eval_fingerprint"].iloc[0] == vlm.fingerprint:
+                if existing is not None and existing["eval_fingerprint"].iloc[0] != vlm.fingerprint:
+                    self._check_replace(path, vlm, existing["eval_fingerprint"].iloc[0])
+                    existing = None
+                if existing is not None:
                     if ledger_path(path).is_file() and not existing.trainable_params.isna().any():
+                        if not has_row_hash(path):  # schema 2: the same values, now written with their hash
+                            write_rows(existing.to_dict("records"), path)
                         rows.append(existing)
                         continue
                     row = self._backfill(existing.iloc[0].to_dict(), module, vlm, eval_ds, path, cost)
@@ -211,6 +234,41 @@ class Runner:
                 write_rows([row], path)
                 rows.append(read_results(path))
         return pd.concat(rows, ignore_index=True)
+
+    def _check_source_unchanged(self, run_dir: Path, identity: dict, source: VLM) -> None:
+        """Refuse a run whose only difference from a run already in the folder is the source's weights (the
+        same run of a changed model under the same name: its rows would count twice); with ``replace`` the old
+        run folder is removed instead."""
+        prefix = run_dir.name.rsplit("-", 1)[0]
+        mine = json.loads(json.dumps(identity))
+        for other in self.results.glob(f"{prefix}-*"):
+            config = other / "module" / MODULE_CONFIG
+            if other == run_dir or other.name.rsplit("-", 1)[0] != prefix or not config.is_file():
+                continue
+            try:
+                theirs = json.loads(config.read_text())["provenance"]["run_identity"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a run this check can compare; load_module reports a damaged one where it is used
+            if theirs.get("source") == mine["source"] or {**theirs, "source": None} != {**mine, "source": None}:
+                continue
+            if not self.replace:
+                raise UserError(f"{other} holds this run with {source.name!r} of weights {theirs.get('source')}, but "
+                                f"{source.name!r} now has weights {source.fingerprint}: the model changed since that "
+                                "run was written.",
+                                "to keep both, give the new weights another name (e.g. --source local-dir:FOLDER) or "
+                                "use another --results folder; to replace the old run, re-run with --replace")
+            log.warning("%s: %r changed weights; the run of its old weights is removed (--replace)", other, source.name)
+            shutil.rmtree(other)
+
+    def _check_replace(self, path: Path, vlm: VLM, old: str) -> None:
+        """Refuse to replace the rows in ``path`` of weights ``old`` by ``vlm``'s, unless ``replace``."""
+        if self.replace:
+            return
+        raise UserError(f"{path} holds the row of {vlm.name!r} with weights {old}, but {vlm.name!r} now has weights "
+                        f"{vlm.fingerprint}: the model changed since that row was written.",
+                        "to keep both, give the new weights another name (e.g. --target local-dir:FOLDER or "
+                        "--pretrained with a copy) or use another --results folder; to replace the old rows, "
+                        "re-run with --replace")
 
     def _backfill(self, row: dict, module: Module, vlm: VLM, dataset: Dataset, path: Path, cost: dict) -> dict:
         """Bring a row of an older schema up to date from its saved module, without refitting.

@@ -187,21 +187,26 @@ def test_fewshot_is_deterministic_written_as_json_and_reused(tmp_path, monkeypat
 def test_fewshot_val_has_min_k_4_per_class(tmp_path):
     build(tmp_path, "dtd", "imagenet")
     eight = load_fewshot(get_dataset("dtd", tmp_path), 8, 1)
-    assert Counter(y for _, y in eight.train) == {0: 8, 1: 8, 2: 8}  # 3 per class on disk: drawn with replacement
-    assert Counter(y for _, y in eight.val) == {0: 4, 1: 4, 2: 4}
+    # 3 per class on disk: all of them, without replacement (Dassl), and K is recorded as 3
+    assert eight.shots == 3 and Counter(y for _, y in eight.train) == {0: 3, 1: 3, 2: 3}
+    assert len(set(eight.train)) == len(eight.train)
+    assert Counter(y for _, y in eight.val) == {0: 2, 1: 2, 2: 2}  # min(K, 4) asked, 2 per class on disk
     imagenet = get_dataset("imagenet", tmp_path)
     one = load_fewshot(imagenet, 1, 1)
     assert Counter(y for _, y in one.val) == {y: 1 for y in range(5)}
     assert not {r for r, _ in one.val} & {r for r, _ in imagenet.split("train")}
 
 
-def test_malformed_fewshot_file_is_a_user_error(tmp_path):
+def test_damaged_fewshot_file_is_sampled_again_with_a_warning(tmp_path, caplog):
     build(tmp_path, "dtd")
+    dataset = get_dataset("dtd", tmp_path)
     path = tmp_path / "dtd" / "split_fewshot" / "shot_1-seed_1.json"
-    path.parent.mkdir()
-    path.write_text("[]")
-    with pytest.raises(UserError, match="malformed"):
-        load_fewshot(get_dataset("dtd", tmp_path), 1, 1)
+    split = load_fewshot(dataset, 1, 1)
+    for damage in ("[]", path.read_text().replace(split.train[0][0], split.train[1][0])):
+        path.write_text(damage)
+        assert load_fewshot(dataset, 1, 1) == split
+        assert str(path) in caplog.text
+        caplog.clear()
 
 
 # --- bad input ------------------------------------------------------------------------------------------

@@ -58,3 +58,20 @@ def test_foreign_parquet_is_a_clear_error(tmp_path):
     pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "f.parquet")
     with pytest.raises(UserError, match="not an upgradebench result file"):
         read_results(tmp_path)
+
+
+@pytest.mark.parametrize("column,value", [("top1", 50.01), ("n_test", 11), ("eval_fingerprint", "ffff"),
+                                          ("trainable_params", 3)])
+def test_row_hash_catches_an_edited_value_of_any_type(tmp_path, column, value):
+    path = tmp_path / "a.parquet"
+    write_rows([_row(run_id="a", trainable_params=2)], path)
+    assert read_results(path).row_hash.str.len().tolist() == [16]
+    pd.read_parquet(path).assign(**{column: value}).to_parquet(path, index=False)
+    with pytest.raises(UserError, match="row hash"):
+        read_results(path)
+
+
+def test_committed_schema_2_rows_migrate_with_their_hash_filled_in():
+    df = read_results(ROOT / "results" / "runs")
+    assert len(df) and set(df.schema_version) == {SCHEMA_VERSION}
+    assert df.row_hash.notna().all() and df.row_hash.nunique() == len(df)

@@ -254,6 +254,22 @@ def test_old_rows_are_backfilled_from_the_saved_module_without_refitting(capsys,
     assert len(list((tmp_path / "res").glob("*/ledger/*.parquet"))) == 4
 
 
+def test_schema_2_rows_are_rewritten_with_their_hash_and_the_same_values(capsys, models, tiny_dataset, tmp_path):
+    import pandas as pd
+
+    from upgradebench.results import has_row_hash
+
+    _run(capsys, models, tiny_dataset, tmp_path / "res")
+    before = read_results(tmp_path / "res")
+    files = list((tmp_path / "res").glob("*/*.parquet"))
+    for path in files:
+        pd.read_parquet(path).drop(columns=["row_hash"]).assign(schema_version=2).to_parquet(path, index=False)
+    assert not any(has_row_hash(p) for p in files)
+    _run(capsys, models, tiny_dataset, tmp_path / "res")
+    assert all(has_row_hash(p) for p in files)
+    pd.testing.assert_frame_equal(read_results(tmp_path / "res"), before)
+
+
 def test_backfill_refuses_a_row_its_module_does_not_reproduce(capsys, models, tiny_dataset, tmp_path):
     import pandas as pd
 

@@ -6,6 +6,7 @@ the fix, and exits with status 2, never with a traceback.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -15,7 +16,7 @@ from rich.markup import escape
 
 from ..errors import UserError
 from ._common import err_console
-from . import datasets, features
+from . import cache, datasets, features
 from . import analyze, fidelity, figures, leaderboard
 from . import methods, models, results, run, sweep
 from . import zoo
@@ -54,6 +55,7 @@ app.command("fidelity")(fidelity.fidelity)
 app.add_typer(leaderboard.app, name="leaderboard")
 app.command("sweep")(sweep.sweep)
 app.add_typer(zoo.app, name="zoo")
+app.add_typer(cache.app, name="cache")
 
 
 # Recent typer releases vendor click (``typer._click``): their parse errors derive from ``typer.TyperException``,
@@ -61,8 +63,23 @@ app.add_typer(zoo.app, name="zoo")
 _PARSE_ERRORS = (click.exceptions.ClickException, typer.TyperException)
 
 
+class _Warnings(logging.Handler):
+    """Prints upgradebench's warnings (a damaged cache rebuilt, fewer images than K, overlapping folders) on
+    stderr as ``warning: ...`` lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False)
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("upgradebench")
+    if not any(isinstance(h, _Warnings) for h in logger.handlers):
+        logger.addHandler(_Warnings(logging.WARNING))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: run the app, turning user errors into one-line messages."""
+    _show_warnings()
     try:
         rv = app(args=list(argv) if argv is not None else None, standalone_mode=False)
     except UserError as exc:

@@ -12,6 +12,9 @@ Device = typer.Option("auto", "--device", help="auto | cpu | cuda")
 Json = typer.Option(False, "--json", help="Print JSON instead of a table.")
 Precision = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast for the image encoder).")
 Download = typer.Option(False, "--download", help="Allow open_clip to download missing weights.")
+Replace = typer.Option(False, "--replace",
+                       help="Replace the rows of a model whose weights changed since they were written (default: "
+                            "refuse; give the new weights another name to keep both).")
 Workers = typer.Option(None, "--workers", min=0,
                        help="Processes that decode images for feature extraction (default: one per CPU core but one, "
                             "at most 16; 0 = decode in the main process).")

@@ -9,7 +9,7 @@ import typer
 from ..results import harmonic
 from ..runner import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS, Runner, RunSpec, evaluate_module
 from ._common import err_console, print_json, print_table
-from ._options import DataRoot, Device, Download, Json, Precision, Workers, parse_pairs
+from ._options import DataRoot, Device, Download, Json, Precision, Replace, Workers, parse_pairs
 
 
 def run(
@@ -32,13 +32,14 @@ def run(
     data_root: Path = DataRoot,
     download: bool = Download,
     workers: int = Workers,
+    replace: bool = Replace,
     as_json: bool = Json,
 ) -> None:
     """Fit METHOD once on SOURCE and evaluate the module unchanged on SOURCE (Base) and each TARGET (New)."""
     weights = {}
     for item in pretrained or []:
         weights.update(parse_pairs([item], "--pretrained") if "=" in item else {source: item})
-    runner = Runner(results, device, precision, data_root, download, workers)
+    runner = Runner(results, device, precision, data_root, download, workers, replace=replace)
     specs = [RunSpec(method=method, source=source, targets=list(target), dataset=d, shots=shots, seed=s,
                      config=parse_pairs(config, "--config"), views=views, ood=list(ood or []), pretrained=weights,
                      oracle=oracle)

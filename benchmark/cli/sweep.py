@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..runner import DEFAULT_SOURCE, DEFAULT_TARGETS, Runner
 from ..sweep import Grid, describe, load_grid, missing_inputs, paper_grids, run_local, run_slurm
 from ._common import err_console, print_json, print_table
-from ._options import DataRoot, Device, Json, Workers
+from ._options import DataRoot, Device, Json, Replace, Workers
 
 
 def sweep(
@@ -34,6 +34,7 @@ def sweep(
     device: str = Device,
     data_root: Path = DataRoot,
     workers: int = Workers,
+    replace: bool = Replace,
     as_json: bool = Json,
 ) -> None:
     """Run every (method, dataset, shots, seed, variant) of a grid; finished runs are skipped (resume)."""
@@ -54,7 +55,7 @@ def sweep(
     if dry_run:
         _dry_run(g, specs, data_root, as_json)
         return
-    runner_kwargs = {"results": results, "device": device, "data_root": data_root, "workers": workers}
+    runner_kwargs = {"results": results, "device": device, "data_root": data_root, "workers": workers, "replace": replace}
     if executor == "slurm":
         slurm = {"slurm_partition": slurm_partition, "gpus_per_node": slurm_gpus, "timeout_min": slurm_minutes}
         jobs = run_slurm(specs, runner_kwargs, Path(results or ".") / "slurm", {k: v for k, v in slurm.items() if v})

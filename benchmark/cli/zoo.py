@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
+from ..errors import UserError
 from ..world import zoo
 from ..world.recipes import recipe_table
 from ..world.worlds import world_name
-from ._common import print_json, print_table
+from ._common import err_console, print_json, print_table
 from ._options import Json
 
-app = typer.Typer(help="The embedded world's toy models: list them, build them.", no_args_is_help=True)
+app = typer.Typer(help="The embedded world's toy models: list, build and verify them.", no_args_is_help=True)
 
 
 @app.command("list")
@@ -23,14 +25,37 @@ def list_models(as_json: bool = Json) -> None:
     print_table(
         f"toy models ({world_name()} world)",
         ["name", "recipe", "built", "fingerprint", "path"],
-        [[r["name"], r["recipe"], _built(r), r["fingerprint"] or "", r["path"]] for r in rows],
+        [[r["name"], r["recipe"], _state(r), r["fingerprint"] or "", r["path"]] for r in rows],
     )
+    for r in rows:
+        if r["damaged"]:
+            err_console.print(f"[bold red]damaged:[/] {escape(r['name'])}: {escape(r['damaged'])} "
+                              f"(fix: upgradebench zoo build {escape(r['name'])} --force)", highlight=False)
 
 
-def _built(status: dict) -> str:
-    if status["stale"]:
+def _state(row: dict) -> str:
+    if row["damaged"]:
+        return "DAMAGED"
+    if row["stale"]:
         return "stale"
-    return "yes" if status["built"] else "no (on demand)" if status["on_demand"] else "no"
+    return "yes" if row["built"] else "no (on demand)" if row["on_demand"] else "no"
+
+
+@app.command("verify")
+def verify(as_json: bool = Json) -> None:
+    """Check every built toy model's weights against the fingerprint its build recorded (exit 2 if one is damaged)."""
+    rows = [zoo.model_status(name) for name in recipe_table()]
+    report = [{"name": r["name"], "built": r["built"], "damaged": r["damaged"]} for r in rows]
+    if as_json:
+        print_json(report)
+    else:
+        print_table(f"toy model weights ({world_name()} world)", ["name", "weights"],
+                    [[r["name"], _state(r) if r["built"] else "not built"] for r in rows])
+    damaged = [r["name"] for r in rows if r["damaged"]]
+    if damaged:
+        problems = "; ".join(r["damaged"] for r in rows if r["damaged"])
+        raise UserError(f"{len(damaged)} toy model(s) damaged: {problems}.",
+                        f"rebuild them: upgradebench zoo build {' '.join(damaged)} --force")
 
 
 @app.command("build")

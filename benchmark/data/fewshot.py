@@ -2,19 +2,28 @@
 
 K items per class are drawn from ``train`` and ``min(K, 4)`` per class from ``val`` (CoOp's rule).
 Samples are stored as JSON under the dataset's ``fewshot_dir`` (``shot_{K}-seed_{seed}.json``); a
-stored file is reused only when it was drawn from the same dataset fingerprint. Nothing is unpickled.
+stored file is reused only when it was drawn from the same dataset fingerprint and matches its content hash
+(a damaged file is drawn again, with a warning). Nothing is unpickled.
+
+A class with fewer than K items gives all of them, without replacement, as Dassl's ``generate_fewshot_dataset``
+does; when every class is that short, K itself is lowered to the largest class (:func:`effective_shots`), so
+``--shots 1000`` on a 32-per-class pool is the run ``--shots 32`` and its rows record 32.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass
 
 from ..atomic import write_json
 from ..errors import UserError
+from ..integrity import json_intact, with_digest
 from .dataset import Dataset, Item
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,25 +37,51 @@ class FewShotSplit:
     val: list[Item]
 
 
-def _per_class(items: list[Item], num_classes: int, k: int, rng: random.Random, what: str) -> list[Item]:
+def _by_class(items: list[Item]) -> dict[int, list[Item]]:
     by_class: dict[int, list[Item]] = defaultdict(list)
     for item in items:
         by_class[item[1]].append(item)
+    return by_class
+
+
+def effective_shots(dataset: Dataset, shots: int) -> int:
+    """K as it can be honoured: ``shots``, or the size of the largest class of ``train`` when that is smaller."""
+    if shots < 1:
+        raise UserError(f"--shots must be at least 1, got {shots}.")
+    largest = max((len(pool) for pool in _by_class(dataset.split("train")).values()), default=0)
+    if 0 < largest < shots:
+        log.warning("--shots %d: no class of %s has that many training images (%d at most); every image of each "
+                    "class is used, without replacement, and the rows record shots=%d", shots, dataset.name, largest,
+                    largest)
+        return largest
+    return shots
+
+
+def _per_class(items: list[Item], num_classes: int, k: int, rng: random.Random, what: str) -> list[Item]:
+    by_class = _by_class(items)
     out: list[Item] = []
+    short: list[str] = []
     for label in range(num_classes):
         pool = by_class.get(label, [])
+        if not pool:
+            raise UserError(f"{what}: class {label} has no items to sample from.",
+                            "check the dataset's split files; every class needs training images")
         if len(pool) < k:
-            # CoOp samples with replacement when a class is short; say so rather than hide it.
-            if not pool:
-                raise UserError(f"{what}: class {label} has no items to sample from.")
-            out += [pool[rng.randrange(len(pool))] for _ in range(k)]
+            short.append(f"{label} ({len(pool)})")
+            out += pool  # Dassl: all of them, without replacement
         else:
             out += rng.sample(pool, k)
+    if short:
+        log.warning("%s: %d classes have fewer than %d items and give all they have: %s", what, len(short), k,
+                    ", ".join(short[:10]) + (" ..." if len(short) > 10 else ""))
     return out
 
 
 def sample_fewshot(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
-    """Draw K per class from train and ``min(K, 4)`` per class from val, deterministically."""
+    """Draw K per class from train and ``min(K, 4)`` per class from val, deterministically.
+
+    ``shots`` must already be :func:`effective_shots`; a class with fewer items gives all of them.
+    """
     if shots < 1:
         raise UserError(f"--shots must be at least 1, got {shots}.")
     rng = random.Random(f"{dataset.name}|{shots}|{seed}")
@@ -57,25 +92,35 @@ def sample_fewshot(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
 
 
 def load_fewshot(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
-    """The few-shot sample of (dataset, K, seed): read from its JSON file, or drawn and written."""
+    """The few-shot sample of (dataset, K, seed): read from its JSON file, or drawn and written.
+
+    K is first lowered to :func:`effective_shots` (the split's ``shots`` says what was drawn). A file that does
+    not match its content hash is a damaged cache: it is drawn again (the sample is a pure function of its
+    inputs), with a warning.
+    """
+    shots = effective_shots(dataset, shots)
     path = dataset.fewshot_dir / f"shot_{shots}-seed_{seed}.json"
     if path.is_file():
         try:
             data = json.loads(path.read_text())
-            if data.get("dataset_fingerprint") == dataset.fingerprint:
+            intact = json_intact(data)
+            if not intact:
+                log.warning("few-shot file %s %s: it is sampled again", path,
+                            "has no content hash" if intact is None else "does not match its content hash")
+            elif data.get("dataset_fingerprint") == dataset.fingerprint:
                 return FewShotSplit(
                     dataset.name, shots, seed,
                     [(str(r), int(y)) for r, y in data["train"]],
                     [(str(r), int(y)) for r, y in data["val"]],
                 )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"Few-shot file {path} is malformed ({exc}).", "delete it; it will be sampled again") from None
+            log.warning("few-shot file %s is unreadable (%s): it is sampled again", path, type(exc).__name__)
     split = sample_fewshot(dataset, shots, seed)
     try:
-        write_json(path, {
+        write_json(path, with_digest({
             "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "shots": shots, "seed": seed,
-            "train": split.train, "val": split.val,
-        })
+            "train": [list(i) for i in split.train], "val": [list(i) for i in split.val],
+        }))
     except OSError:
         pass  # a read-only dataset folder: the sample is a pure function, so it can be drawn again
     return split

@@ -6,7 +6,9 @@ A model counts as built when its folder exists and records the same *build key* 
 and the parent's key),
 so editing a recipe rebuilds that model and everything inheriting from it. Builds are deterministic
 (fixed seeds, deterministic algorithms, a fixed thread count), atomic (a finished folder is renamed into
-place) and serialised across processes by a lock file.
+place) and serialised across processes by a lock file. A built model's weights are checked against the
+fingerprint its build recorded whenever it is loaded (and by ``zoo list`` / ``zoo verify``): a damaged or
+replaced weights file is reported with the fix (rebuild it), never used.
 """
 
 from __future__ import annotations
@@ -108,18 +110,40 @@ def is_built(name: str) -> bool:
     return build_record(name) is not None
 
 
+def weights_problem(name: str) -> str | None:
+    """Why the built weights of ``name`` cannot be used (unreadable, or not the weights its build recorded),
+    or None when they are intact. ``name`` must be built."""
+    from safetensors.torch import load_file
+
+    from ..models.fingerprint import tensors_fingerprint
+
+    path = model_dir(name) / "open_clip_model.safetensors"
+    try:
+        found = tensors_fingerprint(load_file(str(path)))
+    except Exception as exc:  # a missing, truncated or garbled file: safetensors raises several types
+        return f"{path} is unreadable ({type(exc).__name__})"
+    recorded = build_record(name)["fingerprint"]
+    return None if found == recorded else f"{path} holds weights {found}, not the {recorded} its build recorded"
+
+
 def ensure_model(name: str) -> Path:
-    """The folder of toy model ``name``, built (with anything it inherits from) if missing or stale."""
+    """The folder of toy model ``name``, built (with anything it inherits from) if missing or stale; its weights
+    are checked against the fingerprint recorded by its build."""
     if not is_built(name):
         build_models([name])
+    problem = weights_problem(name)
+    if problem:
+        raise UserError(f"Toy model {name!r} is damaged: {problem}.", f"rebuild it: upgradebench zoo build {name} --force")
     return model_dir(name)
 
 
 def model_status(name: str) -> dict[str, Any]:
-    """What ``zoo list`` shows of one model: recipe summary, whether it is built, fingerprint, folder."""
+    """What ``zoo list`` shows of one model: recipe summary, whether it is built, fingerprint, folder, and
+    ``damaged`` (why its weights cannot be used, or None)."""
     r = recipe(name)
     record = build_record(name)
     folder = model_dir(name)
+    problem = weights_problem(name) if record is not None else None
     return {
         "name": name,
         "description": r.get("description", ""),
@@ -129,6 +153,7 @@ def model_status(name: str) -> dict[str, Any]:
         "on_demand": bool(r.get("on_demand")),
         "stale": record is None and (folder / "open_clip_config.json").is_file(),
         "fingerprint": record.get("fingerprint") if record else None,
+        "damaged": problem,
         "path": str(folder),
     }
 
@@ -223,6 +248,9 @@ def build_models(names: Iterable[str] | None = None, force: bool = False) -> lis
     order = build_order(names)
     cfg = world_config()
     with _build_lock():  # another process may have built them meanwhile: decide under the lock
+        # builds hold the lock, so any build folder or replaced folder still there was left by a killed build
+        for leftover in [*world_root().glob("models/.*.tmp"), *world_root().glob("models/.*.old.*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
         todo = [n for n in order if (force and n in names) or not is_built(n)]
         if not todo:
             return [model_dir(n) for n in names]
@@ -237,6 +265,9 @@ def build_models(names: Iterable[str] | None = None, force: bool = False) -> lis
                 steps = sum(stage.steps for stage in training_stages(r["train"]))
                 task = progress.add_task(f"training {name}", total=steps, note="")
                 parent = parent_of(name)
+                if parent and parent not in todo and weights_problem(parent):  # never inherit damaged weights
+                    raise UserError(f"Toy model {parent!r}, the parent of {name!r}, is damaged: {weights_problem(parent)}.",
+                                    f"rebuild it: upgradebench zoo build {parent} --force")
                 folder = model_dir(name)
                 folder.parent.mkdir(parents=True, exist_ok=True)
                 tmp = folder.parent / f".{name}.{os.getpid()}.tmp"  # unique: builds hold the lock
