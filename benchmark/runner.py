@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from .data import Dataset, get_dataset, load_fewshot
+from .defaults import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS
 from .errors import UserError
 from .features import FeatureCache
 from .method import MODULE_CONFIG, Method, Module, get_method, load_module, method_entry
@@ -37,9 +38,6 @@ from .ledger import ledger_path, predictions, top1_of, write_ledger
 from .results import SCHEMA_VERSION, read_results, write_rows
 from .task import ONLINE, FewShotTask
 
-DEFAULT_SOURCE = "toy-clip"
-DEFAULT_TARGETS = ("toy-eva",)
-DEFAULT_DATASET = "toy-pattern"
 
 
 @dataclass

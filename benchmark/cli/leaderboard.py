@@ -6,11 +6,6 @@ from pathlib import Path
 
 import typer
 
-from upgradebench.leaderboard.build import build_site
-
-from ..metrics import read_ledgers
-from ..results import read_results
-from ..runner import check_writable
 from ._common import console, output_folder, print_json
 from ._options import Json
 
@@ -27,6 +22,12 @@ def build(
     as_json: bool = Json,
 ) -> None:
     """Rank methods by average H per source -> target pair; a self-contained page that needs no network."""
+    from upgradebench.leaderboard.build import build_site
+
+    from ..metrics import read_ledgers
+    from ..results import read_results
+    from ..runner import check_writable
+
     df = read_results(*results)
     out = output_folder(out)
     check_writable(out)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from ..world import zoo
 from ..world.recipes import recipe_table
 from ..world.worlds import world_name
 from ._common import print_json, print_table
@@ -16,6 +15,8 @@ app = typer.Typer(help="The embedded world's toy models: list them, build them."
 @app.command("list")
 def list_models(as_json: bool = Json) -> None:
     """List every toy model: recipe summary, whether it is built, its fingerprint and folder."""
+    from ..world import zoo
+
     rows = [zoo.model_status(name) for name in recipe_table()]
     if as_json:
         print_json(rows)
@@ -35,6 +36,8 @@ def build(
     as_json: bool = Json,
 ) -> None:
     """Build toy models that are missing or whose recipe changed (deterministic; cached under UPGRADEBENCH_HOME)."""
+    from ..world import zoo
+
     for name in names or []:
         zoo.recipe(name)  # an unknown name fails here with "did you mean", before any work
     zoo.build_models(names or None, force=force)
