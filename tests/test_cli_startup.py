@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -29,7 +30,9 @@ print(json.dumps({"visited": visited, "heavy": sorted(m for m in ("torch", "open
 
 
 def test_help_of_every_command_imports_no_torch() -> None:
-    out = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, check=True)
+    # with --threads set too (UPGRADEBENCH_THREADS): the app's callback handles it before any subcommand's --help
+    env = {**os.environ, "UPGRADEBENCH_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, check=True, env=env)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"run", "eval", "sweep", "analyze depth", "zoo build", "models show"} <= set(report["visited"])
     assert report["heavy"] == []
