@@ -30,10 +30,10 @@ from torch.utils.checkpoint import checkpoint
 from .errors import UserError
 from .models.vlm import VLM
 
-# Activations one training text-encoder call may keep (bytes). At ViT-L/14 (fp32) with 16-token prompts this is
-# about 1000 rows (ImageNet's 1000 classes at CoCoOp's batch 1 in one call); the peak of a step then stays
-# under 11 GiB (benchmarks/results/memory.json), within a 24 GB GPU.
-TEXT_ACTIVATION_BUDGET = 8 * 2**30
+# Activations one training text-encoder call may keep (bytes). At ViT-L/14 (fp32) with 17-token prompts this is
+# 1220 rows, so ImageNet's 1000 classes at CoCoOp's batch 1 take one call; the peak of any step then stays near
+# 13 GiB (docs/memory.md), within a 24 GB GPU.
+TEXT_ACTIVATION_BUDGET = 10 * 2**30
 FLOAT_BYTES = 4  # methods train in fp32
 
 
