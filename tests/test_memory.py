@@ -117,3 +117,18 @@ def test_a_fit_does_not_depend_on_the_memory_budget(name, pair, tiny_dataset, mo
     assert rows and max(rows) > 1  # the steps had several prompts, each now encoded alone
     for key, value in plain.items():
         torch.testing.assert_close(chunked[key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_a_step_too_large_for_the_gpu_fails_early_with_both_sizes(pair, monkeypatch):
+    from types import SimpleNamespace
+
+    from upgradebench.errors import UserError
+
+    vlm = pair[0]
+    monkeypatch.setattr(vlm, "device", torch.device("cuda"))
+    need = memory.training_peak_bytes(TextShape.of(vlm), memory.model_bytes(vlm), 50, 9)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=need))
+    memory.check_fits(vlm, 50, 9, "CoCoOp")  # exactly enough
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=need - 1))
+    with pytest.raises(UserError, match="50 prompts of 9 tokens"):
+        memory.check_fits(vlm, 50, 9, "CoCoOp")
