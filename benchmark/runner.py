@@ -39,7 +39,6 @@ from .results import SCHEMA_VERSION, read_results, write_rows
 from .task import ONLINE, FewShotTask
 
 
-
 @dataclass
 class RunSpec:
     """Everything one ``upgradebench run`` needs. ``config`` holds ``--config key=value`` strings."""
