@@ -34,6 +34,7 @@ import torch
 
 from .data import Dataset, get_dataset, load_fewshot
 from .data.fewshot import effective_shots
+from .defaults import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS
 from .errors import UserError
 from .integrity import clean_stale_tmp
 from .features import FeatureCache
@@ -46,10 +47,6 @@ from .results import SCHEMA_VERSION, has_row_hash, read_results, write_rows
 from .task import ONLINE, FewShotTask
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SOURCE = "toy-clip"
-DEFAULT_TARGETS = ("toy-eva",)
-DEFAULT_DATASET = "toy-pattern"
 
 
 @dataclass

@@ -12,7 +12,9 @@ For each model pair of the paper (ViT-B/16 CLIP -> EVA02-CLIP-B/16 for Table 2, 
 3. fits every registered method briefly (one epoch, or a few iterations per shot; methods without
    optimisation steps: their whole fit) on a synthetic few-shot task with cached features, at two class
    counts, and records seconds and peak GPU memory (seconds per step = a + b * classes, from the two);
-4. measures peak memory of CoCoOp's batched path and of ContCoOp on the ViT-L/14 text tower per batch size;
+4. measures peak memory (``torch.cuda.max_memory_allocated``) of CoCoOp's batched path and of ContCoOp on
+   ViT-L/14 per batch size, and of plain training steps of its text encoder per prompt count, each next to
+   the model of ``upgradebench.memory`` (``benchmarks/memory.py`` checks that model on CPU);
 5. estimates the GPU-hours of the paper grids ``paper:table2`` and ``paper:table8`` (8 methods x 11 datasets x
    3 seeds, 16 shots) with ``upgradebench.cost`` from these throughputs (``--throughputs-out`` writes them in
    the format upgradebench ships as ``gpu_throughputs.json``, which ``sweep --dry-run`` estimates from).
@@ -39,8 +41,10 @@ from speed import SyntheticDataset  # benchmarks/speed.py, next to this script
 from upgradebench.cost import estimate
 from upgradebench.data import load_fewshot
 from upgradebench.features import FeatureCache, autocast_context
+from upgradebench.memory import TextShape, encode_text_bounded, model_bytes, training_peak_bytes
 from upgradebench.method import available_methods, get_method
 from upgradebench.models import VLM, ModelSpec
+from upgradebench.prompting import class_prompts
 from upgradebench.sweep import load_grid
 from upgradebench.task import FewShotTask
 from report import emit  # benchmarks/report.py, next to this script
@@ -176,8 +180,9 @@ def fit_model(small: dict, large: dict, classes: tuple[int, int]) -> dict:
 
 
 def memory_sweep(vlm: VLM, classes: int, shots: int, batches: list[int]) -> dict:
-    """Peak GPU memory (GiB) of one epoch of CoCoOp and ContCoOp per batch size."""
-    out: dict[str, dict[str, float | str | None]] = {}
+    """Peak GPU memory (GiB) of one epoch of CoCoOp and ContCoOp per batch size, measured and modelled."""
+    out: dict[str, dict[str, dict]] = {}
+    shape, weights = TextShape.of(vlm), model_bytes(vlm)
     for method_name in ("cocoop", "contcoop"):
         out[method_name] = {}
         for batch in batches:
@@ -185,15 +190,41 @@ def memory_sweep(vlm: VLM, classes: int, shots: int, batches: list[int]) -> dict
             config = method.make_config({"epochs": "1", "batch_size": str(batch)})
             dataset = SyntheticDataset(classes, shots)
             split = load_fewshot(dataset, shots, 1)
+            length = class_prompts(vlm, dataset.classnames, config.n_ctx).tokens.shape[1]
+            rows = batch * classes if method_name == "cocoop" else classes
+            cell: dict = {"prompt_rows": rows, "length": length,
+                          "model_gib": training_peak_bytes(shape, weights, rows, length) / 2**30}
             try:
                 with tempfile.TemporaryDirectory() as tmp:
                     task = SyntheticTask(dataset, split, vlm, FeatureCache(root=tmp), views=2)
                     _peak_reset(vlm.device)
                     method().fit(vlm, task, config, seed=1)
-                out[method_name][str(batch)] = _peak_gib(vlm.device)
+                cell["measured_gib"] = _peak_gib(vlm.device)
             except torch.cuda.OutOfMemoryError:
-                out[method_name][str(batch)] = "out of memory"
-            print(f"  memory {method_name} batch {batch}: {out[method_name][str(batch)]}", file=sys.stderr, flush=True)
+                cell["measured_gib"] = "out of memory"
+            out[method_name][str(batch)] = cell
+            print(f"  memory {method_name} batch {batch}: {cell}", file=sys.stderr, flush=True)
+    return out
+
+
+def text_step_memory(vlm: VLM, rows_list: list[int], length: int) -> list[dict]:
+    """Peak GPU memory of one unchunked fp32 training step of the text encoder (forward, backward to the prompt
+    embeddings) per prompt count, against ``training_peak_bytes``: checks the per-token model on CUDA, whose
+    attention kernels may keep other tensors than the CPU's."""
+    shape, weights = TextShape.of(vlm), model_bytes(vlm)
+    out = []
+    for rows in rows_list:
+        embeds = torch.randn(rows, length, vlm.text_width, device=vlm.device, requires_grad=True)
+        eot = torch.full((rows,), length - 1, device=vlm.device)
+        _peak_reset(vlm.device)
+        encode_text_bounded(vlm, embeds, eot, max_rows=rows).square().sum().backward()
+        _sync(vlm.device)
+        measured = _peak_gib(vlm.device)
+        modelled = training_peak_bytes(shape, weights, rows, length, chunked=False) / 2**30
+        del embeds
+        out.append({"rows": rows, "length": length, "measured_gib": measured, "model_gib": modelled,
+                    "ratio": measured / modelled if measured else None})
+        print(f"  text step {rows} rows: {out[-1]}", file=sys.stderr, flush=True)
     return out
 
 
@@ -209,6 +240,7 @@ def main() -> None:
     parser.add_argument("--methods", default="", help="comma-separated (default: every registered method)")
     parser.add_argument("--memory-classes", type=int, default=100)
     parser.add_argument("--memory-batches", default="1,8,32")
+    parser.add_argument("--memory-rows", default="100,400,1000", help="prompt rows of the plain text-encoder steps")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the plumbing, not the speed")
     parser.add_argument("--out", type=Path, help="the whole report (JSON)")
     parser.add_argument("--throughputs-out", type=Path,
@@ -264,6 +296,7 @@ def main() -> None:
             # peak memory per step does not depend on the number of steps: 2 shots keep the epoch short
             pair["memory_gib"] = memory_sweep(source, args.memory_classes, 2,
                                               [int(b) for b in args.memory_batches.split(",")])
+            pair["text_step_memory"] = text_step_memory(source, [int(r) for r in args.memory_rows.split(",")], 17)
         pair["seconds"] = time.perf_counter() - started
         report["pairs"][key] = pair
         del source

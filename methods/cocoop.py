@@ -13,7 +13,9 @@ image-feature widths of source and target must match, as the meta-net reads them
 Speed (CoOp issues #21, #48; ``benchmarks/cocoop_speed.py``): the reference encodes the prompts of each
 image with one full-context (77 tokens) text-encoder call per image. Here the prompts of a batch of images
 (images x classes rows) go through the truncated text encoder (positions ``0..max(eot)``, exact) in one call;
-evaluation takes the images in chunks of at most ``max_prompts`` rows (4096) to bound memory.
+evaluation takes the images in chunks of at most ``max_prompts`` rows (4096) to bound memory, and training
+splits a step's rows into activation-checkpointed calls when they outgrow ``upgradebench.memory``'s budget
+(peak memory per batch size at ViT-L/14: ``docs/memory.md``).
 Departure: fp32 instead of the reference's fp16 (``PREC: fp16``), as for every method of the harness.
 """
 
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from upgradebench.compat import check_image_width, check_text_width
+from upgradebench.memory import check_fits, encode_text_bounded
 from upgradebench.method import Method, Module
 from upgradebench.models import VLM
 from upgradebench.prompting import ClassPrompts, class_prompts
@@ -69,14 +72,15 @@ def image_contexts(ctx: torch.Tensor, meta_net: MetaNet, image_features: torch.T
 
 
 def conditional_logits(vlm: VLM, prompts: ClassPrompts, contexts: torch.Tensor,
-                       image_features: torch.Tensor) -> torch.Tensor:
-    """Logits ``[B, C]`` of each image against its own prompts: one text-encoder call over ``B x C`` rows."""
+                       image_features: torch.Tensor, max_rows: int | None = None) -> torch.Tensor:
+    """Logits ``[B, C]`` of each image against its own prompts: the ``B x C`` prompt rows in one text-encoder call,
+    or in training in memory-bounded calls of at most ``max_rows`` (``upgradebench.memory``)."""
     images, classes = contexts.shape[0], prompts.prefix.shape[0]
     rows = (images, classes, -1, -1)
     embeds = torch.cat([prompts.prefix.unsqueeze(0).expand(rows),
                         contexts.to(prompts.prefix.dtype).unsqueeze(1).expand(rows),
                         prompts.suffix.unsqueeze(0).expand(rows)], dim=2).flatten(0, 1)  # [B*C, L, D]
-    text = vlm.encode_text_embeddings(embeds, prompts.eot.repeat(images)).view(images, classes, -1)
+    text = encode_text_bounded(vlm, embeds, prompts.eot.repeat(images), max_rows).view(images, classes, -1)
     img = F.normalize(image_features.to(text.dtype), dim=-1)
     return vlm.logit_scale * torch.einsum("bd,bcd->bc", img, F.normalize(text, dim=-1))
 
@@ -129,6 +133,7 @@ class CoCoOp(Method):
         width = source.embed_dim
         meta_net = MetaNet(width, width // config.meta_reduction, source.text_width).to(source.device)
         prompts = class_prompts(source, task.class_names, config.n_ctx)
+        check_fits(source, config.batch_size * len(task.class_names), prompts.tokens.shape[1], "CoCoOp")
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             logits = conditional_logits(source, prompts, image_contexts(ctx, meta_net, feats), feats)

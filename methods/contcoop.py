@@ -12,6 +12,8 @@ No official code was found; this follows the paper and docs/methods.md:
   features of the source with the dataset template; lambda = 1;
 - optimiser and epochs: CoOp's recipe (the paper gives none).
 Ablation knobs (paper Tables 4-7, Fig. 4): ``attention``, ``kd``, ``kd_weight``, ``heads``, ``condition``, ``n_ctx``.
+Memory: the C prompts of a step go through ``upgradebench.memory.encode_text_bounded`` (checkpointed calls
+when they outgrow its budget; peak per class count at ViT-L/14 in ``docs/memory.md``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 
 from upgradebench.compat import check_text_width
 from upgradebench.errors import UserError
+from upgradebench.memory import check_fits, encode_text_bounded
 from upgradebench.method import Method, Module
 from upgradebench.models import VLM
 from upgradebench.prompting import assemble, class_prompts, condition_embeddings, zeroshot_text_features
@@ -143,10 +146,11 @@ class ContCoOp(Method):
         cond = condition_embeddings(source, names, config.condition) if conditioner is not None else None
         zs = F.normalize(zeroshot_text_features(source, names, task.template), dim=-1)
         kd_weight = config.kd_weight if config.kd else 0.0
+        check_fits(source, len(names), prompts.tokens.shape[1], "ContCoOp")
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             pc = conditioner(ctx, *cond) if conditioner is not None else ctx
-            text = source.encode_text_embeddings(assemble(prompts, pc), prompts.eot)
+            text = encode_text_bounded(source, assemble(prompts, pc), prompts.eot)
             loss = F.cross_entropy(source.logits(feats, text), labels)
             if kd_weight:
                 loss = loss + kd_weight * (F.normalize(text, dim=-1) - zs).norm(dim=-1).mean()

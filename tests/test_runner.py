@@ -193,8 +193,10 @@ def test_threads_option_sets_torch_threads(capsys, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the option sets it for a torch not yet imported
     calls: list[int] = []
     run_json(capsys, "--threads", "3", "methods", "list")
+    assert os.environ["OMP_NUM_THREADS"] == "3"
     monkeypatch.setenv("UPGRADEBENCH_THREADS", "2")
     run_json(capsys, "methods", "list")
     assert calls == [3, 2]

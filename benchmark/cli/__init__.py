@@ -7,6 +7,7 @@ the fix, and exits with status 2, never with a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,9 +38,11 @@ def _options(
                                      "machine 1 is often the fastest for the embedded world's tiny models."),
 ) -> None:
     if threads:
-        import torch  # imported here so that `--help` stays fast
-
-        torch.set_num_threads(threads)
+        # torch takes its thread count from OMP_NUM_THREADS when it is first imported, so the option costs no
+        # torch import (a subcommand's --help runs this callback too); an already imported torch is told directly
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
 
 
 app.add_typer(models.app, name="models")

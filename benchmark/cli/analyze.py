@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import typer
 
-from upgradebench.analysis.depth import DEPTH_KEY, depth_specs, depth_summary, parse_layers, run_depth_study
-from upgradebench.analysis.drift import dataset_prompts, drift_frame, write_drift
-from upgradebench.analysis.selection import slug, zeroshot_accuracy
-
 from ..data import get_dataset
-from ..models import load_vlm, resolve_device
+from ..defaults import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS
 from ..paths import home
-from ..runner import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS, Runner
 from ._common import err_console, print_json, print_table
 from ._options import DataRoot, Device, Download, Json, parse_pairs
 
@@ -40,6 +34,13 @@ def drift(
     as_json: bool = Json,
 ) -> None:
     """Per text-encoder layer: how much parameters and output features change from SOURCE to each TARGET."""
+    import pandas as pd
+
+    from upgradebench.analysis.drift import dataset_prompts, drift_frame, write_drift
+    from upgradebench.analysis.selection import slug
+
+    from ..models import load_vlm, resolve_device
+
     weights = parse_pairs(pretrained, "--pretrained")
     datasets = [get_dataset(d, data_root) for d in dataset]  # a bad name fails before any model loads
     prompts = dataset_prompts(datasets)
@@ -78,6 +79,11 @@ def depth(
     as_json: bool = Json,
 ) -> None:
     """Train CoOp with its context inserted at block k of SOURCE's text encoder, for each k; evaluate on TARGETs."""
+    from upgradebench.analysis.depth import DEPTH_KEY, depth_specs, depth_summary, parse_layers, run_depth_study
+    from upgradebench.analysis.selection import zeroshot_accuracy
+
+    from ..runner import Runner
+
     runner = Runner(results, device, data_root=data_root)
     specs = depth_specs(dataset, parse_layers(layers), seed, source=source, targets=list(target), shots=shots,
                         config=parse_pairs(config, "--config"), views=views,

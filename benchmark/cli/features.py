@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ..data import DATASETS, Dataset, dataset_names, load_fewshot
 from ..data.coop import CoopDataset
-from ..models import parse_model
 from ..paths import data_root as resolve_data_root
-from ..runner import Runner
-from ..task import FewShotTask
 from ._common import err_console, print_json, print_table
 from ._options import DataRoot, Device, Download, Json, Precision, Workers, parse_pairs
 from .datasets import dataset_found
+
+if TYPE_CHECKING:
+    from ..runner import Runner
 
 ALL = "all"
 
@@ -42,6 +43,10 @@ def features(
     as_json: bool = Json,
 ) -> None:
     """Precompute test, train-view and validation features of MODEL(s) x DATASET(s) (only the missing ones)."""
+    from ..models import parse_model
+    from ..runner import Runner
+    from ..task import FewShotTask
+
     weights = parse_pairs(pretrained, "--pretrained")
     runner = Runner(None, device, precision, data_root, download, workers)
     datasets = _datasets(runner, dataset, data_root)

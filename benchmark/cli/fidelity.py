@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from ..results import read_results
 from ._common import console, print_json, print_table
 from ._options import Json
 
@@ -24,6 +23,8 @@ def fidelity(
     and the Kendall tau of the method ranking; per dataset too for the paper's own models."""
     from upgradebench.analysis.drift import read_drift
     from upgradebench.analysis.fidelity import format_value, scorecards
+
+    from ..results import read_results
 
     drift_rows = read_drift(drift) if drift is not None else None
     cards = scorecards(read_results(*results), drift_rows, source, target, shots)

@@ -6,9 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ..metrics import read_ledgers
-from ..results import read_results
-from ..runner import check_writable
 from ._common import console, output_folder, print_json
 from ._options import Json
 
@@ -27,6 +24,10 @@ def figures(
     from upgradebench.analysis.fidelity import write_scorecards
     from upgradebench.analysis.figures import write_figures
     from upgradebench.analysis.tables import write_tables
+
+    from ..metrics import read_ledgers
+    from ..results import read_results
+    from ..runner import check_writable
 
     drift_rows = read_drift(drift) if drift is not None else None
     df = read_results(*results)

@@ -6,14 +6,7 @@ from pathlib import Path
 
 import typer
 
-from upgradebench.leaderboard.build import build_site
-from upgradebench.leaderboard.rescore import rescore
-from upgradebench.leaderboard.submission import check_submission, load_protocol, protocol_of
-
-from ..metrics import read_ledgers
 from ..paths import home
-from ..results import read_results
-from ..runner import Runner, check_writable
 from ._common import console, output_folder, print_json, print_table
 from ._options import DataRoot, Device, Json
 
@@ -40,7 +33,16 @@ def build(
     data_root: Path = DataRoot,
     as_json: bool = Json,
 ) -> None:
-    """Rank complete, matching entries by average H per source -> target pair; a self-contained page."""
+    """Rank complete, matching entries by average H per source -> target pair; a self-contained page that
+    needs no network."""
+    from upgradebench.leaderboard.build import build_site
+    from upgradebench.leaderboard.rescore import rescore
+    from upgradebench.leaderboard.submission import load_protocol, protocol_of
+
+    from ..metrics import read_ledgers
+    from ..results import read_results
+    from ..runner import Runner, check_writable
+
     df = read_results(*results)
     out = output_folder(out)
     check_writable(out)
@@ -70,6 +72,8 @@ def check(
     """Check a submitted results folder against the reference protocol; exit 0 only when it is complete and
     matching: every (target, dataset, shots, seed) cell, the reference's fingerprints and method versions, and
     every saved module intact."""
+    from upgradebench.leaderboard.submission import check_submission, load_protocol
+
     report = check_submission(submission, load_protocol(against))
     if as_json:
         print_json(report)

@@ -6,7 +6,6 @@ import dataclasses
 
 import typer
 
-from ..method import available_methods
 from ._common import err_console, print_json, print_table
 from ._options import Json
 
@@ -17,6 +16,8 @@ app = typer.Typer(help="Methods (built-in and plugins of the upgradebench.method
 @app.command("list")
 def list_methods(as_json: bool = Json) -> None:
     """List the methods that load; plugins that fail to import are reported and skipped."""
+    from ..method import available_methods
+
     ok, broken = available_methods()
     rows = [{"name": e.name, "version": cls.version, "origin": e.origin, "origin_version": e.origin_version,
              "builtin": e.builtin, "description": cls.description,

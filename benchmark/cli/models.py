@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from ..models import alias_names, describe_model
 from ._common import print_json, print_table
 
 app = typer.Typer(help="Model aliases and where their weights come from.", no_args_is_help=True)
@@ -13,6 +12,8 @@ app = typer.Typer(help="Model aliases and where their weights come from.", no_ar
 @app.command("list")
 def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List every model alias (real models and the embedded world's)."""
+    from ..models import alias_names, describe_model
+
     rows = [describe_model(name) for name in alias_names()]
     if as_json:
         print_json(rows)
@@ -31,6 +32,8 @@ def show_model(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show one model: architecture, tag, QuickGELU, where weights would come from and whether they are present."""
+    from ..models import describe_model
+
     info = describe_model(name, pretrained)
     if as_json:
         print_json(info)

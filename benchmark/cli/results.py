@@ -7,10 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..metrics import compare as compare_methods
-from ..metrics import read_ledgers, summarize_with_intervals
 from ..paths import default_results_dir
-from ..results import read_results
 from ._common import print_json, print_table
 from ._options import Json
 
@@ -50,6 +47,9 @@ def show(
     A cell reads ``mean [95% interval]`` (paired bootstrap over test items and seeds) where the runs have
     prediction ledgers, ``mean ± std`` over seeds where they do not, and ``-`` for a metric that needs one.
     """
+    from ..metrics import read_ledgers, summarize_with_intervals
+    from ..results import read_results
+
     rows = read_results(*folders)
     if reference:
         rows = rows[rows.method_variant == ""]
@@ -97,6 +97,10 @@ def compare(
 ) -> None:
     """A - B on the runs both have: Base, New, H and NFR differences with paired 95% intervals, and McNemar's
     test on their pooled paired predictions on the target."""
+    from ..metrics import compare as compare_methods
+    from ..metrics import read_ledgers
+    from ..results import read_results
+
     folders = list(results) if results else [default_results_dir()]
     rows = read_results(*folders)
     if dataset:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..results import harmonic
-from ..runner import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS, Runner, RunSpec, evaluate_module
+from ..defaults import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS
 from ._common import err_console, print_json, print_table
 from ._options import DataRoot, Device, Download, Json, Precision, Replace, Workers, parse_pairs
 
@@ -36,6 +35,8 @@ def run(
     as_json: bool = Json,
 ) -> None:
     """Fit METHOD once on SOURCE and evaluate the module unchanged on SOURCE (Base) and each TARGET (New)."""
+    from ..runner import Runner, RunSpec
+
     weights = {}
     for item in pretrained or []:
         weights.update(parse_pairs([item], "--pretrained") if "=" in item else {source: item})
@@ -65,6 +66,8 @@ def run(
 
 
 def _summary_rows(df, method: str, source: str, targets: list[str]) -> list[dict]:
+    from ..results import harmonic
+
     out = []
     mine = df[df.method == method]
     zs = df[df.method == "zeroshot"]
@@ -92,6 +95,8 @@ def evaluate(
     as_json: bool = Json,
 ) -> None:
     """Evaluate a saved module on any compatible model, without retraining."""
+    from ..runner import evaluate_module
+
     out = evaluate_module(module, model, dataset, device, data_root, pretrained, workers)
     if as_json:
         print_json(out)

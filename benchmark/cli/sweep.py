@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 
+from ..defaults import DEFAULT_SOURCE, DEFAULT_TARGETS
 from ..errors import UserError
-from ..runner import DEFAULT_SOURCE, DEFAULT_TARGETS, Runner
-from ..sweep import Grid, describe, load_grid, missing_inputs, paper_grids, run_local, run_slurm
 from ._common import err_console, print_json, print_table
 from ._options import DataRoot, Device, Json, Replace, Workers
+
+if TYPE_CHECKING:
+    from ..sweep import Grid
 
 
 def sweep(
@@ -38,6 +41,9 @@ def sweep(
     as_json: bool = Json,
 ) -> None:
     """Run every (method, dataset, shots, seed, variant) of a grid; finished runs are skipped (resume)."""
+    from ..runner import Runner
+    from ..sweep import Grid, load_grid, run_local, run_slurm
+
     if grid is not None:
         g = load_grid(grid)
         g.methods = list(method) if method else g.methods  # run a slice of a grid
@@ -78,6 +84,8 @@ def sweep(
 def _dry_run(grid: Grid, specs: list, data_root: Path | None, as_json: bool) -> None:
     """List the runs, what the grid needs that is not on this machine, its estimated GPU cost, and the
     shipped grids."""
+    from ..sweep import describe, missing_inputs, paper_grids
+
     from ..cost import estimate  # imports the methods: only a dry run needs it
 
     runs = [describe(s) for s in specs]

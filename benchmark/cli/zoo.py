@@ -6,7 +6,6 @@ import typer
 from rich.markup import escape
 
 from ..errors import UserError
-from ..world import zoo
 from ..world.recipes import recipe_table
 from ..world.worlds import world_name
 from ._common import err_console, print_json, print_table
@@ -18,6 +17,8 @@ app = typer.Typer(help="The embedded world's toy models: list, build and verify 
 @app.command("list")
 def list_models(as_json: bool = Json) -> None:
     """List every toy model: recipe summary, whether it is built, its fingerprint and folder."""
+    from ..world import zoo
+
     rows = [zoo.model_status(name) for name in recipe_table()]
     if as_json:
         print_json(rows)
@@ -44,6 +45,8 @@ def _state(row: dict) -> str:
 @app.command("verify")
 def verify(as_json: bool = Json) -> None:
     """Check every built toy model's weights against the fingerprint its build recorded (exit 2 if one is damaged)."""
+    from ..world import zoo
+
     rows = [zoo.model_status(name) for name in recipe_table()]
     report = [{"name": r["name"], "built": r["built"], "damaged": r["damaged"]} for r in rows]
     if as_json:
@@ -65,6 +68,8 @@ def build(
     as_json: bool = Json,
 ) -> None:
     """Build toy models that are missing or whose recipe changed (deterministic; cached under UPGRADEBENCH_HOME)."""
+    from ..world import zoo
+
     for name in names or []:
         zoo.recipe(name)  # an unknown name fails here with "did you mean", before any work
     zoo.build_models(names or None, force=force)
