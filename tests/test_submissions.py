@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from upgradebench.integrity import with_digest
 from upgradebench.results import read_results, write_rows
 from upgradebench.runner import Runner, RunSpec
 
@@ -87,13 +88,19 @@ def test_check_reports_damaged_and_missing_modules(capsys, models, tiny_dataset,
     (coop_run / "module" / "module.json").write_text(json.dumps(config))
     zs_runs = sorted(p for p in broken.iterdir() if p.name.startswith("zeroshot"))
     shutil.rmtree(zs_runs[0] / "module")
+    # a module fitted by a plugin that is not installed here: consistent, with its own content hash
     config = json.loads((zs_runs[1] / "module" / "module.json").read_text())
-    (zs_runs[1] / "module" / "module.json").write_text(json.dumps({**config, "method": "plugin-not-here"}))
+    identity = {**config["provenance"]["run_identity"], "method": "plugin-not-here"}
+    config = {**config, "method": "plugin-not-here", "provenance": {**config["provenance"], "run_identity": identity}}
+    (zs_runs[1] / "module" / "module.json").write_text(json.dumps(with_digest(config)))
     code, report = _check(capsys, broken, reference)
     assert code == 1
-    problems = {m["run_id"]: m["problem"] for m in report["module_problems"]}
+    problems = {}
+    for m in report["module_problems"]:
+        problems[m["run_id"]] = problems.get(m["run_id"], "") + " | " + m["problem"]
     assert set(problems) == {coop_run.name, *(p.name for p in zs_runs)}
-    assert "ghost" in problems[coop_run.name] and "no saved module" in problems[zs_runs[0].name]
+    assert "ghost" in problems[coop_run.name] and "content hash" in problems[coop_run.name]
+    assert "no saved module" in problems[zs_runs[0].name]
     assert "'plugin-not-here' is not installed" in problems[zs_runs[1].name]
     assert "upgradebench==" in problems[zs_runs[1].name]
 
