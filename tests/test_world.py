@@ -414,10 +414,13 @@ def test_default_world_meets_its_mechanism_targets(in_default_world):
 
 @pytest.mark.world
 def test_committed_reference_results_come_from_this_world(in_default_world):
-    """Rebuilding the world gives the fingerprints recorded in ``results/``: the committed results are not stale."""
+    """Rebuilding the world gives the model and dataset fingerprints recorded in ``results/``: the committed
+    results are not stale (a task's rendering changes its dataset's fingerprint, not the models')."""
     from upgradebench.results import read_results
 
     rows = read_results(Path(__file__).resolve().parents[1] / "results" / "runs")
     recorded = dict(zip(rows.eval_model, rows.eval_fingerprint))
     built = {name: zoo.model_status(name)["fingerprint"] for name in recipe_table()}
     assert recorded == {name: built[name] for name in recorded} and set(recorded) == set(recipe_table())
+    datasets = dict(zip(rows.dataset, rows.dataset_fingerprint))
+    assert datasets == {name: get_dataset(name).fingerprint for name in datasets}
