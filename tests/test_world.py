@@ -152,6 +152,20 @@ def test_images_carry_their_label_and_splits_differ():
         ds.load_image(f"toy-colour-shape/test/{ds.split_size('test')}")
 
 
+def test_a_restricted_unlabelled_attribute_takes_its_listed_values_and_enters_the_fingerprint(monkeypatch):
+    from upgradebench.world import datasets as toy
+
+    ds = get_dataset("toy-shape")  # tasks.json: every object large, shape labelled
+    scenes = [ds.scene("train", i) for i in range(48)]
+    assert {gen.names("size")[s.size] for s in scenes} == {"large"}
+    assert len({s.colour for s in scenes}) > 1 and [s.shape for s in scenes] == [i % 8 for i in range(48)]
+    task = {**toy.task_table()["toy-shape"], "values": {"size": ["small", "large"]}}
+    monkeypatch.setitem(toy.task_table(), "toy-shape", task)
+    both = toy.ToyDataset("toy-shape")
+    assert [gen.names("size")[both.scene("test", i).size] for i in (0, 8, 16)] == ["small", "large", "small"]
+    assert both.fingerprint != ds.fingerprint
+
+
 def test_ood_variants_share_classes_and_pair_with_the_base_test_set():
     for name, base in OOD.items():
         ds, b = get_dataset(name), get_dataset(base)
