@@ -152,6 +152,20 @@ def test_images_carry_their_label_and_splits_differ():
         ds.load_image(f"toy-colour-shape/test/{ds.split_size('test')}")
 
 
+def test_a_restricted_unlabelled_attribute_takes_its_listed_values_and_enters_the_fingerprint(monkeypatch):
+    from upgradebench.world import datasets as toy
+
+    ds = get_dataset("toy-shape")  # tasks.json: every object large, shape labelled
+    scenes = [ds.scene("train", i) for i in range(48)]
+    assert {gen.names("size")[s.size] for s in scenes} == {"large"}
+    assert len({s.colour for s in scenes}) > 1 and [s.shape for s in scenes] == [i % 8 for i in range(48)]
+    task = {**toy.task_table()["toy-shape"], "values": {"size": ["small", "large"]}}
+    monkeypatch.setitem(toy.task_table(), "toy-shape", task)
+    both = toy.ToyDataset("toy-shape")
+    assert [gen.names("size")[both.scene("test", i).size] for i in (0, 8, 16)] == ["small", "large", "small"]
+    assert both.fingerprint != ds.fingerprint
+
+
 def test_ood_variants_share_classes_and_pair_with_the_base_test_set():
     for name, base in OOD.items():
         ds, b = get_dataset(name), get_dataset(base)
@@ -414,10 +428,13 @@ def test_default_world_meets_its_mechanism_targets(in_default_world):
 
 @pytest.mark.world
 def test_committed_reference_results_come_from_this_world(in_default_world):
-    """Rebuilding the world gives the fingerprints recorded in ``results/``: the committed results are not stale."""
+    """Rebuilding the world gives the model and dataset fingerprints recorded in ``results/``: the committed
+    results are not stale (a task's rendering changes its dataset's fingerprint, not the models')."""
     from upgradebench.results import read_results
 
     rows = read_results(Path(__file__).resolve().parents[1] / "results" / "runs")
     recorded = dict(zip(rows.eval_model, rows.eval_fingerprint))
     built = {name: zoo.model_status(name)["fingerprint"] for name in zoo.default_models()}
     assert recorded == {name: built[name] for name in recorded} and set(recorded) == set(zoo.default_models())
+    datasets = dict(zip(rows.dataset, rows.dataset_fingerprint))
+    assert datasets == {name: get_dataset(name).fingerprint for name in datasets}

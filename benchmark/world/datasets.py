@@ -40,11 +40,13 @@ def task_table() -> dict[str, dict[str, Any]]:
     return table
 
 
-def task_values(task: dict[str, Any]) -> list[tuple[str, list[int]]]:
+def task_values(task: dict[str, Any], labelled: bool = True) -> list[tuple[str, list[int]]]:
     """Per labelled attribute of ``task``, the vocabulary indices its classes use: all of them, or the names
-    listed under the task's ``values`` (in vocabulary order)."""
+    listed under the task's ``values`` (in vocabulary order). ``labelled=False``: the same for the attributes
+    the task restricts under ``values`` without labelling them."""
     out = []
-    for attribute in task["attributes"]:
+    attributes = task["attributes"] if labelled else [a for a in task["values"] if a not in task["attributes"]]
+    for attribute in attributes:
         names = generator.names(attribute)
         keep = task["values"].get(attribute)
         unknown = set(keep or []) - set(names)
@@ -72,6 +74,7 @@ class ToyDataset(Dataset):
         self.task = task
         self.attributes: list[str] = list(task["attributes"])
         self._values = task_values(task)
+        self._restricted = task_values(task, labelled=False)
         self.classnames = task_classnames(task)
         self.template = task["template"]
         self.style: str = task["style"]
@@ -97,9 +100,10 @@ class ToyDataset(Dataset):
         return [(f"{self.name}/{name}/{i}", i % self.num_classes) for i in range(self.split_size(name))]
 
     def scene(self, split: str, index: int) -> generator.Scene:
-        """The scene of item ``index`` of ``split``: labelled attributes fixed, the rest drawn."""
+        """The scene of item ``index`` of ``split``: labelled attributes fixed, the rest drawn, but a restricted
+        unlabelled attribute cycles through its listed values (item ``i`` takes value ``(i // C) mod n``)."""
         rest = index % self.num_classes
-        fixed = {}
+        fixed = {a: indices[index // self.num_classes % len(indices)] for a, indices in self._restricted}
         for attribute, indices in reversed(self._values):
             rest, position = divmod(rest, len(indices))
             fixed[attribute] = indices[position]
@@ -128,9 +132,11 @@ class ToyDataset(Dataset):
         return world_root() / "fewshot" / self.name
 
     def fingerprint_payload(self) -> dict:
-        """The base payload plus the world size, its seed, the rendering style and the generator (code + vocabulary)."""
+        """The base payload plus the world size, its seed, the rendering style, the generator (code + vocabulary)
+        and the values of any restricted unlabelled attribute."""
+        restricted = {"restricted": dict(self._restricted)} if self._restricted else {}  # keeps other fingerprints
         return {**super().fingerprint_payload(), "world": self.world, "seed": self._config["seed"],
-                "style": self.style, "stream": self.task["stream"], "generator": generator.generator_key()}
+                "style": self.style, "stream": self.task["stream"], "generator": generator.generator_key(), **restricted}
 
 
 def _factory(name: str, data_root: Path) -> ToyDataset:
