@@ -34,7 +34,8 @@ from .data import dataset_problem
 from .errors import UserError
 from .features import progress_bar
 from .models import weights_problem
-from .runner import DEFAULT_SOURCE, DEFAULT_TARGETS, Runner, RunSpec
+from .method import get_method
+from .runner import DEFAULT_SOURCE, DEFAULT_TARGETS, Runner, RunSpec, parse_views
 
 
 @dataclass
@@ -161,6 +162,13 @@ def missing_inputs(grid: Grid, data_root: str | Path | None = None) -> list[dict
         if problem:
             out.append({"kind": "dataset", "name": name, "problem": problem})
     return out
+
+
+def check_specs(specs: list[RunSpec]) -> None:
+    """Refuse unknown methods, config values of the wrong type or range and bad views, loading nothing."""
+    for spec in specs:
+        get_method(spec.method).make_config(spec.config)
+        parse_views(spec.views)
 
 
 @dataclass

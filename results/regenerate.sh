@@ -13,5 +13,5 @@ upgradebench sweep --grid grids/oracle.yaml --results runs
 upgradebench analyze depth --dataset toy-pattern --layers 0-3 --target toy-eva --target toy-eva-drift \
     --seed 1 --seed 2 --seed 3 --results runs
 upgradebench analyze drift --source toy-clip --target toy-eva --target toy-eva-drift --out analysis/drift.parquet
-upgradebench figures --results runs --drift analysis/drift.parquet --out figures
-upgradebench leaderboard build --results runs --figures figures --out leaderboard
+upgradebench figures --results runs --drift analysis/drift.parquet --out figures --force
+upgradebench leaderboard build --results runs --figures figures --out leaderboard --force

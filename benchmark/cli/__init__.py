@@ -6,6 +6,7 @@ the fix, and exits with status 2, never with a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -38,6 +39,11 @@ def _options(
     if threads:
         import torch  # imported here so that `--help` stays fast
 
+        cores = os.cpu_count() or 1
+        if threads > cores:  # more threads than cores only adds contention (and 100000 exhausts the machine)
+            err_console.print(f"warning: --threads {threads} is more than the {cores} CPU cores; using {cores}",
+                              highlight=False)
+            threads = cores
         torch.set_num_threads(threads)
 
 

@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from ..errors import UserError
 from ..runner import DEFAULT_SOURCE, DEFAULT_TARGETS, Runner
-from ..sweep import Grid, describe, load_grid, missing_inputs, paper_grids, run_local, run_slurm
+from ..sweep import Grid, check_specs, describe, load_grid, missing_inputs, paper_grids, run_local, run_slurm
 from ._common import err_console, print_json, print_table
 from ._options import DataRoot, Device, Json, Workers
 
@@ -51,6 +51,7 @@ def sweep(
     g.source = source or g.source
     g.targets = list(target) if target else g.targets
     specs = g.specs()
+    check_specs(specs)  # method names, config values and views: also in a dry run, before anything loads
     if dry_run:
         _dry_run(g, specs, data_root, as_json)
         return
