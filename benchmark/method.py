@@ -190,6 +190,11 @@ def _check_ranges(method: str, config: Any) -> None:
                             f"pass --config {f.name}=VALUE with a value {valid}")
 
 
+def _value_fix(what: str, hint: Any) -> str:
+    key = what.rpartition(".")[2]
+    return f"pass --config {key}=VALUE with a {getattr(hint, '__name__', hint)} (a grid variant: {key}: VALUE)"
+
+
 def _parse_value(raw: Any, hint: Any, what: str) -> Any:
     if not isinstance(raw, str):
         return raw
@@ -203,13 +208,13 @@ def _parse_value(raw: Any, hint: Any, what: str) -> Any:
                 return _parse_value(raw, arg, what)
             except UserError:
                 continue
-        raise UserError(f"{what}: cannot read {raw!r} as {hint}.")
+        raise UserError(f"{what}: cannot read {raw!r} as {hint}.", _value_fix(what, hint))
     if origin is typing.Literal:
         choices = typing.get_args(hint)
         for choice in choices:
             if str(choice) == raw:
                 return choice
-        raise UserError(f"{what}: {raw!r} is not one of {', '.join(map(str, choices))}.")
+        raise UserError(f"{what}: {raw!r} is not one of {', '.join(map(str, choices))}.", _value_fix(what, hint))
     try:
         if hint is bool:
             if raw.lower() in ("1", "true", "yes", "on"):
@@ -222,7 +227,8 @@ def _parse_value(raw: Any, hint: Any, what: str) -> Any:
         if origin in (tuple, list):
             return hint.__origin__(json.loads(raw)) if raw.startswith("[") else origin(raw.split(","))
     except ValueError:
-        raise UserError(f"{what}: cannot read {raw!r} as {getattr(hint, '__name__', hint)}.") from None
+        raise UserError(f"{what}: cannot read {raw!r} as {getattr(hint, '__name__', hint)}.",
+                        _value_fix(what, hint)) from None
     return raw
 
 

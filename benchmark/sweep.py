@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -230,8 +232,17 @@ def visible_gpus() -> list[str]:
 _WORKER: dict[str, Runner] = {}
 
 
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the sweep that started it is gone (killed with -9, it cannot end its workers, which
+    would go on writing into the results folder, or wait forever)."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
+
+
 def _start_worker(gpus: Any, runner_kwargs: dict, threads: int) -> None:
     """Set up one worker process of :func:`run_parallel`: its own GPU (before torch touches CUDA) and runner."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get()
     import torch
@@ -317,17 +328,16 @@ def run_slurm(specs: list[RunSpec], runner_kwargs: dict, folder: str | Path, slu
 
 
 def wait_jobs(specs: list[RunSpec], jobs: list[Any]) -> SweepReport:
-    """Wait for the submitit jobs of :func:`run_slurm` and report them as a sweep: a job that raised, was killed
-    or was cancelled is a failure with the last line of its error (the rows of the others are on disk)."""
+    """Wait for the submitit jobs of :func:`run_slurm` and report them as a sweep: a run that failed is reported
+    with its error, a job that was killed or cancelled with submitit's account (the rows of the others are on disk)."""
     report = SweepReport(len(specs))
     with progress_bar(transient=False) as bar:
         task = bar.add_task("sweep (submitit)", total=len(specs))
         for spec, job in zip(specs, jobs):
             try:
                 problem = job.result()
-            except Exception as exc:  # submitit's FailedJobError / UncompletedJobError carry the job's own error
-                lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-                problem = lines[-1].strip() if lines else type(exc).__name__
+            except Exception as exc:  # the job did not finish (killed, cancelled, timed out): submitit says how
+                problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if problem is None:
                 report.completed.append(describe(spec))
             else:
@@ -337,9 +347,9 @@ def wait_jobs(specs: list[RunSpec], jobs: list[Any]) -> SweepReport:
 
 
 def _run_one(spec: RunSpec, runner_kwargs: dict) -> str | None:
-    """One submitit job: run ``spec``; None when done, a user error's message when it failed (a crash raises)."""
+    """One submitit job: run ``spec``; None when done, else why it failed (as the local executor reports it)."""
     try:
         Runner(**runner_kwargs).run(spec)
-    except UserError as exc:
-        return exc.message
+    except Exception as exc:
+        return _failure(exc)
     return None
