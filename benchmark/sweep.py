@@ -317,9 +317,10 @@ def run_slurm(specs: list[RunSpec], runner_kwargs: dict, folder: str | Path, slu
         import submitit
     except ImportError:
         raise UserError("The SLURM executor needs submitit.", "pip install 'upgradebench[slurm]'") from None
-    runner = Runner(**runner_kwargs)
-    for spec in specs:  # every user mistake is reported before anything is submitted
-        runner.validate(spec)
+    # every user mistake is reported before anything is submitted; the submitting machine may have no GPU
+    checker = Runner(**{**runner_kwargs, "device": "cpu"})
+    for spec in specs:
+        checker.validate(spec)
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     executor.update_parameters(**slurm)
     with executor.batch():

@@ -20,8 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from upgradebench.data import DATASETS, dataset_names
-from upgradebench.errors import UserError
+from upgradebench.data import DATASETS
 from upgradebench.results import read_results
 
 from ..cli_helpers import run_cli, run_json
