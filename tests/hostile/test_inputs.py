@@ -114,7 +114,8 @@ def test_threads_beyond_the_cores_are_capped(capsys, monkeypatch):
 # ---- output folders -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def board_results(tmp_path_factory) -> Path:
-    return synthetic_results(tmp_path_factory.mktemp("board") / "results", pairs=PAIRS[:1], methods=("zeroshot", "coop"))
+    return synthetic_results(tmp_path_factory.mktemp("board") / "results", pairs=PAIRS[:1],
+                             methods=("zeroshot", "coop"))
 
 
 def test_output_folder_of_other_files_needs_force(capsys, board_results, tmp_path):
@@ -124,7 +125,8 @@ def test_output_folder_of_other_files_needs_force(capsys, board_results, tmp_pat
     code, _, err = run_cli(capsys, "leaderboard", "build", "--results", str(board_results), "--out", str(out))
     assert code == 2 and "a folder with other files in it" in err and "--force" in err
     assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]  # untouched
-    code, _, err = run_cli(capsys, "leaderboard", "build", "--results", str(board_results), "--out", str(out), "--force")
+    code, _, err = run_cli(capsys, "leaderboard", "build", "--results", str(board_results), "--out", str(out),
+                           "--force")
     assert code == 0 and (out / "index.html").is_file() and (out / "thesis.tex").is_file()
 
 
@@ -207,7 +209,8 @@ def test_eval_on_a_dataset_of_other_classes_is_refused(capsys, micro_dirs, tiny_
 
 
 # ---- executors ---------------------------------------------------------------------------------------------------
-SWEEP = "source: toy-clip\ntargets: [toy-eva]\nmethods: [zeroshot, coop]\ndatasets: [toy-shape]\nseeds: [1, 2]\nshots: [2]\n"
+SWEEP = ("source: toy-clip\ntargets: [toy-eva]\nmethods: [zeroshot, coop]\ndatasets: [toy-shape]\nseeds: [1, 2]\n"
+         "shots: [2]\n")
 FAILING = "variants: {coop: [{ctx_init: 'a photo of', n_ctx: 5}]}\n"  # passes validation, fails in fit
 
 
@@ -252,7 +255,8 @@ def test_submitit_local_executor_rows_kill_and_resume(capsys, tmp_path):
 
     one = "source: toy-clip\ntargets: [toy-eva]\nmethods: [zeroshot]\ndatasets: [toy-shape]\nseeds: [1]\nshots: [2]\n"
     crash = "variants: {zeroshot: [{template: '{0} {1}'}]}\n"  # passes validation, raises IndexError in the job
-    code, out, err = run_cli(capsys, "sweep", "--grid", _grid(tmp_path, one + crash), "--results", str(tmp_path / "sub"),
+    code, out, err = run_cli(capsys, "sweep", "--grid", _grid(tmp_path, one + crash),
+                             "--results", str(tmp_path / "sub"),
                              "--workers", "0", "--executor", "submitit-local", "--json")
     report = json.loads(out)
     assert code == 1 and report["completed"] == ["zeroshot toy-shape k=2 seed=1"], err
