@@ -10,12 +10,14 @@ third-party ones; built-ins win a name clash, and a plugin that fails to import 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
 import typing
 from abc import ABC, abstractmethod
+from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
@@ -184,12 +186,43 @@ class Method(ABC):
                 raise UnknownNameError(f"config key of method {cls.name!r}", key, fields,
                                        fix=f"valid keys: {', '.join(sorted(fields))}")
             parsed[key] = _parse_value(raw, hints[key], f"{cls.name}.{key}")
-        return cls.Config(**parsed)
+        config = cls.Config(**parsed)
+        _check_ranges(cls.name, config)
+        return config
 
     @classmethod
     def config_dict(cls, config: Any) -> dict[str, Any]:
         """A config as a JSON-able dict."""
         return dataclasses.asdict(config)
+
+
+@functools.cache
+def config_ranges() -> dict[str, dict[str, float]]:
+    """The valid range of each method config field, by field name (``config_ranges.json``)."""
+    table = json.loads(resources.files(__package__).joinpath("config_ranges.json").read_text(encoding="utf-8"))
+    return {k: v for k, v in table.items() if not k.startswith("_")}
+
+
+_BOUNDS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "le": (lambda v, b: v <= b, "<=")}
+
+
+def _check_ranges(method: str, config: Any) -> None:
+    """Refuse a numeric config value outside its field's range (``n_ctx=-3``) before any model loads."""
+    ranges = config_ranges()
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name not in ranges or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        bounds = ranges[f.name]
+        if not math.isfinite(value) or not all(_BOUNDS[op][0](value, b) for op, b in bounds.items()):
+            valid = " and ".join(f"{_BOUNDS[op][1]} {b}" for op, b in bounds.items())
+            raise UserError(f"{method}.{f.name}={value!r} is out of range (it must be {valid}).",
+                            f"pass --config {f.name}=VALUE with a value {valid}")
+
+
+def _value_fix(what: str, hint: Any) -> str:
+    key = what.rpartition(".")[2]
+    return f"pass --config {key}=VALUE with a {getattr(hint, '__name__', hint)} (a grid variant: {key}: VALUE)"
 
 
 def _parse_value(raw: Any, hint: Any, what: str) -> Any:
@@ -205,13 +238,13 @@ def _parse_value(raw: Any, hint: Any, what: str) -> Any:
                 return _parse_value(raw, arg, what)
             except UserError:
                 continue
-        raise UserError(f"{what}: cannot read {raw!r} as {hint}.")
+        raise UserError(f"{what}: cannot read {raw!r} as {hint}.", _value_fix(what, hint))
     if origin is typing.Literal:
         choices = typing.get_args(hint)
         for choice in choices:
             if str(choice) == raw:
                 return choice
-        raise UserError(f"{what}: {raw!r} is not one of {', '.join(map(str, choices))}.")
+        raise UserError(f"{what}: {raw!r} is not one of {', '.join(map(str, choices))}.", _value_fix(what, hint))
     try:
         if hint is bool:
             if raw.lower() in ("1", "true", "yes", "on"):
@@ -224,7 +257,8 @@ def _parse_value(raw: Any, hint: Any, what: str) -> Any:
         if origin in (tuple, list):
             return hint.__origin__(json.loads(raw)) if raw.startswith("[") else origin(raw.split(","))
     except ValueError:
-        raise UserError(f"{what}: cannot read {raw!r} as {getattr(hint, '__name__', hint)}.") from None
+        raise UserError(f"{what}: cannot read {raw!r} as {getattr(hint, '__name__', hint)}.",
+                        _value_fix(what, hint)) from None
     return raw
 
 

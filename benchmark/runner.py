@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .data import Dataset, get_dataset, load_fewshot
+from .data import DATASETS, Dataset, class_columns, get_dataset, load_fewshot
 from .data.fewshot import effective_shots
 from .defaults import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS
 from .errors import UserError
@@ -148,8 +148,9 @@ class Runner:
         parse_views(spec.views)
         for name in [spec.source, *spec.targets]:
             parse_model(name, spec.pretrained.get(name))
-        for name in [spec.dataset, *spec.ood]:
-            self.dataset(name)
+        train = self.dataset(spec.dataset)
+        for name in spec.ood:  # a test set of other classes would give chance-level rows
+            class_columns(train.classnames, self.dataset(name), train.name)
         if spec.source in spec.targets:
             raise UserError(f"{spec.source!r} is both the source and a target.", "drop it from --target")
         check_writable(self.results)
@@ -220,9 +221,9 @@ class Runner:
                             write_rows(existing.to_dict("records"), path)
                         rows.append(existing)
                         continue
-                    row = self._backfill(existing.iloc[0].to_dict(), module, vlm, eval_ds, path, cost)
+                    row = self._backfill(existing.iloc[0].to_dict(), module, vlm, eval_ds, path, cost, dataset)
                 else:
-                    preds, top1, seconds = self.predict(module, vlm, eval_ds)
+                    preds, top1, seconds = self.predict(module, vlm, eval_ds, dataset.classnames, dataset.name)
                     write_ledger(preds, ledger_path(path), run_id, vlm.name, eval_ds.name)
                     row = {**common, **cost, "created_at": now(), "dataset": eval_ds.name,
                            "dataset_fingerprint": eval_ds.fingerprint, "eval_model": vlm.name,
@@ -267,14 +268,15 @@ class Runner:
                         "--pretrained with a copy) or use another --results folder; to replace the old rows, "
                         "re-run with --replace")
 
-    def _backfill(self, row: dict, module: Module, vlm: VLM, dataset: Dataset, path: Path, cost: dict) -> dict:
+    def _backfill(self, row: dict, module: Module, vlm: VLM, dataset: Dataset, path: Path, cost: dict,
+                  train: Dataset) -> dict:
         """Bring a row of an older schema up to date from its saved module, without refitting.
 
         The module is evaluated again and its ledger written; the row keeps what cannot be recomputed
         (created_at, fit_seconds, eval_seconds, versions) and gains the cost columns. A different top-1 means
         the stored row came from other weights or features: that is reported, never overwritten.
         """
-        preds, top1, _ = self.predict(module, vlm, dataset)
+        preds, top1, _ = self.predict(module, vlm, dataset, train.classnames, train.name)
         if top1 != row["top1"] or len(preds) != row["n_test"]:
             raise UserError(f"{path} says top-1 {row['top1']!r} on {row['n_test']} items, but its saved module now "
                             f"gives {top1!r} on {len(preds)} (different features or code).",
@@ -296,21 +298,50 @@ class Runner:
         module.save(module_dir, provenance={"run_identity": identity, "created_at": now(), **versions()})
         return module, seconds
 
-    def predict(self, module: Module, vlm: VLM, dataset: Dataset) -> tuple[pd.DataFrame, float, float]:
-        """Per-item predictions of ``module`` plugged into ``vlm`` on ``dataset``'s test split, top-1 (%), seconds."""
+    def predict(self, module: Module, vlm: VLM, dataset: Dataset, module_classes: list[str] | None = None,
+                trained_on: str = "") -> tuple[pd.DataFrame, float, float]:
+        """Per-item predictions of ``module`` plugged into ``vlm`` on ``dataset``'s test split, top-1 (%), seconds.
+
+        ``module_classes`` are the classes the module was fitted for (default: ``dataset``'s); a test set
+        that holds a subset of them is scored on its columns (:func:`upgradebench.data.class_columns`).
+        """
         start = time.perf_counter()
+        classes = dataset.classnames if module_classes is None else module_classes
+        columns = class_columns(classes, dataset, trained_on or dataset.name)
         items = dataset.split("test")
         feats = self.cache.get(vlm, dataset, "test", items, vlm.test_transform_spec)
         labels = torch.tensor([y for _, y in items])
         with torch.no_grad():
-            logits = module.logits(vlm, feats, dataset.classnames)
+            logits = module.logits(vlm, feats, dataset.classnames if columns is None else classes)
+        if columns is not None:
+            logits = logits[:, columns]
         preds = predictions(logits, labels, [ref for ref, _ in items])
         return preds, top1_of(logits, labels), time.perf_counter() - start
 
-    def evaluate(self, module: Module, vlm: VLM, dataset: Dataset) -> tuple[float, int, float]:
+    def evaluate(self, module: Module, vlm: VLM, dataset: Dataset, module_classes: list[str] | None = None,
+                 trained_on: str = "") -> tuple[float, int, float]:
         """Top-1 (%) of ``module`` plugged into ``vlm`` on ``dataset``'s test split, number of items, seconds."""
-        preds, top1, seconds = self.predict(module, vlm, dataset)
+        preds, top1, seconds = self.predict(module, vlm, dataset, module_classes, trained_on)
         return top1, len(preds), seconds
+
+
+def fitted_dataset(folder: str | Path, test: Dataset, runner: Runner) -> tuple[str, list[str]]:
+    """(name, class names) of the dataset a saved module was fitted on, found from the dataset fingerprint its
+    run identity records: ``test`` itself or the dataset ``test`` is an OOD variant of. Anything else is
+    refused (the module would be scored on classes it was not fitted for)."""
+    provenance = json.loads((Path(folder) / MODULE_CONFIG).read_text(encoding="utf-8")).get("provenance") or {}
+    fitted = (provenance.get("run_identity") or {}).get("dataset")
+    if fitted is None:
+        raise UserError(f"{folder} records no run identity, so the classes it was fitted for are unknown.",
+                        "evaluate a module saved by `upgradebench run` (RESULTS/<run_id>/module)")
+    if fitted == test.fingerprint:
+        return test.name, test.classnames
+    parent = DATASETS.entry(test.name).meta.get("ood_of") if test.name in DATASETS.names() else None
+    if parent and runner.dataset(parent).fingerprint == fitted:
+        return parent, runner.dataset(parent).classnames
+    raise UserError(f"{folder} was fitted on a dataset of fingerprint {fitted}, which is neither {test.name} "
+                    f"({test.fingerprint}){f' nor its parent {parent}' if parent else ''}: its classes may differ.",
+                    "evaluate it on the dataset it was fitted on (see module.json) or on an OOD variant of it")
 
 
 def evaluate_module(folder: str | Path, model: str, dataset: str, device: str = "auto",
@@ -319,7 +350,9 @@ def evaluate_module(folder: str | Path, model: str, dataset: str, device: str = 
     """``upgradebench eval``: a saved module on another model, without retraining."""
     runner = Runner(results=os.devnull, device=device, data_root=data_root, workers=workers)
     module = load_module(folder)
+    test = runner.dataset(dataset)
+    trained_on, classes = fitted_dataset(folder, test, runner)  # before any model loads
     vlm = runner.model(model, pretrained)
-    top1, n_test, seconds = runner.evaluate(module, vlm, runner.dataset(dataset))
+    top1, n_test, seconds = runner.evaluate(module, vlm, test, classes, trained_on)
     return {"module": str(folder), "method": module.method, "model": vlm.name, "model_fingerprint": vlm.fingerprint,
             "dataset": dataset, "top1": top1, "n_test": n_test, "eval_seconds": seconds}

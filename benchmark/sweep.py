@@ -22,7 +22,13 @@ finished run is on disk before the next starts, so an interrupted sweep continue
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import threading
+import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,7 +40,8 @@ from .data import dataset_problem
 from .errors import UserError
 from .features import progress_bar
 from .models import weights_problem
-from .runner import DEFAULT_SOURCE, DEFAULT_TARGETS, Runner, RunSpec
+from .method import get_method
+from .runner import DEFAULT_SOURCE, DEFAULT_TARGETS, Runner, RunSpec, parse_views
 
 
 @dataclass
@@ -163,6 +170,13 @@ def missing_inputs(grid: Grid, data_root: str | Path | None = None) -> list[dict
     return out
 
 
+def check_specs(specs: list[RunSpec]) -> None:
+    """Refuse unknown methods, config values of the wrong type or range and bad views, loading nothing."""
+    for spec in specs:
+        get_method(spec.method).make_config(spec.config)
+        parse_views(spec.views)
+
+
 @dataclass
 class SweepReport:
     """What a sweep did: runs completed, and the failures with their messages."""
@@ -178,6 +192,13 @@ def describe(spec: RunSpec) -> str:
     return f"{spec.method}{f'[{variant}]' if variant else ''} {spec.dataset} k={spec.shots} seed={spec.seed}"
 
 
+def _failure(exc: BaseException) -> str:
+    """What a sweep's failure table says of a failed run: a user error's message, else the exception's last line."""
+    if isinstance(exc, UserError):
+        return exc.message
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
 def run_local(specs: list[RunSpec], runner: Runner, keep_going: bool = True) -> SweepReport:
     """Run the specs one after the other; with ``keep_going`` a failed run is recorded and the sweep goes on."""
     for spec in specs:  # every user mistake is reported before the first fit
@@ -190,30 +211,146 @@ def run_local(specs: list[RunSpec], runner: Runner, keep_going: bool = True) -> 
             try:
                 runner.run(spec)
                 report.completed.append(describe(spec))
-            except UserError as exc:
-                if not keep_going:
-                    raise
-                report.failed[describe(spec)] = exc.message
             except Exception as exc:  # a bug in one method must not lose the rest of the sweep
                 if not keep_going:
                     raise
-                report.failed[describe(spec)] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                report.failed[describe(spec)] = _failure(exc)
             bar.advance(task)
     return report
 
 
-def run_slurm(specs: list[RunSpec], runner_kwargs: dict, folder: str | Path, slurm: dict[str, Any]) -> list[Any]:
-    """Submit one SLURM job per run through submitit (``pip install upgradebench[slurm]``); returns the jobs."""
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand to jobs: ``CUDA_VISIBLE_DEVICES`` when set, else every device torch sees."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+_WORKER: dict[str, Runner] = {}
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the sweep that started it is gone (killed with -9, it cannot end its workers, which
+    would go on writing into the results folder, or wait forever)."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
+
+
+def _start_worker(gpus: Any, runner_kwargs: dict, threads: int) -> None:
+    """Set up one worker process of :func:`run_parallel`: its own GPU (before torch touches CUDA) and runner."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get()
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER["runner"] = Runner(**runner_kwargs)
+
+
+def _run_in_worker(spec: RunSpec) -> str | None:
+    """Run one spec in a worker; None when done, else why it failed (exceptions of plugins may not pickle)."""
+    try:
+        _WORKER["runner"].run(spec)
+    except Exception as exc:
+        return _failure(exc)
+    return None
+
+
+def run_parallel(specs: list[RunSpec], runner_kwargs: dict, jobs: int, keep_going: bool = True) -> SweepReport:
+    """Run the specs in ``jobs`` worker processes on this machine (``--executor local --jobs N``).
+
+    Where GPUs exist each worker is given one of them (``CUDA_VISIBLE_DEVICES``), so there must be at least
+    ``jobs`` of them; on CPU the cores are shared out. Every finished run is on disk as in a serial sweep, so a
+    killed sweep (or a killed worker, reported as its runs' failure) resumes by running it again.
+    """
+    runner = Runner(**runner_kwargs)
+    for spec in specs:  # every user mistake is reported before the first fit
+        runner.validate(spec)
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: CUDA is not fork-safe
+    gpus = visible_gpus() if runner.device.type == "cuda" else []
+    queue = None
+    if gpus:
+        if len(gpus) < jobs:
+            raise UserError(f"--jobs {jobs} needs one GPU per job, but {len(gpus)} are visible ({', '.join(gpus)}).",
+                            f"pass --jobs {len(gpus)} or fewer, or --device cpu")
+        queue = ctx.Queue()
+        for gpu in gpus[:jobs]:
+            queue.put(gpu)
+        runner_kwargs = {**runner_kwargs, "device": "cuda"}  # each worker sees its one GPU as cuda:0
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    report = SweepReport(len(specs))
+    with progress_bar(transient=False) as bar, \
+            ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_start_worker,
+                                initargs=(queue, runner_kwargs, threads)) as pool:
+        task = bar.add_task(f"sweep ({jobs} jobs)", total=len(specs))
+        futures = {pool.submit(_run_in_worker, spec): describe(spec) for spec in specs}
+        for future in as_completed(futures):
+            name = futures[future]
+            try:
+                problem = future.result()
+            except BrokenProcessPool:
+                problem = "its worker process died (killed, or out of memory); run the sweep again to resume"
+            if problem is None:
+                report.completed.append(name)
+            else:
+                report.failed[name] = problem
+                if not keep_going:
+                    pool.shutdown(cancel_futures=True)
+                    raise UserError(f"Run {name} failed: {problem}", "fix it and run the sweep again to resume")
+            bar.advance(task)
+    return report
+
+
+def run_slurm(specs: list[RunSpec], runner_kwargs: dict, folder: str | Path, slurm: dict[str, Any],
+              cluster: str | None = None) -> list[Any]:
+    """Submit one job per run through submitit (``pip install 'upgradebench[slurm]'``); returns the jobs.
+
+    ``cluster`` is submitit's: None picks SLURM where it exists, ``"local"`` runs the jobs as local processes.
+    """
     try:
         import submitit
     except ImportError:
         raise UserError("The SLURM executor needs submitit.", "pip install 'upgradebench[slurm]'") from None
-    executor = submitit.AutoExecutor(folder=str(folder))
+    # every user mistake is reported before anything is submitted; the submitting machine may have no GPU
+    checker = Runner(**{**runner_kwargs, "device": "cpu"})
+    for spec in specs:
+        checker.validate(spec)
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     executor.update_parameters(**slurm)
     with executor.batch():
         jobs = [executor.submit(_run_one, spec, runner_kwargs) for spec in specs]
     return jobs
 
 
-def _run_one(spec: RunSpec, runner_kwargs: dict) -> int:
-    return len(Runner(**runner_kwargs).run(spec))
+def wait_jobs(specs: list[RunSpec], jobs: list[Any]) -> SweepReport:
+    """Wait for the submitit jobs of :func:`run_slurm` and report them as a sweep: a run that failed is reported
+    with its error, a job that was killed or cancelled with submitit's account (the rows of the others are on disk)."""
+    report = SweepReport(len(specs))
+    with progress_bar(transient=False) as bar:
+        task = bar.add_task("sweep (submitit)", total=len(specs))
+        for spec, job in zip(specs, jobs):
+            try:
+                problem = job.result()
+            except Exception as exc:  # the job did not finish (killed, cancelled, timed out): submitit says how
+                problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if problem is None:
+                report.completed.append(describe(spec))
+            else:
+                report.failed[describe(spec)] = problem
+            bar.advance(task)
+    return report
+
+
+def _run_one(spec: RunSpec, runner_kwargs: dict) -> str | None:
+    """One submitit job: run ``spec``; None when done, else why it failed (as the local executor reports it)."""
+    try:
+        Runner(**runner_kwargs).run(spec)
+    except Exception as exc:
+        return _failure(exc)
+    return None

@@ -14,9 +14,9 @@ upgradebench sweep --grid grids/oracle.yaml --results runs
 upgradebench analyze depth --dataset toy-pattern --layers 0-3 --target toy-eva --target toy-eva-drift \
     --seed 1 --seed 2 --seed 3 --results runs
 upgradebench analyze drift --source toy-clip --target toy-eva --target toy-eva-drift --out analysis/drift.parquet
-upgradebench figures --results runs --drift analysis/drift.parquet --out figures
+upgradebench figures --results runs --drift analysis/drift.parquet --out figures --force
 # Every saved module (not the oracle fits) also evaluated, without retraining, on the held-out toy target
 # toy-eva-text (built here on first use: 3.8 CPU-minutes; re-scoring the 240 modules: about 3 CPU-minutes,
 # extrapolated from 36, see README); rows of role 'rescore' go to rescored/, never into runs/.
-upgradebench leaderboard build --results runs --figures figures --out leaderboard \
+upgradebench leaderboard build --results runs --figures figures --out leaderboard --force \
     --rescore-on toy-eva-text --rescored rescored

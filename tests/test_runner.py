@@ -194,12 +194,15 @@ def test_threads_option_sets_torch_threads(capsys, monkeypatch):
 
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the option sets it for a torch not yet imported
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
     calls: list[int] = []
     run_json(capsys, "--threads", "3", "methods", "list")
     assert os.environ["OMP_NUM_THREADS"] == "3"
     monkeypatch.setenv("UPGRADEBENCH_THREADS", "2")
     run_json(capsys, "methods", "list")
     assert calls == [3, 2]
+    code, _, err = run_cli(capsys, "--threads", "100000", "methods", "list", "--json")
+    assert code == 0 and calls[-1] == 4 and "more than the 4 CPU cores" in err  # capped, not 100000 threads
     code, _, err = run_cli(capsys, "--threads", "0", "methods", "list")
     assert code == 2 and "--threads" in err
 

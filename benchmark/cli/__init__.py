@@ -38,6 +38,11 @@ def _options(
                                      "machine 1 is often the fastest for the embedded world's tiny models."),
 ) -> None:
     if threads:
+        cores = os.cpu_count() or 1
+        if threads > cores:  # more threads than cores only adds contention (and 100000 exhausts the machine)
+            err_console.print(f"warning: --threads {threads} is more than the {cores} CPU cores; using {cores}",
+                              highlight=False)
+            threads = cores
         # torch takes its thread count from OMP_NUM_THREADS when it is first imported, so the option costs no
         # torch import (a subcommand's --help runs this callback too); an already imported torch is told directly
         os.environ["OMP_NUM_THREADS"] = str(threads)

@@ -35,14 +35,33 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(_finite(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
-def output_folder(value: str, option: str = "--out") -> Path:
-    """The folder a command writes its files into, refused when it is empty or the filesystem root (an empty
-    string would mean the current folder, the root every folder of the machine)."""
+OUTPUT_MARKER = ".upgradebench-output"
+"""Left in every folder a command wrote its files into: that folder may be written again without ``--force``."""
+
+
+def output_folder(value: str, option: str = "--out", force: bool = False) -> Path:
+    """The folder a command writes its files into, created and marked as the command's own.
+
+    Refused when it is empty or the filesystem root (an empty string would mean the current folder, the root
+    every folder of the machine), a file, or a non-empty folder that no upgradebench command wrote (its files
+    could be overwritten) unless ``force``.
+    """
     if not value.strip():
         raise UserError(f"{option} is empty.", f"pass {option} DIR, a folder for this command's files")
     path = Path(value).expanduser()
     if path.resolve() == Path(path.resolve().anchor):
         raise UserError(f"{option} {value!r} is the filesystem root.", f"pass {option} DIR, a folder of its own")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {value!r} is a file, not a folder.", f"pass {option} DIR, a new or empty folder")
+    if path.is_dir() and not force and not (path / OUTPUT_MARKER).is_file() and any(path.iterdir()):
+        raise UserError(f"{option} {value!r} is a folder with other files in it (no upgradebench command wrote it).",
+                        f"pass {option} with a new or empty folder, or add --force to write into it anyway")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / OUTPUT_MARKER).write_text("written by upgradebench\n", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{option} {value!r} cannot be written ({exc.strerror or exc}).",
+                        f"pass {option} with a folder you can write to") from None
     return path
 
 

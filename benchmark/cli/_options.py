@@ -9,6 +9,7 @@ from ..errors import UserError
 DataRoot = typer.Option(None, "--data-root", envvar="UPGRADEBENCH_DATA",
                         help="Root of the real datasets in the CoOp layout.")
 Device = typer.Option("auto", "--device", help="auto | cpu | cuda")
+Force = typer.Option(False, "--force", help="Write into an existing folder that holds other files.")
 Json = typer.Option(False, "--json", help="Print JSON instead of a table.")
 Precision = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast for the image encoder).")
 Download = typer.Option(False, "--download", help="Allow open_clip to download missing weights.")

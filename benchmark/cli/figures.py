@@ -7,13 +7,14 @@ from pathlib import Path
 import typer
 
 from ._common import console, output_folder, print_json
-from ._options import Json
+from ._options import Force, Json
 
 
 def figures(
     results: list[Path] = typer.Option(..., "--results", "-r", help="Results folder(s) of runs; repeatable."),
     drift: Path = typer.Option(None, "--drift", help="Drift parquet from `upgradebench analyze drift` (Fig. 2b, 2c)."),
     out: str = typer.Option(..., "--out", "-o", help="Folder for the PNG/PDF figures and Markdown/LaTeX tables."),
+    force: bool = Force,
     as_json: bool = Json,
 ) -> None:
     """Regenerate Fig. 2a-d, Fig. 4, Tables 2-8, the compatibility table, the Base-vs-New figures and the
@@ -27,13 +28,11 @@ def figures(
 
     from ..metrics import read_ledgers
     from ..results import read_results
-    from ..runner import check_writable
 
     drift_rows = read_drift(drift) if drift is not None else None
     df = read_results(*results)
     ledgers = read_ledgers(*results)
-    out = output_folder(out)
-    check_writable(out)
+    out = output_folder(out, force=force)
     outputs = write_figures(df, drift_rows, out, ledgers)
     outputs.extend(write_tables(df, out))
     outputs.extend(write_compatibility(df, ledgers, out))

@@ -8,7 +8,7 @@ import typer
 
 from ..paths import home
 from ._common import console, output_folder, print_json, print_table
-from ._options import DataRoot, Device, Json
+from ._options import DataRoot, Device, Force, Json
 
 app = typer.Typer(help="The static leaderboard site, and checks of submitted results.", no_args_is_help=True)
 
@@ -31,6 +31,7 @@ def build(
                                   "$UPGRADEBENCH_HOME/rescored); the --results folders are never written to."),
     device: str = Device,
     data_root: Path = DataRoot,
+    force: bool = Force,
     as_json: bool = Json,
 ) -> None:
     """Rank complete, matching entries by average H per source -> target pair; a self-contained page that
@@ -44,8 +45,7 @@ def build(
     from ..runner import Runner, check_writable
 
     df = read_results(*results)
-    out = output_folder(out)
-    check_writable(out)
+    out = output_folder(out, force=force)
     protocol = load_protocol(against) if against else protocol_of(read_results(results[0]), str(results[0]))
     rows = None
     if rescore_on:

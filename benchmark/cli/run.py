@@ -20,7 +20,8 @@ def run(
     seed: list[int] = typer.Option([1], "--seed", help="Seed(s); repeatable."),
     config: list[str] = typer.Option(None, "--config", "-c", help="Method config override key=value; repeatable."),
     views: str = typer.Option("10", "--views", help="Cached augmented views per training image, or 'online'."),
-    ood: list[str] = typer.Option(None, "--ood", help="Extra test-only dataset(s) with the same classes (OOD)."),
+    ood: list[str] = typer.Option(None, "--ood", help="Extra test-only dataset(s) with the same classes, or a "
+                                  "subset of them that records its labels, as ImageNet-A/-R (OOD)."),
     results: Path = typer.Option(None, "--results", "-r", help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
     pretrained: list[str] = typer.Option(None, "--pretrained",
                                          help="Local weights: MODEL=PATH (or PATH alone for the source); repeatable."),

@@ -16,6 +16,8 @@ from ._options import DataRoot, Device, Json, Replace, Workers
 if TYPE_CHECKING:
     from ..sweep import Grid
 
+EXECUTORS = ("local", "slurm", "submitit-local")
+
 
 def sweep(
     grid: str = typer.Option(None, "--grid", "-g",
@@ -28,7 +30,13 @@ def sweep(
     source: str = typer.Option(None, "--source", "-s", help=f"Source model (default: {DEFAULT_SOURCE})."),
     target: list[str] = typer.Option(None, "--target", "-t", help=f"Target(s) (default: {' '.join(DEFAULT_TARGETS)})."),
     results: Path = typer.Option(None, "--results", "-r", help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
-    executor: str = typer.Option("local", "--executor", help="local | slurm (submitit)."),
+    executor: str = typer.Option("local", "--executor",
+                                 help="local | slurm (submitit) | submitit-local (submitit's jobs as local processes, "
+                                      "to try a SLURM setup without a cluster)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1,
+                             help="With --executor local: runs in parallel, each in its own process with its own GPU "
+                                  "where GPUs exist (so at most one per GPU)."),
+    wait: bool = typer.Option(False, "--wait", help="With --executor slurm: wait for the jobs and report them."),
     slurm_partition: str = typer.Option(None, "--slurm-partition", help="SLURM partition."),
     slurm_gpus: int = typer.Option(1, "--slurm-gpus", help="GPUs per SLURM job."),
     slurm_minutes: int = typer.Option(60, "--slurm-minutes", help="Time limit per SLURM job."),
@@ -41,8 +49,9 @@ def sweep(
     as_json: bool = Json,
 ) -> None:
     """Run every (method, dataset, shots, seed, variant) of a grid; finished runs are skipped (resume)."""
+    from ..paths import default_results_dir
     from ..runner import Runner
-    from ..sweep import Grid, load_grid, run_local, run_slurm
+    from ..sweep import Grid, check_specs, load_grid, run_local, run_parallel, run_slurm, wait_jobs
 
     if grid is not None:
         g = load_grid(grid)
@@ -57,19 +66,29 @@ def sweep(
     g.shots = list(shots) if shots else g.shots
     g.source = source or g.source
     g.targets = list(target) if target else g.targets
+    if executor not in EXECUTORS:
+        raise UserError(f"Unknown executor {executor!r}.", f"use one of: {', '.join(EXECUTORS)}")
+    if jobs > 1 and executor != "local":
+        raise UserError(f"--jobs is for --executor local; {executor} runs one job per run.", "drop --jobs")
     specs = g.specs()
+    check_specs(specs)  # method names, config values and views: also in a dry run, before anything loads
     if dry_run:
         _dry_run(g, specs, data_root, as_json)
         return
     runner_kwargs = {"results": results, "device": device, "data_root": data_root, "workers": workers, "replace": replace}
-    if executor == "slurm":
+    if executor == "local":
+        report = (run_parallel(specs, runner_kwargs, jobs, keep_going=not stop_on_error) if jobs > 1
+                  else run_local(specs, Runner(**runner_kwargs), keep_going=not stop_on_error))
+    else:
         slurm = {"slurm_partition": slurm_partition, "gpus_per_node": slurm_gpus, "timeout_min": slurm_minutes}
-        jobs = run_slurm(specs, runner_kwargs, Path(results or ".") / "slurm", {k: v for k, v in slurm.items() if v})
-        err_console.print(f"submitted {len(jobs)} jobs")
-        return
-    if executor != "local":
-        raise UserError(f"Unknown executor {executor!r}.", "use local or slurm")
-    report = run_local(specs, Runner(**runner_kwargs), keep_going=not stop_on_error)
+        folder = Path(results) if results is not None else default_results_dir()
+        submitted = run_slurm(specs, runner_kwargs, folder / "slurm", {k: v for k, v in slurm.items() if v},
+                              cluster="local" if executor == "submitit-local" else None)
+        if executor == "slurm" and not wait:
+            err_console.print(f"submitted {len(submitted)} jobs (logs under {escape(str(folder / 'slurm'))})",
+                              highlight=False)
+            return
+        report = wait_jobs(specs, submitted)
     if as_json:
         print_json({"total": report.total, "completed": report.completed, "failed": report.failed})
     elif report.failed:

@@ -10,10 +10,34 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..errors import UserError
+
 SPLITS = ("train", "val", "test")
 
 Item = tuple[str, int]
 """One sample: an image reference (a path relative to ``image_root``, or a world reference) and a label."""
+
+
+def class_columns(train_classes: list[str], test: Dataset, trained_on: str) -> list[int] | None:
+    """Which of a module's classes (``train_classes``, those of dataset ``trained_on``) each class of ``test`` is.
+
+    None when ``test`` has the same classes in the same order (the module's logits are used as they are).
+    An OOD subset that records its classes' labels in the parent dataset (``parent_labels``: ImageNet-A/-R
+    hold 200 of ImageNet's 1000) gets those columns: the module scores all its classes and the subset's
+    columns are kept, as CoOp scores these sets. Any other class set is a user error: scoring a module on
+    classes it was not fitted for gives chance-level rows that look like results.
+    """
+    if list(test.classnames) == list(train_classes):
+        return None
+    parents = getattr(test, "parent_labels", None)
+    if parents is not None and all(0 <= p < len(train_classes) for p in parents) \
+            and [train_classes[p] for p in parents] == list(test.classnames):
+        return list(parents)
+    raise UserError(f"Dataset {test.name} has other classes than {trained_on}, the dataset the module was fitted on "
+                    f"({test.num_classes} vs {len(train_classes)} classes"
+                    f"{'' if test.num_classes != len(train_classes) else ', or another order'}).",
+                    f"evaluate on {trained_on} or on one of its OOD variants (same classes, or a subset that "
+                    f"maps to them: `upgradebench datasets list` shows them in its 'ood of' column)")
 
 
 class Dataset(ABC):
