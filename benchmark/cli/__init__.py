@@ -83,6 +83,8 @@ def _show_warnings() -> None:
     logger = logging.getLogger("upgradebench")
     if not any(isinstance(h, _Warnings) for h in logger.handlers):
         logger.addHandler(_Warnings(logging.WARNING))
+    # a library calling logging.warning() gives the root logger a handler, which would print each line twice
+    logger.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> None:
