@@ -83,8 +83,13 @@ def _show_warnings() -> None:
     logger = logging.getLogger("upgradebench")
     if not any(isinstance(h, _Warnings) for h in logger.handlers):
         logger.addHandler(_Warnings(logging.WARNING))
-    # a library calling logging.warning() gives the root logger a handler, which would print each line twice
-    logger.propagate = False
+    if not logging.root.handlers:
+        # the handler a library's bare logging.info() would install (open_clip's do), minus upgradebench's own
+        # records, which the handler above prints: without it each warning is printed twice
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+        handler.addFilter(lambda record: not record.name.startswith("upgradebench"))
+        logging.root.addHandler(handler)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
