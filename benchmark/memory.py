@@ -74,6 +74,24 @@ def model_bytes(vlm: VLM) -> int:
     return sum(p.numel() * p.element_size() for p in vlm.model.parameters())
 
 
+def saved_activation_bytes(vlm: VLM, rows: int, length: int) -> int:
+    """Measured: bytes of the distinct non-parameter storages autograd keeps for one unchunked training call
+    through the text encoder (what :meth:`TextShape.saved_bytes` models)."""
+    params = {p.untyped_storage().data_ptr() for p in vlm.model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            kept[s.data_ptr()] = s.nbytes()
+        return t
+
+    embeds = torch.randn(rows, length, vlm.text_width, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        vlm.encode_text_embeddings(embeds, torch.full((rows,), length - 1))
+    return sum(kept.values())
+
+
 def rows_per_call(shape: TextShape, length: int, budget: int = TEXT_ACTIVATION_BUDGET) -> int:
     """Prompts per training text-encoder call whose kept activations fit in ``budget`` (at least 1)."""
     return max(1, budget // shape.saved_bytes(1, length))

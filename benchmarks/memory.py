@@ -30,7 +30,7 @@ import torch
 
 import open_clip
 from upgradebench.memory import (TEXT_ACTIVATION_BUDGET, TextShape, encode_text_bounded, model_bytes,
-                                 rows_per_call, training_peak_bytes)
+                                 rows_per_call, saved_activation_bytes, training_peak_bytes)
 from upgradebench.models import VLM, ModelSpec
 from report import emit  # benchmarks/report.py, next to this script
 
@@ -59,23 +59,6 @@ def _step(vlm: VLM, rows: int, length: int, max_rows: int | None) -> None:
     out.square().sum().backward()
 
 
-def kept_bytes(vlm: VLM, rows: int, length: int) -> int:
-    """Bytes of the distinct non-parameter storages autograd keeps for one unchunked training call."""
-    params = {p.untyped_storage().data_ptr() for p in vlm.model.parameters()}
-    kept: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            kept[s.data_ptr()] = s.nbytes()
-        return t
-
-    embeds = torch.randn(rows, length, vlm.text_width, requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        vlm.encode_text_embeddings(embeds, torch.full((rows,), length - 1))
-    return sum(kept.values())
-
-
 def peak_rss_bytes(vlm: VLM, rows: int, length: int, max_rows: int | None) -> int:
     """Resident-set high-water mark of one training step above the resident set before it."""
     gc.collect()
@@ -91,7 +74,7 @@ def validate(vlm: VLM, rows_list: list[int], length: int, chunk: int) -> dict:
     out: dict = {"shape": vars(shape), "length": length, "kept": [], "peak": []}
     _step(vlm, 2, length, None)  # warm-up: allocator, kernels, thread pools
     for rows in rows_list:
-        measured, modelled = kept_bytes(vlm, rows, length), shape.saved_bytes(rows, length)
+        measured, modelled = saved_activation_bytes(vlm, rows, length), shape.saved_bytes(rows, length)
         out["kept"].append({"rows": rows, "measured_mib": measured / 2**20, "model_mib": modelled / 2**20,
                             "ratio": measured / modelled})
         for per_call in (None, chunk):

@@ -9,7 +9,7 @@ import torch
 from upgradebench import memory
 from upgradebench.data import get_dataset, load_fewshot
 from upgradebench.features import FeatureCache
-from upgradebench.memory import TextShape, encode_text_bounded
+from upgradebench.memory import TextShape, encode_text_bounded, saved_activation_bytes
 from upgradebench.method import get_method
 from upgradebench.models import load_vlm
 from upgradebench.prompting import class_prompts
@@ -27,30 +27,13 @@ def pair(micro_dirs):
             load_vlm(f"local-dir:{micro_dirs['eva']}", device="cpu"))
 
 
-def _kept_bytes(vlm, rows: int, length: int) -> int:
-    """Bytes of the distinct non-parameter storages autograd keeps for one training call."""
-    params = {p.untyped_storage().data_ptr() for p in vlm.model.parameters()}
-    kept: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            kept[s.data_ptr()] = s.nbytes()
-        return t
-
-    embeds = torch.randn(rows, length, vlm.text_width, requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        vlm.encode_text_embeddings(embeds, torch.full((rows,), length - 1))
-    return sum(kept.values())
-
-
 @pytest.mark.parametrize("which", [0, 1])
 def test_memory_model_is_what_autograd_keeps(pair, which):
     vlm = pair[which]
     shape = TextShape.of(vlm)
     assert shape.activation_saves == (2 if which == 0 else 1)  # QuickGELU keeps its input and its sigmoid
     for rows, length in ((3, 7), (6, 12)):
-        measured, modelled = _kept_bytes(vlm, rows, length), shape.saved_bytes(rows, length)
+        measured, modelled = saved_activation_bytes(vlm, rows, length), shape.saved_bytes(rows, length)
         # the model counts the blocks; the rest is ln_final's input and statistics, the causal mask (a view of
         # the tower's context x context buffer) and the pooling indices (two int64 per row)
         extra = rows * length * (shape.width + 2) * 4 + vlm.context_length ** 2 * 4 + rows * 16
