@@ -3,12 +3,14 @@
 Targets may be objects or lazy ``"module:attr"`` strings that are imported on first use; a base-class
 check runs when a target is resolved; unknown names raise :class:`UnknownNameError` with a
 "did you mean"; every entry remembers where it came from (built-in, a distribution, the user).
+Built-in entries may be registered from data on first use of the registry (``builtins``), so no module has to
+be imported for its registrations to exist.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -42,11 +44,20 @@ def import_target(ref: str) -> Any:
 class Registry(Generic[T]):
     """Names -> targets of one kind, resolved lazily and checked against ``base``."""
 
-    def __init__(self, kind: str, base: type | None = None) -> None:
+    def __init__(self, kind: str, base: type | None = None,
+                 builtins: Callable[[Registry[T]], None] | None = None) -> None:
+        """``builtins(registry)``, if given, registers the built-in entries once, before the registry is first used."""
         self.kind = kind
         self.base = base
+        self._builtins = builtins
         self._entries: dict[str, Entry[T]] = {}
         self._resolved: dict[str, T] = {}
+
+    def _load_builtins(self) -> None:
+        # the built-ins go first, so that a later registration of one of their names is refused as a duplicate
+        loader, self._builtins = self._builtins, None
+        if loader is not None:
+            loader(self)
 
     def register(
         self,
@@ -60,6 +71,7 @@ class Registry(Generic[T]):
         **meta: Any,
     ) -> None:
         """Register ``target`` under ``name``. A second registration of a name is refused unless ``replace``."""
+        self._load_builtins()
         if name in self._entries and not replace:
             raise UserError(
                 f"{self.kind} {name!r} is already registered (from {self._entries[name].origin}).",
@@ -79,6 +91,7 @@ class Registry(Generic[T]):
 
     def entry(self, name: str) -> Entry[T]:
         """The entry of ``name``, or an error that lists the valid names and the closest ones."""
+        self._load_builtins()
         try:
             return self._entries[name]
         except KeyError:
@@ -100,6 +113,7 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """All registered names, sorted."""
+        self._load_builtins()
         return sorted(self._entries)
 
     def entries(self) -> Iterator[Entry[T]]:
@@ -109,11 +123,14 @@ class Registry(Generic[T]):
 
     def unregister(self, name: str) -> None:
         """Remove ``name`` (used by tests and by users who replace a dataset definition)."""
+        self._load_builtins()
         self._entries.pop(name, None)
         self._resolved.pop(name, None)
 
     def __contains__(self, name: object) -> bool:
+        self._load_builtins()
         return name in self._entries
 
     def __len__(self) -> int:
+        self._load_builtins()
         return len(self._entries)

@@ -338,6 +338,7 @@ def test_list_shows_every_dataset_with_classes_and_presence(tmp_path, capsys, mo
     assert code == 0 and set(rows) == set(dataset_names()) and set(FULL_SIZES) <= set(rows)
     assert {n for n, r in rows.items() if r["kind"] == "coop" and r["found"]} == {"dtd", "imagenet_r"}
     assert rows["imagenet_r"]["num_classes"] == 200 and rows["imagenet_r"]["ood_of"] == "imagenet"
+    assert rows["toy-pattern"]["num_classes"] == get_dataset("toy-pattern").num_classes and rows["toy-pattern"]["found"]
     code, out, _ = cli(capsys, "datasets", "list", "--data-root", str(tmp_path))
     assert code == 0 and "imagenet_sketch" in out
 

@@ -17,6 +17,7 @@ from upgradebench.errors import UserError
 from upgradebench.models import load_vlm
 from upgradebench.world import generator as gen
 from upgradebench.world import zoo
+from upgradebench.world.datasets import task_table
 from upgradebench.world.modelio import read_config
 from upgradebench.world.recipes import recipe_table
 from upgradebench.world.training import TrainConfig, compact_token_embedding, parameter_groups, train_contrastive
@@ -119,7 +120,8 @@ def test_toy_datasets_are_registered_with_splits_and_templates():
     for name in MAIN_TASKS:
         ds = get_dataset(name)
         meta = DATASETS.entry(name).meta
-        assert meta["kind"] == "world" and meta["num_classes"] == ds.num_classes and not meta.get("ood_of")
+        assert meta["kind"] == "world" and meta["description"] == task_table()[name]["description"]
+        assert not meta.get("ood_of")
         assert "{}" in ds.template and all(ds.has_split(s) for s in ("train", "val", "test"))
         splits = {s: ds.split(s) for s in ("train", "val", "test")}
         refs = [set(r for r, _ in items) for items in splits.values()]

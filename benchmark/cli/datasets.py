@@ -11,7 +11,7 @@ from typing import TypeVar
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..data import DATASETS, dataset_names, get_dataset
+from ..data import DATASETS, get_dataset
 from ..data.coop import CoopDataset
 from ..data.coop_check import DatasetCheck, Track, check_coop_dataset
 from ..errors import UserError
@@ -43,13 +43,15 @@ def list_datasets(
 ) -> None:
     """List every registered dataset with its number of classes, kind and whether it is on disk."""
     root = resolve_data_root(data_root)
-    dataset_names()  # registers the built-ins
     rows = []
     for entry in DATASETS.entries():
         meta = entry.meta
         kind = meta.get("kind", "")
+        num_classes = meta.get("num_classes")
+        if num_classes is None and kind == "world":  # tasks.json holds no counts; a toy dataset is built without I/O
+            num_classes = get_dataset(entry.name, root).num_classes
         rows.append({
-            "name": entry.name, "kind": kind, "num_classes": meta.get("num_classes"), "ood_of": meta.get("ood_of"),
+            "name": entry.name, "kind": kind, "num_classes": num_classes, "ood_of": meta.get("ood_of"),
             "found": dataset_found(entry.name, kind, root),
             "path": str(root / meta["folder"]) if kind == "coop" else None,
             "description": meta.get("description", ""), "origin": entry.origin,
@@ -136,7 +138,6 @@ def check_datasets(
     for name in requested:
         DATASETS.entry(name)  # unknown names fail here, with "did you mean"
     if not requested:
-        dataset_names()
         coop = [e.name for e in DATASETS.entries() if e.meta.get("kind") == "coop"]
         requested = [n for n in coop if dataset_found(n, "coop", root)]
         if not requested:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ..data import DATASETS, Dataset, dataset_names, load_fewshot
+from ..data import DATASETS, Dataset, load_fewshot
 from ..data.coop import CoopDataset
 from ..paths import data_root as resolve_data_root
 from ._common import err_console, print_json, print_table
@@ -87,7 +87,6 @@ def _datasets(runner: Runner, names: list[str], data_root: Path | None) -> list[
     """The datasets named (``all``: every registered dataset found), each checked to be readable."""
     if ALL in names:
         root = resolve_data_root(data_root)
-        dataset_names()  # registers the built-ins
         names = [e.name for e in DATASETS.entries() if dataset_found(e.name, e.meta.get("kind", ""), root)]
     out = [runner.dataset(name) for name in dict.fromkeys(names)]
     for ds in out:  # a missing folder or file is reported before any model loads

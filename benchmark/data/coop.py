@@ -1,7 +1,7 @@
 """The real datasets of the paper, read from the CoOp layout under the data root.
 
-Every row of ``coop_datasets.json`` (11 benchmark datasets and the 4 ImageNet OOD variants) becomes a
-:class:`CoopDataset` registered under its name at import. Reading is lazy: building a dataset touches
+Every row of ``coop_datasets.json`` (11 benchmark datasets and the 4 ImageNet OOD variants) is a registered
+dataset (``families.json`` names :meth:`CoopDataset.from_catalogue` as their factory). Reading is lazy: building a dataset touches
 no file; the split files are parsed on first use of ``classnames`` or ``split``.
 
 Decisions where CoOp is silent or unsafe:
@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 
 from PIL import Image
@@ -33,7 +33,6 @@ from .coop_layouts import READERS, LayoutData
 from .coop_spec import DATASETS_MD, CoopSpec, coop_specs
 from .dataset import Dataset, Item
 from .images import is_safe_ref, open_rgb
-from .registry import register_dataset
 
 SKIP_FILE = "skipped_images.json"
 """Per dataset folder: ``{"images": {relative path: reason}}`` of unreadable images to leave out."""
@@ -48,6 +47,11 @@ class CoopDataset(Dataset):
         self.template = spec.template
         self.root = Path(data_root) / spec.folder
         self.image_root = self.root / spec.images
+
+    @classmethod
+    def from_catalogue(cls, name: str, data_root: str | os.PathLike[str]) -> CoopDataset:
+        """Dataset ``name`` of ``coop_datasets.json`` under ``data_root`` (the family's registry factory)."""
+        return cls(coop_specs()[name], data_root)
 
     def missing(self) -> list[UserError]:
         """What is absent on disk (dataset folder, image folder, split and class files), each with its fix.
@@ -142,11 +146,3 @@ class CoopDataset(Dataset):
         """``<dataset folder>/split_fewshot`` (CoOp's place; we write JSON there, never pickles)."""
         return self.root / "split_fewshot"
 
-
-def _register_all() -> None:
-    for spec in coop_specs().values():
-        register_dataset(spec.name, partial(CoopDataset, spec), num_classes=spec.num_classes, kind="coop",
-                         folder=spec.folder, description=spec.description, ood_of=spec.ood_of)
-
-
-_register_all()

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import UserError
 from .checkpoints import locate_hub_file, locate_pretrained, require_weights
-from .spec import ModelSpec, parse_model
+from .spec import ModelSpec, parse_model, provider_target, providers
 from .vlm import VLM
 
 
@@ -27,11 +27,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def _local_dir_for(spec: ModelSpec, allow_download: bool) -> str | None:
-    """The local-dir folder that holds ``spec`` (world models and cached Hub repos), if any."""
-    if spec.kind == "world":
-        from ..world.zoo import ensure_model
-
-        return str(ensure_model(spec.arch))
+    """The local-dir folder that holds ``spec`` (a provider's models, built if missing, and cached Hub repos), if any."""
+    if spec.kind in providers():
+        return str(provider_target(spec.kind, "folder")(spec.arch))
     if spec.kind == "local-dir":
         folder = Path(spec.arch)
         if not (folder / "open_clip_config.json").is_file():
@@ -55,12 +53,12 @@ def _local_dir_for(spec: ModelSpec, allow_download: bool) -> str | None:
 
 def weights_problem(name: str, pretrained: str | None = None) -> str | None:
     """Why model ``name`` cannot be loaded here without a download (the error a run would stop with), or None.
-    Embedded-world models are never a problem: they are built on first use."""
+    A provider's models (the embedded world's) are never a problem: they are built on first use."""
     try:
         spec = parse_model(name, pretrained)
         if spec.kind == "open_clip":
             require_weights(spec)
-        elif spec.kind != "world":
+        elif spec.kind not in providers():
             _local_dir_for(spec, allow_download=False)
     except UserError as exc:
         return exc.message
@@ -79,11 +77,10 @@ def load_vlm(
     """
     import open_clip
 
-    from ..world.trunks import register_trunks
-
     spec = name if isinstance(name, ModelSpec) else parse_model(name, pretrained)
     device = resolve_device(device)
-    register_trunks()  # local-dir configs may name the world's EVA-style timm trunks
+    for kind in providers():  # local-dir configs may name a provider's timm trunks (the world's EVA-style ones)
+        provider_target(kind, "setup")()
     folder = _local_dir_for(spec, allow_download)
     if folder is not None:
         model = open_clip.create_model(f"local-dir:{folder}", device="cpu")
@@ -113,13 +110,11 @@ def describe_model(name: str, pretrained: str | None = None) -> dict[str, Any]:
     if spec.kind == "open_clip":
         loc = locate_pretrained(spec.arch, spec.pretrained or "")
         info.update(weights=str(loc.path) if loc.path else None, present=loc.present, searched=loc.searched)
-    elif spec.kind == "world":
-        from ..world.zoo import model_dir
-
-        folder = model_dir(spec.arch)
+    elif spec.kind in providers():
+        folder = Path(provider_target(spec.kind, "location")(spec.arch))
         built = (folder / "open_clip_config.json").is_file()
         info.update(weights=str(folder), present=built, searched=[str(folder)],
-                    note=None if built else "built on first use (or `upgradebench zoo build`)")
+                    note=None if built else providers()[spec.kind]["note"])
     elif spec.kind == "local-dir":
         present = (Path(spec.arch) / "open_clip_config.json").is_file()
         info.update(weights=spec.arch, present=present, searched=[spec.arch])

@@ -1,6 +1,8 @@
 """Model specifications: what a model name means (alias table, ``open_clip:``, ``hf-hub:``, paths).
 
-Aliases are data (``aliases.json`` here, plus the embedded world's recipes); this module only parses.
+Aliases are data: ``aliases.json`` holds the real models and, under ``_providers``, the providers that build
+their models on first use (the embedded world), each as lazy ``"module:attr"`` targets; this module only parses
+and never imports a provider except through those targets.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnknownNameError, UserError
+from ..registry import import_target
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,8 @@ class ModelSpec:
 
     ``kind`` is ``"open_clip"`` (built-in architecture ``arch`` + ``pretrained`` tag or weights file),
     ``"hf-hub"`` (``arch`` holds ``ORG/REPO``), ``"local-dir"`` (``arch`` holds a folder in open_clip's
-    ``local-dir:`` format) or ``"world"`` (a model of the embedded offline world, built on first use).
+    ``local-dir:`` format) or the name of a provider of ``aliases.json``'s ``_providers`` (``"world"``: a model
+    of the embedded offline world, built on first use; ``arch`` holds the provider's name for it).
     """
 
     alias: str
@@ -41,13 +45,26 @@ class ModelSpec:
 
 
 @lru_cache(maxsize=1)
-def builtin_aliases() -> dict[str, dict[str, Any]]:
-    """The alias table shipped with upgradebench (real models) merged with the embedded world's models."""
-    table = json.loads(resources.files(__package__).joinpath("aliases.json").read_text())
-    from ..world.recipes import world_aliases  # the world's models are data too
+def _alias_file() -> dict[str, Any]:
+    return json.loads(resources.files(__package__).joinpath("aliases.json").read_text())
 
-    for name, entry in world_aliases().items():
-        table[name] = entry
+
+def providers() -> dict[str, dict[str, str]]:
+    """The model providers of ``aliases.json`` (``_providers``), by name: their lazy targets and texts."""
+    return {k: v for k, v in _alias_file()["_providers"].items() if not k.startswith("_")}
+
+
+def provider_target(kind: str, role: str) -> Any:
+    """Provider ``kind``'s ``role`` target (``folder``, ``location``, ``setup``), imported now."""
+    return import_target(providers()[kind][role])
+
+
+@lru_cache(maxsize=1)
+def builtin_aliases() -> dict[str, dict[str, Any]]:
+    """The alias table shipped with upgradebench (real models) merged with every provider's models."""
+    table = {k: v for k, v in _alias_file().items() if not k.startswith("_")}
+    for kind in providers():
+        table.update(provider_target(kind, "aliases")())
     return table
 
 
@@ -66,10 +83,11 @@ def parse_model(name: str, pretrained: str | None = None) -> ModelSpec:
     table = builtin_aliases()
     if name in table:
         entry = table[name]
-        if "world" in entry:
-            if pretrained:
-                raise UserError(f"{name!r} is a model of the embedded world; --pretrained does not apply to it.")
-            return ModelSpec(name, "world", entry["world"], None, entry.get("description", ""))
+        for kind, provider in providers().items():
+            if kind in entry:
+                if pretrained:
+                    raise UserError(f"{name!r} is a model of {provider['title']}; --pretrained does not apply to it.")
+                return ModelSpec(name, kind, entry[kind], None, entry.get("description", ""))
         return ModelSpec(name, "open_clip", entry["arch"], pretrained or entry["pretrained"], entry.get("description", ""))
     if name.startswith("open_clip:"):
         arch, _, tag = name[len("open_clip:") :].partition("/")

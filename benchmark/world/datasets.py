@@ -1,4 +1,4 @@
-"""The toy datasets of the embedded world (``tasks.json``), registered like the real ones at import time.
+"""The toy datasets of the embedded world (``tasks.json``, registered from data by ``data/families.json``).
 
 An item is ``("<dataset>/<split>/<index>", label)``; the reference alone regenerates its image, so no
 image is ever stored. Item ``i`` has label ``i mod C`` (every split is class-balanced) and its scene is
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache, partial
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from ..data import Dataset, Item, register_dataset
+from ..data.dataset import Dataset, Item
 from ..errors import UserError
 from . import generator
 from .worlds import world_config, world_name, world_root
@@ -81,6 +81,11 @@ class ToyDataset(Dataset):
         self.world = world_name()
         self._config = world_config()
 
+    @classmethod
+    def from_catalogue(cls, name: str, data_root: Path) -> ToyDataset:
+        """Toy dataset ``name`` (the family's registry factory); toy datasets need no data root: they are procedural."""
+        return cls(name)
+
     def has_split(self, name: str) -> bool:
         """Whether the split exists (OOD variants have only ``test``)."""
         return name in self.task["splits"]
@@ -138,16 +143,3 @@ class ToyDataset(Dataset):
         return {**super().fingerprint_payload(), "world": self.world, "seed": self._config["seed"],
                 "style": self.style, "stream": self.task["stream"], "generator": generator.generator_key(), **restricted}
 
-
-def _factory(name: str, data_root: Path) -> ToyDataset:
-    # Toy datasets need no data root: their images are procedural.
-    return ToyDataset(name)
-
-
-def _register_all() -> None:
-    for name, task in task_table().items():
-        register_dataset(name, partial(_factory, name), num_classes=len(task_classnames(task)),
-                         kind="world", description=task["description"], ood_of=task.get("base"))
-
-
-_register_all()
