@@ -15,7 +15,8 @@ embedding, each block, final LayerNorm, text projection), two kinds of change ar
 
 Layers are matched by their place in the forward order, not by state-dict keys, so a CLIP tower and a
 CustomTextCLIP tower (whose keys differ) compare directly; towers whose shapes differ are refused.
-Rows follow :data:`DRIFT_SCHEMA`, documented in ``results/ANALYSIS_SCHEMA.md``.
+Rows follow :data:`DRIFT_SCHEMA` (a :class:`~upgradebench.store.ParquetSchema`), documented in
+``results/ANALYSIS_SCHEMA.md``.
 """
 
 from __future__ import annotations
@@ -27,38 +28,43 @@ import pandas as pd
 import torch
 from torch import nn
 
-from upgradebench.atomic import write_atomic
 from upgradebench.errors import UserError
 from upgradebench.models import VLM
 from upgradebench.prompting import clean_name
 from upgradebench.provenance import now, versions
+from upgradebench.store import Column, ParquetSchema
 
 DRIFT_SCHEMA_VERSION = 1
 
-# name -> (pandas dtype, description). The order is the column order of every drift file.
-DRIFT_SCHEMA: dict[str, tuple[str, str]] = {
-    "schema_version": ("int64", "version of this drift schema"),
-    "kind": ("string", "'parameters' (Fig. 2b) or 'features' (Fig. 2c)"),
-    "layer": ("string", "text-tower layer: token_embedding, positional_embedding, block_<i>, ln_final, "
-                        "text_projection"),
-    "layer_index": ("int64", "position of the layer in forward order (0 = token_embedding)"),
-    "source": ("string", "alias of the source model"),
-    "source_fingerprint": ("string", "hash of the source weights"),
-    "target": ("string", "alias of the target model"),
-    "target_fingerprint": ("string", "hash of the target weights"),
-    "mean_abs_change": ("float64", "mean |target - source| over the layer's values (features: per prompt over "
-                                   "its unpadded positions, then averaged over prompts)"),
-    "relative_change": ("float64", "||target - source|| / ||source|| (features: per prompt, then averaged)"),
-    "n_values": ("int64", "number of values compared (parameters: parameter count; features: over all prompts)"),
-    "n_prompts": ("int64", "prompts in the feature set (0 for parameter rows)"),
-    "prompt_datasets": ("string", "datasets whose class names and templates form the prompt set, comma-separated "
-                                  "(empty for parameter rows)"),
-    "created_at": ("string", "UTC time the rows were computed, ISO 8601"),
-    "upgradebench_version": ("string", "version of upgradebench that computed the rows"),
-    "git_sha": ("string", "git commit of the upgradebench source when run from a checkout, else empty"),
-    "torch_version": ("string", "torch.__version__"),
-    "open_clip_version": ("string", "open_clip.__version__"),
+# The order is the column order of every drift file.
+DRIFT_COLUMNS: dict[str, Column] = {
+    "schema_version": Column("int64", "version of this drift schema"),
+    "kind": Column("string", "'parameters' (Fig. 2b) or 'features' (Fig. 2c)"),
+    "layer": Column("string", "text-tower layer: token_embedding, positional_embedding, block_<i>, ln_final, "
+                              "text_projection"),
+    "layer_index": Column("int64", "position of the layer in forward order (0 = token_embedding)"),
+    "source": Column("string", "alias of the source model"),
+    "source_fingerprint": Column("string", "hash of the source weights"),
+    "target": Column("string", "alias of the target model"),
+    "target_fingerprint": Column("string", "hash of the target weights"),
+    "mean_abs_change": Column("float64", "mean |target - source| over the layer's values (features: per prompt over "
+                                         "its unpadded positions, then averaged over prompts)"),
+    "relative_change": Column("float64", "||target - source|| / ||source|| (features: per prompt, then averaged)"),
+    "n_values": Column("int64", "number of values compared (parameters: parameter count; features: over all prompts)"),
+    "n_prompts": Column("int64", "prompts in the feature set (0 for parameter rows)"),
+    "prompt_datasets": Column("string", "datasets whose class names and templates form the prompt set, comma-separated "
+                                        "(empty for parameter rows)"),
+    "created_at": Column("string", "UTC time the rows were computed, ISO 8601"),
+    "upgradebench_version": Column("string", "version of upgradebench that computed the rows"),
+    "git_sha": Column("string", "git commit of the upgradebench source when run from a checkout, else empty"),
+    "torch_version": Column("string", "torch.__version__"),
+    "open_clip_version": Column("string", "open_clip.__version__"),
 }
+
+DRIFT_SCHEMA = ParquetSchema(
+    name="drift", version=DRIFT_SCHEMA_VERSION, version_column="schema_version", columns=DRIFT_COLUMNS,
+    noun="drift file", source_fix="pass the file written by `upgradebench analyze drift --out`",
+    damaged_fix="re-run `upgradebench analyze drift --out FILE` to rewrite it")
 
 PARAMETERS, FEATURES = "parameters", "features"
 
@@ -172,26 +178,12 @@ def drift_frame(source: VLM, target: VLM, prompts: Sequence[str], datasets: Sequ
               "source_fingerprint": source.fingerprint, "target": target.name,
               "target_fingerprint": target.fingerprint, "created_at": now(), **versions()}
     rows = parameter_drift(source, target) + feature_drift(source, target, prompts, datasets)
-    return conform_drift(pd.DataFrame([{**common, **row} for row in rows]), "drift")
-
-
-def conform_drift(df: pd.DataFrame, origin: str) -> pd.DataFrame:
-    """``df`` in :data:`DRIFT_SCHEMA` order and types; a clear error when it is not a drift table."""
-    missing = [c for c in DRIFT_SCHEMA if c not in df.columns]
-    if missing:
-        raise UserError(f"{origin} is not an upgradebench drift file (missing columns: {', '.join(missing)}).",
-                        "pass the file written by `upgradebench analyze drift --out`")
-    version = int(df["schema_version"].max()) if len(df) else DRIFT_SCHEMA_VERSION
-    if version > DRIFT_SCHEMA_VERSION:
-        raise UserError(f"{origin} has drift schema {version}, newer than this upgradebench "
-                        f"({DRIFT_SCHEMA_VERSION}).", "upgrade upgradebench to read it")
-    return df[list(DRIFT_SCHEMA)].astype({c: t for c, (t, _) in DRIFT_SCHEMA.items()})
+    return DRIFT_SCHEMA.conform(pd.DataFrame([{**common, **row} for row in rows]), "drift")
 
 
 def write_drift(df: pd.DataFrame, path: str | Path) -> Path:
     """Write drift rows to parquet atomically."""
-    df = conform_drift(df, str(path))
-    return write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
+    return DRIFT_SCHEMA.write(df, path)
 
 
 def read_drift(path: str | Path) -> pd.DataFrame:
@@ -199,11 +191,7 @@ def read_drift(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Drift file {path} does not exist.", "run `upgradebench analyze drift --out FILE` first")
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise UserError(f"{path} is not a readable parquet file ({exc}).") from None
-    return conform_drift(frame, str(path))
+    return DRIFT_SCHEMA.read(path)
 
 
 def analysis_schema_markdown() -> str:
@@ -220,10 +208,8 @@ def analysis_schema_markdown() -> str:
         "of runs (that folder is read as result rows). This file is generated by",
         "`python -m upgradebench.analysis.drift > results/ANALYSIS_SCHEMA.md` (a test checks it).",
         "",
-        "| column | type | meaning |",
-        "|---|---|---|",
+        *DRIFT_SCHEMA.markdown_table(),
     ]
-    lines += [f"| `{name}` | {dtype} | {text} |" for name, (dtype, text) in DRIFT_SCHEMA.items()]
     lines += [
         "",
         "## Depth study (`upgradebench analyze depth`, paper Fig. 2d)",

@@ -16,28 +16,36 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from .atomic import write_atomic
 from .errors import UserError
+from .store import Column, ParquetSchema
 
 LEDGER_VERSION = 1
 LEDGER_DIR = "ledger"
 
-# name -> (pyarrow type, description). Constant columns are dictionary-encoded, so they cost ~nothing per item.
-LEDGER_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
-    "ledger_version": (pa.int8(), "version of this ledger schema"),
-    "run_id": (pa.dictionary(pa.int8(), pa.string()), "run of the row this ledger belongs to"),
-    "eval_model": (pa.dictionary(pa.int8(), pa.string()), "alias of the evaluated model (as in the row)"),
-    "dataset": (pa.dictionary(pa.int8(), pa.string()), "dataset of the test split (as in the row)"),
-    "item": (pa.string(), "stable id of the test image (the dataset's image reference; same on every model)"),
-    "label": (pa.int16(), "true class index"),
-    "pred": (pa.int16(), "predicted class index (argmax of the logits, first on ties)"),
-    "correct": (pa.bool_(), "pred == label"),
-    "margin": (pa.float32(), "logit of the label minus the largest other logit (> 0 iff correct, bar ties)"),
+# Types are chosen, not inferred: constant columns are dictionary-encoded, so they cost ~nothing per item.
+_KEY = pa.dictionary(pa.int8(), pa.string())
+LEDGER_COLUMNS: dict[str, Column] = {
+    "ledger_version": Column("int8", "version of this ledger schema", pa.int8()),
+    "run_id": Column("string", "run of the row this ledger belongs to", _KEY),
+    "eval_model": Column("string", "alias of the evaluated model (as in the row)", _KEY),
+    "dataset": Column("string", "dataset of the test split (as in the row)", _KEY),
+    "item": Column("str", "stable id of the test image (the dataset's image reference; same on every model)",
+                   pa.string()),
+    "label": Column("int16", "true class index", pa.int16()),
+    "pred": Column("int16", "predicted class index (argmax of the logits, first on ties)", pa.int16()),
+    "correct": Column("bool", "pred == label", pa.bool_()),
+    "margin": Column("float32", "logit of the label minus the largest other logit (> 0 iff correct, bar ties)",
+                     pa.float32()),
 }
-_SCHEMA = pa.schema([(name, dtype) for name, (dtype, _) in LEDGER_COLUMNS.items()])
+
+_REWRITE = "delete the ledger and re-run the run to rewrite it (its module is reused, nothing is refitted)"
+
+LEDGER_SCHEMA = ParquetSchema(
+    name="ledger", version=LEDGER_VERSION, version_column="ledger_version", columns=LEDGER_COLUMNS,
+    noun="ledger", source_fix="pass a ledger written by `upgradebench run`", damaged_fix=_REWRITE,
+    compression="zstd")
 
 
 def ledger_path(row_path: str | Path) -> Path:
@@ -68,40 +76,18 @@ def predictions(logits: torch.Tensor, labels: torch.Tensor, items: list[str]) ->
 
 def write_ledger(preds: pd.DataFrame, path: str | Path, run_id: str, eval_model: str, dataset: str) -> Path:
     """Write one evaluation's predictions atomically, with the keys that join it to its row."""
-    n = len(preds)
-    table = pa.table({
-        "ledger_version": pa.array([LEDGER_VERSION] * n, pa.int8()),
-        "run_id": pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int8()), [run_id]),
-        "eval_model": pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int8()), [eval_model]),
-        "dataset": pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int8()), [dataset]),
-        **{c: pa.array(preds[c].to_numpy(), LEDGER_COLUMNS[c][0]) for c in ("item", "label", "pred", "correct", "margin")},
-    }, schema=_SCHEMA)
-    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    frame = preds.assign(ledger_version=LEDGER_VERSION, run_id=run_id, eval_model=eval_model, dataset=dataset)
+    return LEDGER_SCHEMA.write(frame, path)
 
 
 def read_ledger(path: str | Path, n_test: int | None = None, top1: float | None = None) -> pd.DataFrame:
     """A ledger file, checked against its row (number of items, accuracy) when those are given."""
     path = Path(path)
-    try:
-        df = pq.read_table(path).to_pandas()
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise UserError(f"{path} is not a readable ledger ({exc}).",
-                        "delete it and re-run the run (its module is reused, nothing is refitted)") from None
-    missing = [c for c in LEDGER_COLUMNS if c not in df.columns]
-    if missing:
-        raise UserError(f"{path} is not an upgradebench ledger (missing columns: {', '.join(missing)}).")
-    version = int(df.ledger_version.iloc[0]) if len(df) else LEDGER_VERSION
-    if version > LEDGER_VERSION:
-        raise UserError(f"{path} has ledger schema {version}, newer than this upgradebench ({LEDGER_VERSION}).",
-                        "upgrade upgradebench to read it")
-    for c in ("run_id", "eval_model", "dataset"):
-        df[c] = df[c].astype("string")
+    df = LEDGER_SCHEMA.read(path)
     if n_test is not None and len(df) != n_test:
-        raise UserError(f"{path} holds {len(df)} items but its row says n_test={n_test}.",
-                        "delete the ledger and re-run the run to rewrite it")
+        raise UserError(f"{path} holds {len(df)} items but its row says n_test={n_test}.", _REWRITE)
     if top1 is not None and len(df) and abs(100 * df.correct.mean() - top1) > 1e-3:
-        raise UserError(f"{path} gives top-1 {100 * df.correct.mean():.4f} but its row says {top1:.4f}.",
-                        "delete the ledger and re-run the run to rewrite it")
+        raise UserError(f"{path} gives top-1 {100 * df.correct.mean():.4f} but its row says {top1:.4f}.", _REWRITE)
     return df
 
 
@@ -116,10 +102,8 @@ def ledger_markdown() -> str:
         "on every model, so ledgers of one run on the source and on a target pair up item by item. Rows of",
         "schema 1 have no ledger; metrics that need one are reported as missing, never as zero.",
         "",
-        "| column | type | meaning |",
-        "|---|---|---|",
+        *LEDGER_SCHEMA.markdown_table(),
     ]
-    lines += [f"| `{name}` | {dtype} | {text} |" for name, (dtype, text) in LEDGER_COLUMNS.items()]
     lines += ["", "With DuckDB, rows and ledgers are two globs (their columns differ):", "",
               "```sql",
               "SELECT * FROM read_parquet('DIR/*/*.parquet', union_by_name = true);   -- rows (schemas 1 and 2)",

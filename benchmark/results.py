@@ -2,7 +2,8 @@
 
 One row per (run x evaluated model x evaluated dataset). Files are written atomically; reading a folder
 reads every ``*.parquet`` under it except the prediction ledgers (``ledger/`` folders, see ``ledger.py``).
-Old files are brought to the current schema by explicit migrations (``MIGRATIONS``), never silently.
+Old files are brought to the current schema by explicit migrations (``MIGRATIONS``), never silently; the
+reading, conforming, writing and documenting is :class:`~upgradebench.store.ParquetSchema`'s (``RESULT_SCHEMA``).
 Every row carries a hash of its other columns (``row_hash``, from schema 3), checked when read: a row that
 does not match it is reported with its file, never used. Reading overlapping folders (the same folder twice,
 or one inside another) counts each row once and says so.
@@ -13,57 +14,58 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
-from .atomic import write_atomic
 from .errors import UserError
 from .ledger import is_ledger_file, ledger_markdown
+from .store import Column, Migration, ParquetSchema
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 
-# name -> (pandas dtype, description). The order is the column order of every file.
-COLUMNS: dict[str, tuple[str, str]] = {
-    "schema_version": ("int64", "version of this schema (migrations bring older files up to date)"),
-    "run_id": ("string", "identity of the run: method, variant, dataset, shots, seed, source and a hash of all inputs"),
-    "created_at": ("string", "UTC time the row was written, ISO 8601"),
-    "upgradebench_version": ("string", "version of upgradebench that produced the row"),
-    "git_sha": ("string", "git commit of the upgradebench source when run from a checkout, else empty"),
-    "method": ("string", "method name (registry / entry-point name)"),
-    "method_version": ("string", "version declared by the method class"),
-    "method_origin": ("string", "distribution that supplied the method, as name==version"),
-    "method_config": ("string", "the full method config as JSON"),
-    "method_variant": ("string", "config keys that differ from the method's defaults (k=v,...); empty for defaults"),
-    "config_hash": ("string", "hash of (method, method_version, method_config): one per method variant"),
-    "dataset": ("string", "dataset the row's accuracy was measured on"),
-    "dataset_fingerprint": ("string", "fingerprint of that dataset (class names, template, splits)"),
-    "train_dataset": ("string", "dataset the module was fitted on (differs from dataset for OOD rows)"),
-    "shots": ("int64", "K, training images per class"),
-    "seed": ("int64", "seed of the few-shot sample and of training"),
-    "views": ("string", "cached augmented views per training image, or 'online'"),
-    "source": ("string", "alias of the model the module was fitted on"),
-    "source_fingerprint": ("string", "hash of the source weights"),
-    "eval_model": ("string", "alias of the model evaluated in this row"),
-    "eval_fingerprint": ("string", "hash of the evaluated model's weights"),
-    "role": ("string", "'base' (eval_model is the source), 'new' (a target), 'oracle' (fitted on eval_model itself, "
-                       "`run --oracle`) or 'rescore' (a held-out model, `leaderboard build --rescore-on`; written "
-                       "to a folder of its own)"),
-    "top1": ("float64", "top-1 accuracy in percent on the test split"),
-    "n_test": ("int64", "number of test images"),
-    "fit_seconds": ("float64", "wall time of fit (0 when the module was reused)"),
-    "trainable_params": ("Int64", "number of learned values in the saved module (0 for zero-shot); schema 1: NA"),
-    "needs_image_encoder": ("boolean", "whether training ran the image encoder (the method asks for pixels, or "
-                                       "--views online) instead of cached features; schema 1: NA"),
-    "eval_seconds": ("float64", "wall time of this evaluation (features + logits)"),
-    "device": ("string", "torch device of the run"),
-    "torch_version": ("string", "torch.__version__"),
-    "open_clip_version": ("string", "open_clip.__version__"),
-    "row_hash": ("string", "hash of every other column of the row, checked when read (schema 3; migrated rows get "
-                           "the hash of their migrated values)"),
+# The order is the column order of every file.
+COLUMNS: dict[str, Column] = {
+    "schema_version": Column("int64", "version of this schema (migrations bring older files up to date)"),
+    "run_id": Column("string", "identity of the run: method, variant, dataset, shots, seed, source and a hash of all "
+                               "inputs"),
+    "created_at": Column("string", "UTC time the row was written, ISO 8601"),
+    "upgradebench_version": Column("string", "version of upgradebench that produced the row"),
+    "git_sha": Column("string", "git commit of the upgradebench source when run from a checkout, else empty"),
+    "method": Column("string", "method name (registry / entry-point name)"),
+    "method_version": Column("string", "version declared by the method class"),
+    "method_origin": Column("string", "distribution that supplied the method, as name==version"),
+    "method_config": Column("string", "the full method config as JSON"),
+    "method_variant": Column("string", "config keys that differ from the method's defaults (k=v,...); empty for "
+                                       "defaults"),
+    "config_hash": Column("string", "hash of (method, method_version, method_config): one per method variant"),
+    "dataset": Column("string", "dataset the row's accuracy was measured on"),
+    "dataset_fingerprint": Column("string", "fingerprint of that dataset (class names, template, splits)"),
+    "train_dataset": Column("string", "dataset the module was fitted on (differs from dataset for OOD rows)"),
+    "shots": Column("int64", "K, training images per class"),
+    "seed": Column("int64", "seed of the few-shot sample and of training"),
+    "views": Column("string", "cached augmented views per training image, or 'online'"),
+    "source": Column("string", "alias of the model the module was fitted on"),
+    "source_fingerprint": Column("string", "hash of the source weights"),
+    "eval_model": Column("string", "alias of the model evaluated in this row"),
+    "eval_fingerprint": Column("string", "hash of the evaluated model's weights"),
+    "role": Column("string", "'base' (eval_model is the source), 'new' (a target), 'oracle' (fitted on eval_model "
+                             "itself, `run --oracle`) or 'rescore' (a held-out model, `leaderboard build "
+                             "--rescore-on`; written to a folder of its own)"),
+    "top1": Column("float64", "top-1 accuracy in percent on the test split"),
+    "n_test": Column("int64", "number of test images"),
+    "fit_seconds": Column("float64", "wall time of fit (0 when the module was reused)"),
+    "trainable_params": Column("Int64", "number of learned values in the saved module (0 for zero-shot); schema 1: NA"),
+    "needs_image_encoder": Column("boolean", "whether training ran the image encoder (the method asks for pixels, or "
+                                             "--views online) instead of cached features; schema 1: NA"),
+    "eval_seconds": Column("float64", "wall time of this evaluation (features + logits)"),
+    "device": Column("string", "torch device of the run"),
+    "torch_version": Column("string", "torch.__version__"),
+    "open_clip_version": Column("string", "open_clip.__version__"),
+    "row_hash": Column("string", "hash of every other column of the row, checked when read (schema 3; migrated rows "
+                                 "get the hash of their migrated values)"),
 }
 
 # a row is counted once when several files give it (overlapping folders): same run, model, dataset and weights
@@ -72,12 +74,18 @@ ROW_IDENTITY = ["run_id", "eval_model", "dataset", "role", "source_fingerprint",
 
 # schema_version -> function bringing a frame of that version to the next one. A row migrated from before
 # schema 3 has no row hash to check: read_results gives it the hash of its migrated values.
-MIGRATIONS: dict[int, Callable[[pd.DataFrame], pd.DataFrame]] = {
+MIGRATIONS: dict[int, Migration] = {
     # 1 -> 2: cost columns (unknown for old rows, so NA, never 0) and a prediction ledger beside each row file.
     1: lambda df: df.assign(schema_version=2, trainable_params=pd.NA, needs_image_encoder=pd.NA),
     # 2 -> 3: the row hash, computed from the migrated values (an old row had nothing to check it against).
     2: lambda df: df.assign(schema_version=3, row_hash=pd.NA),
 }
+
+_RESTORE = "restore the file from a copy, or delete its run folder and re-run the run"
+
+RESULT_SCHEMA = ParquetSchema(
+    name="result", version=SCHEMA_VERSION, version_column="schema_version", columns=COLUMNS, migrations=MIGRATIONS,
+    noun="result file", source_fix="pass a folder of upgradebench result files", damaged_fix=_RESTORE)
 
 
 def row_hashes(df: pd.DataFrame) -> pd.Series:
@@ -85,31 +93,6 @@ def row_hashes(df: pd.DataFrame) -> pd.Series:
     values = pd.util.hash_pandas_object(df[[c for c in COLUMNS if c != "row_hash"]], index=False)
     return pd.Series([f"{v:016x}" for v in values], index=df.index, dtype="string")
 
-
-
-def _version(df: pd.DataFrame) -> int:
-    return int(df["schema_version"].iloc[0]) if "schema_version" in df and len(df) else SCHEMA_VERSION
-
-
-def _conform(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    version = _version(df)
-    if version > SCHEMA_VERSION:
-        raise UserError(f"{source} has result schema {version}, newer than this upgradebench ({SCHEMA_VERSION}).",
-                        "upgrade upgradebench to read it")
-    while version < SCHEMA_VERSION:
-        if version not in MIGRATIONS:
-            raise UserError(f"{source} has result schema {version} and no migration to {SCHEMA_VERSION} exists.")
-        df = MIGRATIONS[version](df)
-        version += 1
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise UserError(f"{source} is not an upgradebench result file (missing columns: {', '.join(missing)}).",
-                        "pass a folder of upgradebench result files")
-    try:
-        return df[list(COLUMNS)].astype({c: t for c, (t, _) in COLUMNS.items()})
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"{source} has a column of the wrong type ({exc}).",
-                        "restore the file from a copy, or delete its run folder and re-run the run") from None
 
 
 def _verify(df: pd.DataFrame, checked: pd.Series, files: pd.Series) -> pd.DataFrame:
@@ -120,8 +103,7 @@ def _verify(df: pd.DataFrame, checked: pd.Series, files: pd.Series) -> pd.DataFr
     if bad.any():
         f = files[bad].iloc[0]
         raise UserError(f"{f}: {int((files[bad] == f).sum())} rows do not match their row hash (edited or damaged), "
-                        f"e.g. run {df.run_id[bad].iloc[0]!r} on {df.eval_model[bad].iloc[0]!r}.",
-                        "restore the file from a copy, or delete its run folder and re-run the run")
+                        f"e.g. run {df.run_id[bad].iloc[0]!r} on {df.eval_model[bad].iloc[0]!r}.", _RESTORE)
     return df.assign(row_hash=hashes)
 
 
@@ -137,9 +119,8 @@ def write_rows(rows: list[dict], path: str | Path) -> Path:
     frame = pd.DataFrame(rows)
     if "row_hash" not in frame:
         frame["row_hash"] = pd.NA
-    df = _conform(frame, str(path))
-    df = df.assign(row_hash=row_hashes(df))
-    return write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
+    df = RESULT_SCHEMA.conform(frame, str(path))
+    return RESULT_SCHEMA.write(df.assign(row_hash=row_hashes(df)), path)
 
 
 def read_results(*paths: str | Path) -> pd.DataFrame:
@@ -165,15 +146,11 @@ def read_results(*paths: str | Path) -> pd.DataFrame:
                 repeated += 1
                 continue
             seen.add(f.resolve())
-            try:
-                frame = pd.read_parquet(f)
-            except Exception as exc:  # pyarrow raises several types for a damaged file
-                raise UserError(f"{f} is not a readable parquet file ({exc}).",
-                                "restore it from a copy, or delete its run folder and re-run the run") from None
-            version = _version(frame)
-            frames.append(_conform(frame, str(f)).assign(_file=str(f), _checked=version >= 3))
+            frame = RESULT_SCHEMA.read_raw(f)
+            checked = RESULT_SCHEMA.version_of(frame) >= 3  # rows from before schema 3 carry no hash to check
+            frames.append(RESULT_SCHEMA.conform(frame, str(f)).assign(_file=str(f), _checked=checked))
     if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, (t, _) in COLUMNS.items()})
+        return RESULT_SCHEMA.empty()
     df = pd.concat(frames, ignore_index=True)
     df = _verify(df, df.pop("_checked"), df["_file"])  # hashed once for every file: a read stays one pass
     dup = df.duplicated(ROW_IDENTITY, keep="first")
@@ -257,12 +234,12 @@ def schema_markdown() -> str:
         "the file); reading overlapping folders counts a row (same run, model, dataset, fingerprints) once, with a",
         "warning. A row is never replaced by an evaluation of other weights under the same model name: `run` and",
         "`sweep` refuse unless `--replace`.",
+        "Rows, ledgers and drift tables are each one `upgradebench.store.ParquetSchema` (columns, version,",
+        "migrations, reading, writing and this documentation in one place).",
         "This file is generated by `python -m upgradebench.results > results/SCHEMA.md` (a test checks it).",
         "",
-        "| column | type | meaning |",
-        "|---|---|---|",
+        *RESULT_SCHEMA.markdown_table(),
     ]
-    lines += [f"| `{name}` | {dtype} | {text} |" for name, (dtype, text) in COLUMNS.items()]
     lines += ["", "Base / New / H: `role == 'base'` rows give Base, `role == 'new'` rows give New for their",
               "`eval_model`; H = 2 Base New / (Base + New). Zero-shot accuracy of a model is the row of method",
               "`zeroshot`. Migrations: 2 -> 3 adds `row_hash`; 1 -> 2 adds `trainable_params` and `needs_image_encoder` (NA) and the",

@@ -9,6 +9,6 @@ from upgradebench.results import COLUMNS
 
 def blank_row(**values) -> dict:
     """A row with every schema column: empty strings, NA where the column's type has no empty value."""
-    row = {c: "" if dtype == "string" else pd.NA for c, (dtype, _) in COLUMNS.items()}
+    row = {c: "" if col.dtype == "string" else pd.NA for c, col in COLUMNS.items()}
     row.update(values)
     return row

@@ -52,7 +52,7 @@ def _by(df, kind):
 
 def test_drift_of_identical_towers_is_zero(capsys, tmp_path, drift_models, tiny_dataset):
     out, df = _drift(capsys, tmp_path, drift_models["clip"], drift_models["clip"])
-    assert list(df.columns) == list(DRIFT_SCHEMA) and len(out["rows"]) == len(df)
+    assert list(df.columns) == list(DRIFT_SCHEMA.columns) and len(out["rows"]) == len(df)
     layers = ["token_embedding", "positional_embedding", "block_0", "block_1", "block_2", "ln_final",
               "text_projection"]
     for kind in ("parameters", "features"):

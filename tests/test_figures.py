@@ -97,7 +97,7 @@ def synthetic_drift(path: Path, layers: int = 4) -> Path:
     for t, target in enumerate(("toy-eva", "toy-eva-drift")):
         for kind in ("parameters", "features"):
             for i, layer in enumerate(names):
-                row = {c: "" for c in DRIFT_SCHEMA}
+                row = {c: "" for c in DRIFT_SCHEMA.columns}
                 row.update(schema_version=DRIFT_SCHEMA_VERSION, kind=kind, layer=layer, layer_index=i,
                            source="toy-clip", target=target, mean_abs_change=0.01 * (i + 1) * (t + 1),
                            relative_change=0.05 * (i + 1) * (t + 1), n_values=100, n_prompts=10 * (kind == "features"))

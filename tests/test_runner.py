@@ -127,7 +127,7 @@ def test_summarize_averages_per_dataset_means_of_in_distribution_datasets():
                            train_dataset=ds[0], shots=16, seed=seed, source="s", role=role, top1=float(acc), n_test=1,
                            eval_model="s" if role == "base" else "t", fit_seconds=0.0, eval_seconds=0.0)
                 rows.append(row)
-    s = summarize(pd.DataFrame(rows).astype({c: t for c, (t, _) in COLUMNS.items()}))
+    s = summarize(pd.DataFrame(rows).astype({c: col.dtype for c, col in COLUMNS.items()}))
     avg = s[s.dataset == "Average"].iloc[0]
     assert avg.base == pytest.approx((85 + 50) / 2) and avg.new == pytest.approx((65 + 50) / 2)
     assert avg.H == pytest.approx(2 * 67.5 * 57.5 / 125)
