@@ -19,7 +19,7 @@ when they outgrow its budget; peak per class count at ViT-L/14 in ``docs/memory.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -60,6 +60,13 @@ class ClassConditioner(nn.Module):
         self.heads = heads
         self.q, self.k, self.v, self.o = (nn.Linear(width, width, bias=False) for _ in range(4))
 
+    @classmethod
+    def from_weights(cls, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> ClassConditioner:
+        """The attention of saved weights: its width from their shapes, its heads from the module's ``heads``."""
+        conditioner = cls(weights["q.weight"].shape[1], state["heads"])
+        conditioner.load_state_dict(weights)
+        return conditioner
+
     def forward(self, ctx: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Class-conditioned contexts ``[C, N, D]`` from ``ctx [N, D]``, ``cond [C, T, D]``, ``mask [C, T]``."""
         classes, n, width = cond.shape[0], ctx.shape[0], ctx.shape[1]
@@ -77,21 +84,28 @@ class ClassConditioner(nn.Module):
         return ctx.unsqueeze(0) + self.o(out)
 
 
+@dataclass
 class ContCoOpModule(Module):
-    """Context ``p`` + the attention network; class embeddings come from whichever model it is plugged into."""
+    """Context ``p`` + the attention network ``attn`` (None without attention); class embeddings come from
+    whichever model it is plugged into. ``attention`` and ``heads`` are derived from ``attn``."""
 
-    method = "contcoop"
+    ctx: torch.Tensor
+    attn: ClassConditioner | None
+    condition: str = "{}"
+    attention: bool = field(init=False)
+    heads: int = field(init=False)
 
-    def __init__(self, ctx: torch.Tensor, conditioner: ClassConditioner | None, condition: str = "{}") -> None:
-        self.ctx, self.conditioner, self.condition = ctx, conditioner, condition
+    def __post_init__(self) -> None:
+        self.attention = self.attn is not None
+        self.heads = self.attn.heads if self.attn is not None else 0
 
     def prompt_context(self, vlm: VLM, class_names: list[str], ctx: torch.Tensor | None = None) -> torch.Tensor:
         """``p(c_i)`` for every class ``[C, N, D]`` (or the shared ``[N, D]`` without attention)."""
         ctx = self.ctx if ctx is None else ctx
-        if self.conditioner is None:
+        if self.attn is None:
             return ctx
         cond, mask = condition_embeddings(vlm, class_names, self.condition)
-        return self.conditioner(ctx, cond, mask)
+        return self.attn(ctx, cond, mask)
 
     def text_features(self, vlm: VLM, class_names: list[str]) -> torch.Tensor:
         """Class text features ``w_i`` of ``vlm``."""
@@ -102,34 +116,14 @@ class ContCoOpModule(Module):
 
     @torch.no_grad()
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
-        if self.conditioner is not None:
-            self.conditioner.to(vlm.device)
+        if self.attn is not None:
+            self.attn.to(vlm.device)
         return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"ctx": self.ctx}
-        if self.conditioner is not None:
-            out.update({f"attn.{k}": v for k, v in self.conditioner.state_dict().items()})
-        return out
-
-    def meta(self) -> dict[str, Any]:
-        return {"condition": self.condition, "attention": self.conditioner is not None,
-                "heads": self.conditioner.heads if self.conditioner is not None else 0}
-
-    @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> ContCoOpModule:
-        conditioner = None
-        if meta["attention"]:
-            conditioner = ClassConditioner(tensors["ctx"].shape[1], meta["heads"])
-            conditioner.load_state_dict({k[len("attn."):]: v for k, v in tensors.items() if k.startswith("attn.")})
-            conditioner.requires_grad_(False)
-        return cls(tensors["ctx"], conditioner, meta["condition"])
 
 
 class ContCoOp(Method):
     """Class-conditioned Context Optimization (the paper's method), see the module docstring."""
 
-    name = "contcoop"
     version = "1"
     description = "CoOp context conditioned on the class embeddings of the model in use by an attention layer, with KD."
     Config = ContCoOpConfig

@@ -9,6 +9,7 @@ Logits use the logit scale of the model in use (100 for OpenAI CLIP), as the ref
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from upgradebench.errors import UserError
 from upgradebench.method import Method, Module
 from upgradebench.models import VLM
 from upgradebench.prompting import class_prompts, encode_prompts, text_embedding
-from upgradebench.training import SGDRecipe, fit_recipe
+from upgradebench.training import SGDRecipe, fit_recipe, plain_backward
 
 
 @dataclass
@@ -45,13 +46,12 @@ def init_context(vlm: VLM, n_ctx: int, ctx_init: str | None, init_std: float, se
     return torch.randn(n_ctx, vlm.text_width, generator=generator) * init_std
 
 
+@dataclass
 class CoOpModule(Module):
-    """Learned context ``[N, D]`` (+ the depth it is inserted at)."""
+    """Learned context ``[N, D]`` (+ the depth it is inserted at): the artifact of every context learner."""
 
-    method = "coop"
-
-    def __init__(self, ctx: torch.Tensor, depth: int = 0) -> None:
-        self.ctx, self.depth = ctx, depth
+    ctx: torch.Tensor
+    depth: int = 0
 
     def text_features(self, vlm: VLM, class_names: list[str]) -> torch.Tensor:
         """Class text features of ``vlm`` with this context."""
@@ -63,34 +63,48 @@ class CoOpModule(Module):
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"ctx": self.ctx}
 
-    def meta(self) -> dict[str, Any]:
-        return {"depth": self.depth}
-
-    @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> CoOpModule:
-        return cls(tensors["ctx"], meta.get("depth", 0))
+Loss = Callable[[torch.Tensor, torch.Tensor], Any]
 
 
-class CoOp(Method):
+class ContextLearner(Method):
+    """CoOp's training of a context ``[N, D]`` shared by the classes; the family (CoOp, KgCoOp, ProGrad) differs
+    in its initial context (:meth:`initial_context`), its loss (:meth:`loss`) and how a loss becomes a
+    gradient (:meth:`backward`). The artifact is a :class:`CoOpModule`, saved under the method's own name.
+    A config has ``n_ctx`` and CoOp's recipe (``SGDRecipe``); an optional ``depth`` inserts the context deeper.
+    """
+
+    module_class = CoOpModule
+
+    def initial_context(self, source: VLM, task: Any, config: Any, seed: int) -> torch.Tensor:
+        """The context before training: CoOp's init from ``ctx_init`` / ``init_std`` (:func:`init_context`)."""
+        return init_context(source, config.n_ctx, config.ctx_init, config.init_std, seed)
+
+    def loss(self, source: VLM, task: Any, config: Any, text: Callable[[], torch.Tensor]) -> Loss:
+        """The batch loss ``(image features, labels) -> loss``; ``text()`` gives the prompted class text features
+        of the current context. CoOp's: cross-entropy of the logits."""
+
+        def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(source.logits(feats, text()), labels)
+
+        return loss_fn
+
+    def backward(self, ctx: torch.nn.Parameter, config: Any) -> Callable[[Any], torch.Tensor]:
+        """How the loss becomes the context's gradient: plain ``loss.backward()`` unless overridden."""
+        return plain_backward
+
+    def fit(self, source: VLM, task: Any, config: Any, seed: int) -> CoOpModule:
+        ctx = torch.nn.Parameter(self.initial_context(source, task, config, seed).to(source.device))
+        prompts = class_prompts(source, task.class_names, config.n_ctx)
+        depth = getattr(config, "depth", 0)
+        loss_fn = self.loss(source, task, config, lambda: encode_prompts(source, prompts, ctx, depth))
+        fit_recipe(task, [ctx], loss_fn, config, seed, backward=self.backward(ctx, config))
+        return CoOpModule(ctx.detach().cpu(), depth)
+
+
+class CoOp(ContextLearner):
     """Context Optimization (Zhou et al., IJCV 2022), reference KaiyangZhou/CoOp ff61507."""
 
-    name = "coop"
     version = "1"
     description = "Learnable context vectors at the input of the text encoder (16, shared, class token at the end)."
     Config = CoOpConfig
-    module_class = CoOpModule
-
-    def fit(self, source: VLM, task: Any, config: CoOpConfig, seed: int) -> CoOpModule:
-        ctx = torch.nn.Parameter(init_context(source, config.n_ctx, config.ctx_init, config.init_std, seed)
-                                 .to(source.device))
-        prompts = class_prompts(source, task.class_names, config.n_ctx)
-
-        def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            text = encode_prompts(source, prompts, ctx, config.depth)
-            return F.cross_entropy(source.logits(feats, text), labels)
-
-        fit_recipe(task, [ctx], loss_fn, config, seed)
-        return CoOpModule(ctx.detach().cpu(), config.depth)

@@ -64,6 +64,13 @@ class KnowledgeEmbedding(nn.Module):
         self.act = QuickGELU()
         self.linear2 = nn.Linear(embed_dim // 4, n_ctx * text_width)
 
+    @classmethod
+    def from_weights(cls, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> KnowledgeEmbedding:
+        """The meta-net of saved weights; its token count and width are those of the module's context."""
+        meta_net = cls(weights["linear1.weight"].shape[1], *state["ctx"].shape)
+        meta_net.load_state_dict(weights)
+        return meta_net
+
     def forward(self, text_features: torch.Tensor) -> torch.Tensor:
         """Class-aware prompt tokens of normalised class text features."""
         out = self.linear2(self.act(self.linear1(text_features)))
@@ -89,13 +96,14 @@ def knowledge(vlm: VLM, class_names: list[str], template: str) -> torch.Tensor:
     return F.normalize(zeroshot_text_features(vlm, class_names, template), dim=-1)
 
 
+@dataclass
 class TCPModule(Module):
     """Context + knowledge embedding + insertion layer; class knowledge comes from the model in use."""
 
-    method = "tcp"
-
-    def __init__(self, ctx: torch.Tensor, meta_net: KnowledgeEmbedding, layer: int, template: str) -> None:
-        self.ctx, self.meta_net, self.layer, self.template = ctx, meta_net, layer, template
+    ctx: torch.Tensor
+    meta_net: KnowledgeEmbedding
+    layer: int
+    template: str
 
     def text_features(self, vlm: VLM, class_names: list[str]) -> torch.Tensor:
         """Class text features of ``vlm``."""
@@ -114,20 +122,6 @@ class TCPModule(Module):
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"ctx": self.ctx, **{f"meta_net.{k}": v for k, v in self.meta_net.state_dict().items()}}
-
-    def meta(self) -> dict[str, Any]:
-        return {"layer": self.layer, "template": self.template}
-
-    @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> TCPModule:
-        ctx = tensors["ctx"]
-        weights = {k[len("meta_net."):]: v for k, v in tensors.items() if k.startswith("meta_net.")}
-        meta_net = KnowledgeEmbedding(weights["linear1.weight"].shape[1], ctx.shape[0], ctx.shape[1])
-        meta_net.load_state_dict(weights)
-        return cls(ctx, meta_net.requires_grad_(False), meta["layer"], meta["template"])
-
 
 class TCP(Method):
     """Textual-based Class-aware Prompt tuning (Yao et al., 2024).
@@ -135,7 +129,6 @@ class TCP(Method):
     Reference: htyao89/Textual-based_Class-aware_prompt_tuning bd97bec (see the module docstring).
     """
 
-    name = "tcp"
     version = "1"
     description = ("CoOp context plus class-aware tokens from the zero-shot text features, "
                    "inserted deep in the text encoder.")
