@@ -91,7 +91,7 @@ class Module(ABC):
         return cls(**{k: v for k, v in state.items() if fields[k].init})
 
     def save(self, folder: str | Path, method: str, provenance: dict[str, Any] | None = None) -> Path:
-        """Write ``module.safetensors`` and ``module.json`` (naming ``method``, the one that fitted it) into ``folder``.
+        """Write ``module.safetensors`` and ``module.json`` into ``folder``; ``method`` is the one that fitted it.
 
         ``module.json`` records the content hash of the tensors and its own (``integrity.py``); the weights
         are written first, so a kill between the two leaves no ``module.json`` and the module counts as absent.
@@ -178,9 +178,9 @@ def load_module(folder: str | Path, device: str | torch.device = "cpu") -> Modul
 class Method(ABC):
     """A fine-tuning method: fitted once on the source model, producing a :class:`Module`.
 
-    Class attributes: ``name`` (the registry name: its entry point's name, set by :func:`get_method`), ``version`` (bump when results would change),
-    ``Config`` (a dataclass with the reference defaults), ``module_class``, ``description``, and
-    ``uses_train_views`` (False for methods that need no training images, e.g. zero-shot), and
+    Class attributes: ``name`` (the registry name: its entry point's, set by :func:`get_method`), ``version``
+    (bump when results would change), ``Config`` (a dataclass with the reference defaults), ``module_class``,
+    ``description``, and ``uses_train_views`` (False for methods that need no training images, e.g. zero-shot), and
     ``needs_image_encoder`` (True for a method whose ``fit`` encodes pixels itself through
     ``task.load_images()`` instead of using only cached features; a cost column of the result rows).
     """

@@ -295,7 +295,8 @@ class Runner:
         start = time.perf_counter()
         module = method().fit(source, task, config, spec.seed)
         seconds = time.perf_counter() - start
-        module.save(module_dir, method.name, provenance={"run_identity": identity, "created_at": now(), **versions()})
+        provenance = {"run_identity": identity, "created_at": now(), **versions()}
+        module.save(module_dir, method.name, provenance=provenance)
         return module, seconds
 
     def predict(self, module: Module, vlm: VLM, dataset: Dataset, module_classes: list[str] | None = None,

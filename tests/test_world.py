@@ -438,3 +438,20 @@ def test_committed_reference_results_come_from_this_world(in_default_world):
     assert recorded == {name: built[name] for name in recorded} and set(recorded) == set(zoo.default_models())
     datasets = dict(zip(rows.dataset, rows.dataset_fingerprint))
     assert datasets == {name: get_dataset(name).fingerprint for name in datasets}
+
+
+@pytest.mark.world
+def test_committed_modules_re_evaluate_to_their_committed_rows(in_default_world):
+    """Issue 12, point 7: one committed module per built-in method, evaluated again on toy-eva (the
+    transplant), gives exactly the top-1 of its committed row."""
+    import pandas as pd
+
+    from upgradebench.runner import evaluate_module
+
+    from .test_module_state import BUILTINS, committed_module
+
+    for method in BUILTINS:
+        folder = committed_module(method)
+        (row,) = pd.read_parquet(folder.parent / "toy-eva--toy-background.parquet").itertuples()
+        got = evaluate_module(folder, "toy-eva", "toy-background", device="cpu")
+        assert (got["method"], got["top1"], got["n_test"]) == (method, row.top1, row.n_test), method
