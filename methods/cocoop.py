@@ -30,12 +30,12 @@ from torch import nn
 
 from upgradebench.compat import check_image_width, check_text_width
 from upgradebench.memory import check_fits, encode_text_bounded
-from upgradebench.method import Method, Module, transient
+from upgradebench.method import Module, transient
 from upgradebench.models import VLM
 from upgradebench.prompting import ClassPrompts, class_prompts
-from upgradebench.training import SGDRecipe, fit_recipe
+from upgradebench.training import SGDRecipe
 
-from .coop import init_context
+from .coop import ContextLearner, Loss
 
 MAX_PROMPTS = 4096  # prompt rows (images x classes) per text-encoder call at evaluation
 
@@ -113,7 +113,7 @@ class CoCoOpModule(Module):
                           for f in feats.split(chunk)])
 
 
-class CoCoOp(Method):
+class CoCoOp(ContextLearner):
     """Conditional Context Optimization (Zhou et al., 2022), reference KaiyangZhou/CoOp ff61507."""
 
     version = "1"
@@ -121,17 +121,24 @@ class CoCoOp(Method):
     Config = CoCoOpConfig
     module_class = CoCoOpModule
 
-    def fit(self, source: VLM, task: Any, config: CoCoOpConfig, seed: int) -> CoCoOpModule:
-        ctx = nn.Parameter(init_context(source, config.n_ctx, config.ctx_init, config.init_std, seed).to(source.device))
+    def network(self, source: VLM, task: Any, config: CoCoOpConfig, seed: int) -> MetaNet:
+        """The meta-net, PyTorch's default init seeded per run."""
         torch.manual_seed(seed)  # the meta-net's default init, reproducible per seed
         width = source.embed_dim
-        meta_net = MetaNet(width, width // config.meta_reduction, source.text_width).to(source.device)
-        prompts = class_prompts(source, task.class_names, config.n_ctx)
+        return MetaNet(width, width // config.meta_reduction, source.text_width).to(source.device)
+
+    def loss(self, source: VLM, task: Any, config: CoCoOpConfig, prompts: ClassPrompts, ctx: torch.Tensor,
+             network: MetaNet) -> Loss:
+        """Cross-entropy of each image's logits against its own prompts."""
         check_fits(source, config.batch_size * len(task.class_names), prompts.tokens.shape[1], "CoCoOp")
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            logits = conditional_logits(source, prompts, image_contexts(ctx, meta_net, feats), feats)
+            logits = conditional_logits(source, prompts, image_contexts(ctx, network, feats), feats)
             return F.cross_entropy(logits, labels)
 
-        fit_recipe(task, [ctx, *meta_net.parameters()], loss_fn, config, seed)
-        return CoCoOpModule(ctx.detach().cpu(), meta_net.requires_grad_(False).cpu())
+        return loss_fn
+
+    def module(self, source: VLM, task: Any, config: CoCoOpConfig, ctx: torch.Tensor,
+               network: MetaNet) -> CoCoOpModule:
+        """The context and the meta-net."""
+        return CoCoOpModule(ctx, network)

@@ -29,12 +29,12 @@ from torch import nn
 from upgradebench.compat import check_text_width
 from upgradebench.errors import UserError
 from upgradebench.memory import check_fits, encode_text_bounded
-from upgradebench.method import Method, Module
+from upgradebench.method import Module
 from upgradebench.models import VLM
-from upgradebench.prompting import assemble, class_prompts, condition_embeddings, zeroshot_text_features
-from upgradebench.training import SGDRecipe, fit_recipe
+from upgradebench.prompting import ClassPrompts, assemble, class_prompts, condition_embeddings, zeroshot_text_features
+from upgradebench.training import SGDRecipe
 
-from .coop import init_context
+from .coop import ContextLearner, Loss
 
 
 @dataclass
@@ -121,7 +121,7 @@ class ContCoOpModule(Module):
         return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
 
 
-class ContCoOp(Method):
+class ContCoOp(ContextLearner):
     """Class-conditioned Context Optimization (the paper's method), see the module docstring."""
 
     version = "1"
@@ -129,29 +129,33 @@ class ContCoOp(Method):
     Config = ContCoOpConfig
     module_class = ContCoOpModule
 
-    def fit(self, source: VLM, task: Any, config: ContCoOpConfig, seed: int) -> ContCoOpModule:
-        ctx = nn.Parameter(init_context(source, config.n_ctx, None, config.init_std, seed).to(source.device))
-        conditioner = None
-        if config.attention:
-            torch.manual_seed(seed)  # Kaiming init of W_Q, W_K, W_V, W_O, reproducible per seed
-            conditioner = ClassConditioner(source.text_width, config.heads).to(source.device)
+    def network(self, source: VLM, task: Any, config: ContCoOpConfig, seed: int) -> ClassConditioner | None:
+        """The attention of Eq. (1) (None with ``attention=False``)."""
+        if not config.attention:
+            return None
+        torch.manual_seed(seed)  # Kaiming init of W_Q, W_K, W_V, W_O, reproducible per seed
+        return ClassConditioner(source.text_width, config.heads).to(source.device)
+
+    def loss(self, source: VLM, task: Any, config: ContCoOpConfig, prompts: ClassPrompts, ctx: torch.Tensor,
+             network: ClassConditioner | None) -> Loss:
+        """Cross-entropy + ``lambda * mean_i ||w_i - w_zs_i||_2`` on normalised features (without ``kd``: CE)."""
         names = task.class_names
-        prompts = class_prompts(source, names, config.n_ctx)
-        cond = condition_embeddings(source, names, config.condition) if conditioner is not None else None
+        cond = condition_embeddings(source, names, config.condition) if network is not None else None
         zs = F.normalize(zeroshot_text_features(source, names, task.template), dim=-1)
         kd_weight = config.kd_weight if config.kd else 0.0
         check_fits(source, len(names), prompts.tokens.shape[1], "ContCoOp")
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            pc = conditioner(ctx, *cond) if conditioner is not None else ctx
+            pc = network(ctx, *cond) if network is not None else ctx
             text = encode_text_bounded(source, assemble(prompts, pc), prompts.eot)
             loss = F.cross_entropy(source.logits(feats, text), labels)
             if kd_weight:
                 loss = loss + kd_weight * (F.normalize(text, dim=-1) - zs).norm(dim=-1).mean()
             return loss
 
-        params = [ctx, *(conditioner.parameters() if conditioner is not None else [])]
-        fit_recipe(task, params, loss_fn, config, seed)
-        if conditioner is not None:
-            conditioner.requires_grad_(False).cpu()
-        return ContCoOpModule(ctx.detach().cpu(), conditioner, config.condition)
+        return loss_fn
+
+    def module(self, source: VLM, task: Any, config: ContCoOpConfig, ctx: torch.Tensor,
+               network: ClassConditioner | None) -> ContCoOpModule:
+        """The context, the attention and the condition text."""
+        return ContCoOpModule(ctx, network, config.condition)

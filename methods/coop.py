@@ -5,13 +5,15 @@ class token at the end; only the context is trained, with cross-entropy. Transpl
 are spliced into the target's token embeddings of the class names and run through the target's text
 encoder. ``depth > 0`` inserts the context at the input of block ``depth`` instead (paper Fig. 2d).
 Logits use the logit scale of the model in use (100 for OpenAI CLIP), as the reference does.
+:class:`ContextLearner` is CoOp's fit with hooks, the base of the whole prompt-learning family (KgCoOp, ProGrad,
+TCP, ContCoOp, CoCoOp differ in their initial context, network beside it, loss, backward and module).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,7 @@ from upgradebench.compat import check_text_width
 from upgradebench.errors import UserError
 from upgradebench.method import Method, Module
 from upgradebench.models import VLM
-from upgradebench.prompting import class_prompts, encode_prompts, text_embedding
+from upgradebench.prompting import ClassPrompts, class_prompts, encode_prompts, text_embedding
 from upgradebench.training import SGDRecipe, fit_recipe, plain_backward
 
 
@@ -68,38 +70,55 @@ Loss = Callable[[torch.Tensor, torch.Tensor], Any]
 
 
 class ContextLearner(Method):
-    """CoOp's training of a context ``[N, D]`` shared by the classes; the family (CoOp, KgCoOp, ProGrad) differs
-    in its initial context (:meth:`initial_context`), its loss (:meth:`loss`) and how a loss becomes a
-    gradient (:meth:`backward`). The artifact is a :class:`CoOpModule`, saved under the method's own name.
-    A config has ``n_ctx`` and CoOp's recipe (``SGDRecipe``); an optional ``depth`` inserts the context deeper.
+    """The prompt learners' shared fit: CoOp's learnable context ``[N, D]`` and class prompts, optionally a network
+    trained beside the context (TCP's knowledge embedding, ContCoOp's attention, CoCoOp's meta-net), trained with
+    CoOp's recipe (``fit_recipe``, with the :attr:`optimizer`). The members of the family (CoOp, KgCoOp, ProGrad,
+    TCP, ContCoOp, CoCoOp) differ in their hooks: :meth:`initial_context`, :meth:`network`, :meth:`loss`,
+    :meth:`backward` (ProGrad) and :meth:`module`; every default is CoOp's. A config has ``n_ctx`` and
+    CoOp's recipe (``SGDRecipe``); ``ctx_init`` and ``depth`` are read when it has them.
     """
 
     module_class = CoOpModule
+    optimizer: ClassVar[str] = "sgd"
 
     def initial_context(self, source: VLM, task: Any, config: Any, seed: int) -> torch.Tensor:
         """The context before training: CoOp's init from ``ctx_init`` / ``init_std`` (:func:`init_context`)."""
-        return init_context(source, config.n_ctx, config.ctx_init, config.init_std, seed)
+        return init_context(source, config.n_ctx, getattr(config, "ctx_init", None), config.init_std, seed)
 
-    def loss(self, source: VLM, task: Any, config: Any, text: Callable[[], torch.Tensor]) -> Loss:
-        """The batch loss ``(image features, labels) -> loss``; ``text()`` gives the prompted class text features
-        of the current context. CoOp's: cross-entropy of the logits."""
+    def network(self, source: VLM, task: Any, config: Any, seed: int) -> torch.nn.Module | None:
+        """The network trained beside the context (on ``source.device``), or None (CoOp)."""
+        return None
+
+    def loss(self, source: VLM, task: Any, config: Any, prompts: ClassPrompts, ctx: torch.Tensor,
+             network: torch.nn.Module | None) -> Loss:
+        """The batch loss ``(image features, labels) -> loss`` of the current ``ctx`` and ``network``. CoOp's:
+        cross-entropy of the logits of the prompts with the context inserted at ``config.depth``."""
+        depth = getattr(config, "depth", 0)
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(source.logits(feats, text()), labels)
+            return F.cross_entropy(source.logits(feats, encode_prompts(source, prompts, ctx, depth)), labels)
 
         return loss_fn
 
-    def backward(self, ctx: torch.nn.Parameter, config: Any) -> Callable[[Any], torch.Tensor]:
-        """How the loss becomes the context's gradient: plain ``loss.backward()`` unless overridden."""
+    def backward(self, params: list[torch.nn.Parameter], config: Any) -> Callable[[Any], torch.Tensor]:
+        """How what the loss returns becomes the gradients of ``params``: plain ``loss.backward()`` by default."""
         return plain_backward
 
-    def fit(self, source: VLM, task: Any, config: Any, seed: int) -> CoOpModule:
+    def module(self, source: VLM, task: Any, config: Any, ctx: torch.Tensor, network: torch.nn.Module | None) -> Module:
+        """The artifact of the trained (detached, CPU) context and network: CoOp's context module by default."""
+        return CoOpModule(ctx, getattr(config, "depth", 0))
+
+    def fit(self, source: VLM, task: Any, config: Any, seed: int) -> Module:
         ctx = torch.nn.Parameter(self.initial_context(source, task, config, seed).to(source.device))
+        network = self.network(source, task, config, seed)
         prompts = class_prompts(source, task.class_names, config.n_ctx)
-        depth = getattr(config, "depth", 0)
-        loss_fn = self.loss(source, task, config, lambda: encode_prompts(source, prompts, ctx, depth))
-        fit_recipe(task, [ctx], loss_fn, config, seed, backward=self.backward(ctx, config))
-        return CoOpModule(ctx.detach().cpu(), depth)
+        params = [ctx, *(network.parameters() if network is not None else [])]
+        loss_fn = self.loss(source, task, config, prompts, ctx, network)
+        fit_recipe(task, params, loss_fn, config, seed, optimizer=self.optimizer,
+                   backward=self.backward(params, config))
+        if network is not None:
+            network.requires_grad_(False).cpu()
+        return self.module(source, task, config, ctx.detach().cpu(), network)
 
 
 class CoOp(ContextLearner):

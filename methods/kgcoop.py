@@ -13,7 +13,6 @@ the method name ``kgcoop``; the knowledge-guidance term only shapes training (th
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from upgradebench.models import VLM
-from upgradebench.prompting import zeroshot_text_features
+from upgradebench.prompting import ClassPrompts, encode_prompts, zeroshot_text_features
 from upgradebench.training import SGDRecipe
 
 from .coop import ContextLearner, Loss
@@ -46,13 +45,14 @@ class KgCoOp(ContextLearner):
     description = "CoOp context kept close to the zero-shot text features (W = 8)."
     Config = KgCoOpConfig
 
-    def loss(self, source: VLM, task: Any, config: KgCoOpConfig, text: Callable[[], torch.Tensor]) -> Loss:
+    def loss(self, source: VLM, task: Any, config: KgCoOpConfig, prompts: ClassPrompts, ctx: torch.Tensor,
+             network: None) -> Loss:
         """Cross-entropy + ``W * (1 - mean_i cos(t_i, t_zs_i))``."""
         zs = F.normalize(zeroshot_text_features(source, task.class_names, task.template), dim=-1)
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            prompted = text()
-            score = 1.0 - (F.normalize(prompted, dim=-1) * zs).sum(-1).mean()
-            return F.cross_entropy(source.logits(feats, prompted), labels) + config.kg_weight * score
+            text = encode_prompts(source, prompts, ctx)
+            score = 1.0 - (F.normalize(text, dim=-1) * zs).sum(-1).mean()
+            return F.cross_entropy(source.logits(feats, text), labels) + config.kg_weight * score
 
         return loss_fn

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from upgradebench.errors import UserError
 from upgradebench.models import VLM
-from upgradebench.prompting import text_embedding, zeroshot_text_features
+from upgradebench.prompting import ClassPrompts, encode_prompts, text_embedding, zeroshot_text_features
 from upgradebench.training import SGDRecipe
 
 from .coop import ContextLearner, Loss
@@ -95,15 +95,17 @@ class ProGrad(ContextLearner):
         words = config.ctx_init if config.ctx_init is not None else task.template.split("{}")[0]
         return template_context(source, config.n_ctx, words)
 
-    def loss(self, source: VLM, task: Any, config: ProGradConfig, text: Callable[[], torch.Tensor]) -> Loss:
+    def loss(self, source: VLM, task: Any, config: ProGradConfig, prompts: ClassPrompts, ctx: torch.Tensor,
+             network: None) -> Loss:
         """``(L_ce, L_kl)`` against the source's zero-shot logits with the dataset template."""
         zs = zeroshot_text_features(source, task.class_names, task.template)
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return prograd_losses(source.logits(feats, text()), source.logits(feats, zs), labels, config.temperature)
+            text = encode_prompts(source, prompts, ctx)
+            return prograd_losses(source.logits(feats, text), source.logits(feats, zs), labels, config.temperature)
 
         return loss_fn
 
-    def backward(self, ctx: torch.nn.Parameter, config: ProGradConfig) -> Callable[[Any], torch.Tensor]:
+    def backward(self, params: list[torch.nn.Parameter], config: ProGradConfig) -> Callable[[Any], torch.Tensor]:
         """``grad L_ce`` projected away from a conflict with ``grad L_kl`` (:func:`prograd_backward`)."""
-        return prograd_backward([ctx], config.lambda_)
+        return prograd_backward(params, config.lambda_)

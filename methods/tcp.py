@@ -27,12 +27,12 @@ from torch import nn
 
 from upgradebench.compat import check_text_width
 from upgradebench.errors import UserError
-from upgradebench.method import Method, Module
+from upgradebench.method import Module
 from upgradebench.models import VLM
 from upgradebench.prompting import ClassPrompts, assemble, class_prompts, zeroshot_text_features
-from upgradebench.training import SGDRecipe, fit_recipe
+from upgradebench.training import SGDRecipe
 
-from .coop import init_context
+from .coop import ContextLearner, Loss
 
 
 @dataclass
@@ -82,6 +82,15 @@ def default_layer(vlm: VLM) -> int:
     return round(2 * vlm.num_text_layers / 3)
 
 
+def insertion_layer(vlm: VLM, config: TCPConfig) -> int:
+    """The block the class-aware tokens enter: ``config.layer``, or :func:`default_layer`; refused outside the tower."""
+    layer = default_layer(vlm) if config.layer is None else config.layer
+    if not 1 <= layer <= vlm.num_text_layers:
+        raise UserError(f"TCP layer {layer} is outside 1..{vlm.num_text_layers} for {vlm.name}.",
+                        f"pass --config layer=K with 1 <= K <= {vlm.num_text_layers}")
+    return layer
+
+
 def tcp_text_features(vlm: VLM, prompts: ClassPrompts, ctx: torch.Tensor, class_tokens: torch.Tensor,
                       layer: int) -> torch.Tensor:
     """Text features ``[C, E]``: context at the input, class-aware tokens replacing it at block ``layer``."""
@@ -123,7 +132,7 @@ class TCPModule(Module):
         return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
 
 
-class TCP(Method):
+class TCP(ContextLearner):
     """Textual-based Class-aware Prompt tuning (Yao et al., 2024).
 
     Reference: htyao89/Textual-based_Class-aware_prompt_tuning bd97bec (see the module docstring).
@@ -134,22 +143,28 @@ class TCP(Method):
                    "inserted deep in the text encoder.")
     Config = TCPConfig
     module_class = TCPModule
+    optimizer = "adam"
 
-    def fit(self, source: VLM, task: Any, config: TCPConfig, seed: int) -> TCPModule:
-        layer = default_layer(source) if config.layer is None else config.layer
-        if not 1 <= layer <= source.num_text_layers:
-            raise UserError(f"TCP layer {layer} is outside 1..{source.num_text_layers} for {source.name}.",
-                            f"pass --config layer=K with 1 <= K <= {source.num_text_layers}")
-        ctx = nn.Parameter(init_context(source, config.n_ctx, None, config.init_std, seed).to(source.device))
+    def network(self, source: VLM, task: Any, config: TCPConfig, seed: int) -> KnowledgeEmbedding:
+        """The knowledge embedding, PyTorch's default Linear init seeded per run."""
+        insertion_layer(source, config)  # refused before anything trains
         torch.manual_seed(seed)  # PyTorch's default Linear init of the meta-net, reproducible per seed
-        meta_net = KnowledgeEmbedding(source.embed_dim, config.n_ctx, source.text_width).to(source.device)
-        prompts = class_prompts(source, task.class_names, config.n_ctx)
+        return KnowledgeEmbedding(source.embed_dim, config.n_ctx, source.text_width).to(source.device)
+
+    def loss(self, source: VLM, task: Any, config: TCPConfig, prompts: ClassPrompts, ctx: torch.Tensor,
+             network: KnowledgeEmbedding) -> Loss:
+        """Cross-entropy + ``W * (1 - mean_i cos(w_i, t_zs_i))`` (KgCoOp's term)."""
+        layer = insertion_layer(source, config)
         zs = knowledge(source, task.class_names, task.template)
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            text = tcp_text_features(source, prompts, ctx, meta_net(zs), layer)
+            text = tcp_text_features(source, prompts, ctx, network(zs), layer)
             score = 1.0 - (F.normalize(text, dim=-1) * zs).sum(-1).mean()
             return F.cross_entropy(source.logits(feats, text), labels) + config.kg_weight * score
 
-        fit_recipe(task, [ctx, *meta_net.parameters()], loss_fn, config, seed, optimizer="adam")
-        return TCPModule(ctx.detach().cpu(), meta_net.requires_grad_(False).cpu(), layer, task.template)
+        return loss_fn
+
+    def module(self, source: VLM, task: Any, config: TCPConfig, ctx: torch.Tensor,
+               network: KnowledgeEmbedding) -> TCPModule:
+        """Context, knowledge embedding, the layer it was trained at, and the template of the knowledge."""
+        return TCPModule(ctx, network, insertion_layer(source, config), task.template)
