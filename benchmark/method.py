@@ -41,33 +41,57 @@ MODULE_CONFIG = "module.json"
 class Module(ABC):
     """A trained plug-in artifact, applicable unchanged to any compatible VLM.
 
-    Subclasses hold their trainable state as tensors (``tensors()``) and their non-tensor state as
-    JSON-able ``meta()``; ``from_state(tensors, meta)`` rebuilds them. ``logits`` receives all the images
-    of an evaluation at once, so class text features are computed once per call; a module whose cost is
-    per image (CoCoOp) batches internally.
+    A module is a dataclass whose fields are its whole state, and its saved form is derived from them (as
+    open_clip pairs a JSON config with the weights): a field holding a tensor is saved under its name, one
+    holding an ``nn.Module`` as that module's ``state_dict`` under ``<field>.``, and every other field (but
+    a :func:`transient` one) as JSON. An ``nn.Module`` field is rebuilt by its class's
+    ``from_weights(weights, state)`` (``state``: the module's other saved values), or is None when nothing was
+    saved under it. ``logits`` receives all the images of an evaluation at once, so class text features are
+    computed once per call; a module whose cost is per image (CoCoOp) batches internally. A field with
+    ``init=False`` (derived from the others in ``__post_init__``) is saved for readers of ``module.json`` and
+    ``from_weights``, and not passed back to the constructor.
     """
-
-    method: ClassVar[str] = ""
 
     @abstractmethod
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         """Class logits ``[N, C]`` of ``image_features`` (``[N, D]``, not normalised) with model ``vlm``."""
 
-    @abstractmethod
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The module's learned tensors, by name."""
+        """The module's learned tensors, by name: its tensor fields, and its ``nn.Module`` fields' state dicts."""
+        out: dict[str, torch.Tensor] = {}
+        for name, value in _saved_fields(self):
+            if isinstance(value, torch.Tensor):
+                out[name] = value
+            elif isinstance(value, torch.nn.Module):
+                out.update({f"{name}.{k}": v for k, v in value.state_dict().items()})
+        return out
 
-    @abstractmethod
     def meta(self) -> dict[str, Any]:
-        """The module's JSON-able state (config, template, class names seen in training...)."""
+        """The module's JSON-able state: every saved field not annotated as a tensor or an ``nn.Module``."""
+        hints = typing.get_type_hints(type(self))
+        return {name: value for name, value in _saved_fields(self) if not _holds_weights(hints[name])}
 
     @classmethod
-    @abstractmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Module:
-        """Rebuild a module from :meth:`tensors` and :meth:`meta`."""
+        """Rebuild a module from :meth:`tensors` and :meth:`meta` (its fields, see the class docstring)."""
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get(TRANSIENT)}
+        unknown = set(meta) - set(fields)
+        stray = {k for k in tensors if k not in fields and k.split(".", 1)[0] not in fields}
+        if unknown or stray:
+            raise KeyError(f"not state of {cls.__name__}: {sorted(unknown | stray)}")
+        state: dict[str, Any] = {k: v for k, v in meta.items() if k in fields}
+        state.update({k: v for k, v in tensors.items() if k in fields})
+        hints = typing.get_type_hints(cls)
+        for name in fields:
+            weights = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")}
+            if weights:
+                state[name] = _module_type(hints[name]).from_weights(weights, state).requires_grad_(False)
+            elif name not in state and type(None) in typing.get_args(hints[name]):
+                state[name] = None  # an optional part that was absent (ContCoOp without attention)
+        return cls(**{k: v for k, v in state.items() if fields[k].init})
 
-    def save(self, folder: str | Path, provenance: dict[str, Any] | None = None) -> Path:
-        """Write ``module.safetensors`` and ``module.json`` into ``folder`` (atomically).
+    def save(self, folder: str | Path, method: str, provenance: dict[str, Any] | None = None) -> Path:
+        """Write ``module.safetensors`` and ``module.json`` into ``folder``; ``method`` is the one that fitted it.
 
         ``module.json`` records the content hash of the tensors and its own (``integrity.py``); the weights
         are written first, so a kill between the two leaves no ``module.json`` and the module counts as absent.
@@ -79,9 +103,35 @@ class Module(ABC):
             with atomic_path(folder / MODULE_WEIGHTS) as tmp:
                 save_file(tensors, str(tmp))
         write_json(folder / MODULE_CONFIG, with_digest({
-            "method": self.method, "meta": self.meta(), "tensors": sorted(tensors),
+            "method": method, "meta": self.meta(), "tensors": sorted(tensors),
             "tensors_sha256": tensors_digest(tensors), "provenance": provenance or {}}))
         return folder
+
+
+TRANSIENT = "upgradebench.transient"
+
+
+def transient(default: Any) -> Any:
+    """A module field that is not state (a runtime knob, e.g. a chunk size): never saved, its default on load."""
+    return dataclasses.field(default=default, metadata={TRANSIENT: True})
+
+
+def _saved_fields(module: Module) -> list[tuple[str, Any]]:
+    return [(f.name, getattr(module, f.name)) for f in dataclasses.fields(module) if not f.metadata.get(TRANSIENT)]
+
+
+def _holds_weights(hint: Any) -> bool:
+    """Whether a field annotated ``hint`` holds a tensor or an ``nn.Module`` (possibly ``| None``)."""
+    return any(isinstance(arg, type) and issubclass(arg, (torch.Tensor, torch.nn.Module))
+               for arg in (hint, *typing.get_args(hint)))
+
+
+def _module_type(hint: Any) -> type:
+    """The ``nn.Module`` class of a field annotated ``SomeModule`` or ``SomeModule | None``."""
+    for arg in (hint, *typing.get_args(hint)):
+        if isinstance(arg, type) and issubclass(arg, torch.nn.Module):
+            return arg
+    raise TypeError(f"{hint} is not an nn.Module type")
 
 
 def load_module(folder: str | Path, device: str | torch.device = "cpu") -> Module:
@@ -128,9 +178,9 @@ def load_module(folder: str | Path, device: str | torch.device = "cpu") -> Modul
 class Method(ABC):
     """A fine-tuning method: fitted once on the source model, producing a :class:`Module`.
 
-    Class attributes: ``name`` (the registry name), ``version`` (bump when results would change),
-    ``Config`` (a dataclass with the reference defaults), ``module_class``, ``description``, and
-    ``uses_train_views`` (False for methods that need no training images, e.g. zero-shot), and
+    Class attributes: ``name`` (the registry name: its entry point's, set by :func:`get_method`), ``version``
+    (bump when results would change), ``Config`` (a dataclass with the reference defaults), ``module_class``,
+    ``description``, and ``uses_train_views`` (False for methods that need no training images, e.g. zero-shot), and
     ``needs_image_encoder`` (True for a method whose ``fit`` encodes pixels itself through
     ``task.load_images()`` instead of using only cached features; a cost column of the result rows).
     """
@@ -316,6 +366,12 @@ def get_method(name: str) -> type[Method]:
     except Exception as exc:  # a broken plugin must not look like a bug of upgradebench
         raise UserError(f"method {name!r} from {entry.origin} {entry.origin_version} failed to load: {exc!r}",
                         f"fix or uninstall the package {entry.origin}") from None
+    # the entry point is the one source of the name; a class that also spells one must agree with it
+    if cls.__dict__.get("name", name) != name:
+        raise UserError(f"method {name!r} from {entry.origin} is {entry.target}, whose name attribute says "
+                        f"{cls.__dict__['name']!r}.", f"drop the name attribute of {entry.target}: the entry point "
+                        "names the method")
+    cls.name = name
     return cls
 
 

@@ -295,7 +295,8 @@ class Runner:
         start = time.perf_counter()
         module = method().fit(source, task, config, spec.seed)
         seconds = time.perf_counter() - start
-        module.save(module_dir, provenance={"run_identity": identity, "created_at": now(), **versions()})
+        provenance = {"run_identity": identity, "created_at": now(), **versions()}
+        module.save(module_dir, method.name, provenance=provenance)
         return module, seconds
 
     def predict(self, module: Module, vlm: VLM, dataset: Dataset, module_classes: list[str] | None = None,
@@ -354,5 +355,6 @@ def evaluate_module(folder: str | Path, model: str, dataset: str, device: str = 
     trained_on, classes = fitted_dataset(folder, test, runner)  # before any model loads
     vlm = runner.model(model, pretrained)
     top1, n_test, seconds = runner.evaluate(module, vlm, test, classes, trained_on)
-    return {"module": str(folder), "method": module.method, "model": vlm.name, "model_fingerprint": vlm.fingerprint,
+    method = json.loads((Path(folder) / MODULE_CONFIG).read_text())["method"]  # load_module checked it
+    return {"module": str(folder), "method": method, "model": vlm.name, "model_fingerprint": vlm.fingerprint,
             "dataset": dataset, "top1": top1, "n_test": n_test, "eval_seconds": seconds}

@@ -44,6 +44,14 @@ class VisualAdapter(nn.Module):
         self.fc1 = nn.Linear(width, hidden, bias=False)
         self.fc2 = nn.Linear(hidden, width, bias=False)
 
+    @classmethod
+    def from_weights(cls, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> VisualAdapter:
+        """The adapter of saved weights (its widths read from their shapes)."""
+        hidden, width = weights["fc1.weight"].shape
+        adapter = cls(width, hidden)
+        adapter.load_state_dict(weights)
+        return adapter
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``ReLU(fc2(ReLU(fc1(x))))``."""
         return F.relu(self.fc2(F.relu(self.fc1(x))))
@@ -54,13 +62,13 @@ def adapt(adapter: VisualAdapter, features: torch.Tensor, ratio: float) -> torch
     return ratio * adapter(features) + (1 - ratio) * features
 
 
+@dataclass
 class CLIPAdapterModule(Module):
     """The visual adapter, its residual ratio and the template of the zero-shot classifier."""
 
-    method = "clip-adapter"
-
-    def __init__(self, adapter: VisualAdapter, ratio: float, template: str) -> None:
-        self.adapter, self.ratio, self.template = adapter, ratio, template
+    adapter: VisualAdapter
+    ratio: float
+    template: str
 
     @torch.no_grad()
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
@@ -69,24 +77,10 @@ class CLIPAdapterModule(Module):
         feats = adapt(self.adapter, image_features.to(vlm.device).float(), self.ratio)
         return vlm.logits(feats, zeroshot_text_features(vlm, class_names, self.template))
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {f"adapter.{k}": v for k, v in self.adapter.state_dict().items()}
-
-    def meta(self) -> dict[str, Any]:
-        return {"ratio": self.ratio, "template": self.template}
-
-    @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> CLIPAdapterModule:
-        hidden, width = tensors["adapter.fc1.weight"].shape
-        adapter = VisualAdapter(width, hidden)
-        adapter.load_state_dict({k[len("adapter."):]: v for k, v in tensors.items()})
-        return cls(adapter.requires_grad_(False), meta["ratio"], meta["template"])
-
 
 class CLIPAdapter(Method):
     """CLIP-Adapter (Gao et al., 2023), reference gaopengcuhk/CLIP-Adapter 08d07f8; see the module docstring."""
 
-    name = "clip-adapter"
     version = "1"
     description = "Residual bottleneck adapter on the image features; zero-shot text classifier of the model in use."
     Config = CLIPAdapterConfig

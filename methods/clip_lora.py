@@ -155,9 +155,11 @@ def template_tokens(vlm: VLM, class_names: list[str], template: str) -> torch.Te
 
 
 class CLIPLoRAModule(Module):
-    """Low-rank factors of the text attention projections + the template; applied to the model in use."""
+    """Low-rank factors of the text attention projections + the template; applied to the model in use.
 
-    method = "clip-lora"
+    Not a dataclass: its saved form predates derived state (factors at the top level of the safetensors file,
+    their shapes in the JSON), so it keeps its own ``tensors`` / ``meta`` / ``from_state``.
+    """
 
     def __init__(self, factors: LoRAFactors, template: str) -> None:
         self.factors, self.template = factors, template
@@ -187,7 +189,6 @@ class CLIPLoRAModule(Module):
 class CLIPLoRA(Method):
     """CLIP-LoRA (Zanella & Ben Ayed, 2024) on the text encoder, reference MaxZanella/CLIP-LoRA 358f0d7."""
 
-    name = "clip-lora"
     version = "1"
     description = ("Low-rank updates (r = 2) of the text encoder's q/k/v projections, "
                    "added to the weights of the model in use.")

@@ -30,12 +30,12 @@ from torch import nn
 
 from upgradebench.compat import check_image_width, check_text_width
 from upgradebench.memory import check_fits, encode_text_bounded
-from upgradebench.method import Method, Module
+from upgradebench.method import Module, transient
 from upgradebench.models import VLM
 from upgradebench.prompting import ClassPrompts, class_prompts
-from upgradebench.training import SGDRecipe, fit_recipe
+from upgradebench.training import SGDRecipe
 
-from .coop import init_context
+from .coop import ContextLearner, Loss
 
 MAX_PROMPTS = 4096  # prompt rows (images x classes) per text-encoder call at evaluation
 
@@ -59,6 +59,14 @@ class MetaNet(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(image_width, hidden)
         self.linear2 = nn.Linear(hidden, text_width)
+
+    @classmethod
+    def from_weights(cls, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> MetaNet:
+        """The meta-net of saved weights (its widths read from their shapes)."""
+        hidden, image_width = weights["linear1.weight"].shape
+        meta_net = cls(image_width, hidden, weights["linear2.weight"].shape[0])
+        meta_net.load_state_dict(weights)
+        return meta_net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The context bias ``[B, D_txt]`` of normalised image features ``[B, D_img]``."""
@@ -85,13 +93,13 @@ def conditional_logits(vlm: VLM, prompts: ClassPrompts, contexts: torch.Tensor,
     return vlm.logit_scale * torch.einsum("bd,bcd->bc", img, F.normalize(text, dim=-1))
 
 
+@dataclass
 class CoCoOpModule(Module):
     """Context ``[N, D_txt]`` and meta-net; ``max_prompts`` bounds the rows of one text-encoder call."""
 
-    method = "cocoop"
-
-    def __init__(self, ctx: torch.Tensor, meta_net: MetaNet, max_prompts: int = MAX_PROMPTS) -> None:
-        self.ctx, self.meta_net, self.max_prompts = ctx, meta_net, max_prompts
+    ctx: torch.Tensor
+    meta_net: MetaNet
+    max_prompts: int = transient(MAX_PROMPTS)
 
     @torch.no_grad()
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
@@ -104,40 +112,33 @@ class CoCoOpModule(Module):
         return torch.cat([conditional_logits(vlm, prompts, image_contexts(ctx, meta_net, f), f)
                           for f in feats.split(chunk)])
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"ctx": self.ctx, **{f"meta_net.{k}": v for k, v in self.meta_net.state_dict().items()}}
 
-    def meta(self) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> CoCoOpModule:
-        hidden, image_width = tensors["meta_net.linear1.weight"].shape
-        meta_net = MetaNet(image_width, hidden, tensors["meta_net.linear2.weight"].shape[0])
-        meta_net.load_state_dict({k[len("meta_net."):]: v for k, v in tensors.items() if k.startswith("meta_net.")})
-        return cls(tensors["ctx"], meta_net.requires_grad_(False))
-
-
-class CoCoOp(Method):
+class CoCoOp(ContextLearner):
     """Conditional Context Optimization (Zhou et al., 2022), reference KaiyangZhou/CoOp ff61507."""
 
-    name = "cocoop"
     version = "1"
     description = "Context vectors shifted per image by a meta-net on the image feature (batched text encoding)."
     Config = CoCoOpConfig
     module_class = CoCoOpModule
 
-    def fit(self, source: VLM, task: Any, config: CoCoOpConfig, seed: int) -> CoCoOpModule:
-        ctx = nn.Parameter(init_context(source, config.n_ctx, config.ctx_init, config.init_std, seed).to(source.device))
+    def network(self, source: VLM, task: Any, config: CoCoOpConfig, seed: int) -> MetaNet:
+        """The meta-net, PyTorch's default init seeded per run."""
         torch.manual_seed(seed)  # the meta-net's default init, reproducible per seed
         width = source.embed_dim
-        meta_net = MetaNet(width, width // config.meta_reduction, source.text_width).to(source.device)
-        prompts = class_prompts(source, task.class_names, config.n_ctx)
+        return MetaNet(width, width // config.meta_reduction, source.text_width).to(source.device)
+
+    def loss(self, source: VLM, task: Any, config: CoCoOpConfig, prompts: ClassPrompts, ctx: torch.Tensor,
+             network: MetaNet) -> Loss:
+        """Cross-entropy of each image's logits against its own prompts."""
         check_fits(source, config.batch_size * len(task.class_names), prompts.tokens.shape[1], "CoCoOp")
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            logits = conditional_logits(source, prompts, image_contexts(ctx, meta_net, feats), feats)
+            logits = conditional_logits(source, prompts, image_contexts(ctx, network, feats), feats)
             return F.cross_entropy(logits, labels)
 
-        fit_recipe(task, [ctx, *meta_net.parameters()], loss_fn, config, seed)
-        return CoCoOpModule(ctx.detach().cpu(), meta_net.requires_grad_(False).cpu())
+        return loss_fn
+
+    def module(self, source: VLM, task: Any, config: CoCoOpConfig, ctx: torch.Tensor,
+               network: MetaNet) -> CoCoOpModule:
+        """The context and the meta-net."""
+        return CoCoOpModule(ctx, network)

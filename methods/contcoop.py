@@ -19,7 +19,7 @@ when they outgrow its budget; peak per class count at ViT-L/14 in ``docs/memory.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,12 +29,12 @@ from torch import nn
 from upgradebench.compat import check_text_width
 from upgradebench.errors import UserError
 from upgradebench.memory import check_fits, encode_text_bounded
-from upgradebench.method import Method, Module
+from upgradebench.method import Module
 from upgradebench.models import VLM
-from upgradebench.prompting import assemble, class_prompts, condition_embeddings, zeroshot_text_features
-from upgradebench.training import SGDRecipe, fit_recipe
+from upgradebench.prompting import ClassPrompts, assemble, class_prompts, condition_embeddings, zeroshot_text_features
+from upgradebench.training import SGDRecipe
 
-from .coop import init_context
+from .coop import ContextLearner, Loss
 
 
 @dataclass
@@ -60,6 +60,13 @@ class ClassConditioner(nn.Module):
         self.heads = heads
         self.q, self.k, self.v, self.o = (nn.Linear(width, width, bias=False) for _ in range(4))
 
+    @classmethod
+    def from_weights(cls, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> ClassConditioner:
+        """The attention of saved weights: its width from their shapes, its heads from the module's ``heads``."""
+        conditioner = cls(weights["q.weight"].shape[1], state["heads"])
+        conditioner.load_state_dict(weights)
+        return conditioner
+
     def forward(self, ctx: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Class-conditioned contexts ``[C, N, D]`` from ``ctx [N, D]``, ``cond [C, T, D]``, ``mask [C, T]``."""
         classes, n, width = cond.shape[0], ctx.shape[0], ctx.shape[1]
@@ -77,21 +84,28 @@ class ClassConditioner(nn.Module):
         return ctx.unsqueeze(0) + self.o(out)
 
 
+@dataclass
 class ContCoOpModule(Module):
-    """Context ``p`` + the attention network; class embeddings come from whichever model it is plugged into."""
+    """Context ``p`` + the attention network ``attn`` (None without attention); class embeddings come from
+    whichever model it is plugged into. ``attention`` and ``heads`` are derived from ``attn``."""
 
-    method = "contcoop"
+    ctx: torch.Tensor
+    attn: ClassConditioner | None
+    condition: str = "{}"
+    attention: bool = field(init=False)
+    heads: int = field(init=False)
 
-    def __init__(self, ctx: torch.Tensor, conditioner: ClassConditioner | None, condition: str = "{}") -> None:
-        self.ctx, self.conditioner, self.condition = ctx, conditioner, condition
+    def __post_init__(self) -> None:
+        self.attention = self.attn is not None
+        self.heads = self.attn.heads if self.attn is not None else 0
 
     def prompt_context(self, vlm: VLM, class_names: list[str], ctx: torch.Tensor | None = None) -> torch.Tensor:
         """``p(c_i)`` for every class ``[C, N, D]`` (or the shared ``[N, D]`` without attention)."""
         ctx = self.ctx if ctx is None else ctx
-        if self.conditioner is None:
+        if self.attn is None:
             return ctx
         cond, mask = condition_embeddings(vlm, class_names, self.condition)
-        return self.conditioner(ctx, cond, mask)
+        return self.attn(ctx, cond, mask)
 
     def text_features(self, vlm: VLM, class_names: list[str]) -> torch.Tensor:
         """Class text features ``w_i`` of ``vlm``."""
@@ -102,62 +116,46 @@ class ContCoOpModule(Module):
 
     @torch.no_grad()
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
-        if self.conditioner is not None:
-            self.conditioner.to(vlm.device)
+        if self.attn is not None:
+            self.attn.to(vlm.device)
         return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"ctx": self.ctx}
-        if self.conditioner is not None:
-            out.update({f"attn.{k}": v for k, v in self.conditioner.state_dict().items()})
-        return out
 
-    def meta(self) -> dict[str, Any]:
-        return {"condition": self.condition, "attention": self.conditioner is not None,
-                "heads": self.conditioner.heads if self.conditioner is not None else 0}
-
-    @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> ContCoOpModule:
-        conditioner = None
-        if meta["attention"]:
-            conditioner = ClassConditioner(tensors["ctx"].shape[1], meta["heads"])
-            conditioner.load_state_dict({k[len("attn."):]: v for k, v in tensors.items() if k.startswith("attn.")})
-            conditioner.requires_grad_(False)
-        return cls(tensors["ctx"], conditioner, meta["condition"])
-
-
-class ContCoOp(Method):
+class ContCoOp(ContextLearner):
     """Class-conditioned Context Optimization (the paper's method), see the module docstring."""
 
-    name = "contcoop"
     version = "1"
     description = "CoOp context conditioned on the class embeddings of the model in use by an attention layer, with KD."
     Config = ContCoOpConfig
     module_class = ContCoOpModule
 
-    def fit(self, source: VLM, task: Any, config: ContCoOpConfig, seed: int) -> ContCoOpModule:
-        ctx = nn.Parameter(init_context(source, config.n_ctx, None, config.init_std, seed).to(source.device))
-        conditioner = None
-        if config.attention:
-            torch.manual_seed(seed)  # Kaiming init of W_Q, W_K, W_V, W_O, reproducible per seed
-            conditioner = ClassConditioner(source.text_width, config.heads).to(source.device)
+    def network(self, source: VLM, task: Any, config: ContCoOpConfig, seed: int) -> ClassConditioner | None:
+        """The attention of Eq. (1) (None with ``attention=False``)."""
+        if not config.attention:
+            return None
+        torch.manual_seed(seed)  # Kaiming init of W_Q, W_K, W_V, W_O, reproducible per seed
+        return ClassConditioner(source.text_width, config.heads).to(source.device)
+
+    def loss(self, source: VLM, task: Any, config: ContCoOpConfig, prompts: ClassPrompts, ctx: torch.Tensor,
+             network: ClassConditioner | None) -> Loss:
+        """Cross-entropy + ``lambda * mean_i ||w_i - w_zs_i||_2`` on normalised features (without ``kd``: CE)."""
         names = task.class_names
-        prompts = class_prompts(source, names, config.n_ctx)
-        cond = condition_embeddings(source, names, config.condition) if conditioner is not None else None
+        cond = condition_embeddings(source, names, config.condition) if network is not None else None
         zs = F.normalize(zeroshot_text_features(source, names, task.template), dim=-1)
         kd_weight = config.kd_weight if config.kd else 0.0
         check_fits(source, len(names), prompts.tokens.shape[1], "ContCoOp")
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            pc = conditioner(ctx, *cond) if conditioner is not None else ctx
+            pc = network(ctx, *cond) if network is not None else ctx
             text = encode_text_bounded(source, assemble(prompts, pc), prompts.eot)
             loss = F.cross_entropy(source.logits(feats, text), labels)
             if kd_weight:
                 loss = loss + kd_weight * (F.normalize(text, dim=-1) - zs).norm(dim=-1).mean()
             return loss
 
-        params = [ctx, *(conditioner.parameters() if conditioner is not None else [])]
-        fit_recipe(task, params, loss_fn, config, seed)
-        if conditioner is not None:
-            conditioner.requires_grad_(False).cpu()
-        return ContCoOpModule(ctx.detach().cpu(), conditioner, config.condition)
+        return loss_fn
+
+    def module(self, source: VLM, task: Any, config: ContCoOpConfig, ctx: torch.Tensor,
+               network: ClassConditioner | None) -> ContCoOpModule:
+        """The context, the attention and the condition text."""
+        return ContCoOpModule(ctx, network, config.condition)

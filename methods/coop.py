@@ -5,12 +5,15 @@ class token at the end; only the context is trained, with cross-entropy. Transpl
 are spliced into the target's token embeddings of the class names and run through the target's text
 encoder. ``depth > 0`` inserts the context at the input of block ``depth`` instead (paper Fig. 2d).
 Logits use the logit scale of the model in use (100 for OpenAI CLIP), as the reference does.
+:class:`ContextLearner` is CoOp's fit with hooks, the base of the whole prompt-learning family (KgCoOp, ProGrad,
+TCP, ContCoOp, CoCoOp differ in their initial context, network beside it, loss, backward and module).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +22,8 @@ from upgradebench.compat import check_text_width
 from upgradebench.errors import UserError
 from upgradebench.method import Method, Module
 from upgradebench.models import VLM
-from upgradebench.prompting import class_prompts, encode_prompts, text_embedding
-from upgradebench.training import SGDRecipe, fit_recipe
+from upgradebench.prompting import ClassPrompts, class_prompts, encode_prompts, text_embedding
+from upgradebench.training import SGDRecipe, fit_recipe, plain_backward
 
 
 @dataclass
@@ -45,13 +48,12 @@ def init_context(vlm: VLM, n_ctx: int, ctx_init: str | None, init_std: float, se
     return torch.randn(n_ctx, vlm.text_width, generator=generator) * init_std
 
 
+@dataclass
 class CoOpModule(Module):
-    """Learned context ``[N, D]`` (+ the depth it is inserted at)."""
+    """Learned context ``[N, D]`` (+ the depth it is inserted at): the artifact of every context learner."""
 
-    method = "coop"
-
-    def __init__(self, ctx: torch.Tensor, depth: int = 0) -> None:
-        self.ctx, self.depth = ctx, depth
+    ctx: torch.Tensor
+    depth: int = 0
 
     def text_features(self, vlm: VLM, class_names: list[str]) -> torch.Tensor:
         """Class text features of ``vlm`` with this context."""
@@ -63,34 +65,65 @@ class CoOpModule(Module):
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"ctx": self.ctx}
 
-    def meta(self) -> dict[str, Any]:
-        return {"depth": self.depth}
-
-    @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> CoOpModule:
-        return cls(tensors["ctx"], meta.get("depth", 0))
+Loss = Callable[[torch.Tensor, torch.Tensor], Any]
 
 
-class CoOp(Method):
+class ContextLearner(Method):
+    """The prompt learners' shared fit: CoOp's learnable context ``[N, D]`` and class prompts, optionally a network
+    trained beside the context (TCP's knowledge embedding, ContCoOp's attention, CoCoOp's meta-net), trained with
+    CoOp's recipe (``fit_recipe``, with the :attr:`optimizer`). The members of the family (CoOp, KgCoOp, ProGrad,
+    TCP, ContCoOp, CoCoOp) differ in their hooks: :meth:`initial_context`, :meth:`network`, :meth:`loss`,
+    :meth:`backward` (ProGrad) and :meth:`module`; every default is CoOp's. A config has ``n_ctx`` and
+    CoOp's recipe (``SGDRecipe``); ``ctx_init`` and ``depth`` are read when it has them.
+    """
+
+    module_class = CoOpModule
+    optimizer: ClassVar[str] = "sgd"
+
+    def initial_context(self, source: VLM, task: Any, config: Any, seed: int) -> torch.Tensor:
+        """The context before training: CoOp's init from ``ctx_init`` / ``init_std`` (:func:`init_context`)."""
+        return init_context(source, config.n_ctx, getattr(config, "ctx_init", None), config.init_std, seed)
+
+    def network(self, source: VLM, task: Any, config: Any, seed: int) -> torch.nn.Module | None:
+        """The network trained beside the context (on ``source.device``), or None (CoOp)."""
+        return None
+
+    def loss(self, source: VLM, task: Any, config: Any, prompts: ClassPrompts, ctx: torch.Tensor,
+             network: torch.nn.Module | None) -> Loss:
+        """The batch loss ``(image features, labels) -> loss`` of the current ``ctx`` and ``network``. CoOp's:
+        cross-entropy of the logits of the prompts with the context inserted at ``config.depth``."""
+        depth = getattr(config, "depth", 0)
+
+        def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(source.logits(feats, encode_prompts(source, prompts, ctx, depth)), labels)
+
+        return loss_fn
+
+    def backward(self, params: list[torch.nn.Parameter], config: Any) -> Callable[[Any], torch.Tensor]:
+        """How what the loss returns becomes the gradients of ``params``: plain ``loss.backward()`` by default."""
+        return plain_backward
+
+    def module(self, source: VLM, task: Any, config: Any, ctx: torch.Tensor, network: torch.nn.Module | None) -> Module:
+        """The artifact of the trained (detached, CPU) context and network: CoOp's context module by default."""
+        return CoOpModule(ctx, getattr(config, "depth", 0))
+
+    def fit(self, source: VLM, task: Any, config: Any, seed: int) -> Module:
+        ctx = torch.nn.Parameter(self.initial_context(source, task, config, seed).to(source.device))
+        network = self.network(source, task, config, seed)
+        prompts = class_prompts(source, task.class_names, config.n_ctx)
+        params = [ctx, *(network.parameters() if network is not None else [])]
+        loss_fn = self.loss(source, task, config, prompts, ctx, network)
+        fit_recipe(task, params, loss_fn, config, seed, optimizer=self.optimizer,
+                   backward=self.backward(params, config))
+        if network is not None:
+            network.requires_grad_(False).cpu()
+        return self.module(source, task, config, ctx.detach().cpu(), network)
+
+
+class CoOp(ContextLearner):
     """Context Optimization (Zhou et al., IJCV 2022), reference KaiyangZhou/CoOp ff61507."""
 
-    name = "coop"
     version = "1"
     description = "Learnable context vectors at the input of the text encoder (16, shared, class token at the end)."
     Config = CoOpConfig
-    module_class = CoOpModule
-
-    def fit(self, source: VLM, task: Any, config: CoOpConfig, seed: int) -> CoOpModule:
-        ctx = torch.nn.Parameter(init_context(source, config.n_ctx, config.ctx_init, config.init_std, seed)
-                                 .to(source.device))
-        prompts = class_prompts(source, task.class_names, config.n_ctx)
-
-        def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            text = encode_prompts(source, prompts, ctx, config.depth)
-            return F.cross_entropy(source.logits(feats, text), labels)
-
-        fit_recipe(task, [ctx], loss_fn, config, seed)
-        return CoOpModule(ctx.detach().cpu(), config.depth)

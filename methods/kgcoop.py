@@ -7,7 +7,8 @@ trained with ``CE + W * (1 - mean_i cos(t_i, t_zs_i))`` where ``t_i`` are the pr
 Departure: ``t_zs`` uses the harness's dataset template (docs/methods.md); KgCoOp's own table differs for DTD only
 ("a photo of a {}, a type of texture." instead of "{} texture."). fp32 instead of the reference's fp16.
 The artifact is exactly CoOp's (a context spliced into the text encoder of the model in use), saved under
-the method name ``kgcoop``; the knowledge-guidance term only shapes training.
+the method name ``kgcoop``; the knowledge-guidance term only shapes training (the loss hook of CoOp's
+``ContextLearner``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from upgradebench.method import Method
 from upgradebench.models import VLM
-from upgradebench.prompting import class_prompts, encode_prompts, zeroshot_text_features
-from upgradebench.training import SGDRecipe, fit_recipe
+from upgradebench.prompting import ClassPrompts, encode_prompts, zeroshot_text_features
+from upgradebench.training import SGDRecipe
 
-from .coop import CoOpModule, init_context
+from .coop import ContextLearner, Loss
 
 
 @dataclass
@@ -38,25 +38,16 @@ class KgCoOpConfig(SGDRecipe):
     batch_size: int = 128
 
 
-class KgCoOpModule(CoOpModule):
-    """CoOp's context module, registered as ``kgcoop`` so that a saved module loads through this method."""
-
-    method = "kgcoop"
-
-
-class KgCoOp(Method):
+class KgCoOp(ContextLearner):
     """Knowledge-guided Context Optimization (Yao et al., 2023), reference htyao89/KgCoOp c43ccc3."""
 
-    name = "kgcoop"
     version = "1"
     description = "CoOp context kept close to the zero-shot text features (W = 8)."
     Config = KgCoOpConfig
-    module_class = KgCoOpModule
 
-    def fit(self, source: VLM, task: Any, config: KgCoOpConfig, seed: int) -> KgCoOpModule:
-        ctx = torch.nn.Parameter(init_context(source, config.n_ctx, config.ctx_init, config.init_std, seed)
-                                 .to(source.device))
-        prompts = class_prompts(source, task.class_names, config.n_ctx)
+    def loss(self, source: VLM, task: Any, config: KgCoOpConfig, prompts: ClassPrompts, ctx: torch.Tensor,
+             network: None) -> Loss:
+        """Cross-entropy + ``W * (1 - mean_i cos(t_i, t_zs_i))``."""
         zs = F.normalize(zeroshot_text_features(source, task.class_names, task.template), dim=-1)
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -64,5 +55,4 @@ class KgCoOp(Method):
             score = 1.0 - (F.normalize(text, dim=-1) * zs).sum(-1).mean()
             return F.cross_entropy(source.logits(feats, text), labels) + config.kg_weight * score
 
-        fit_recipe(task, [ctx], loss_fn, config, seed)
-        return KgCoOpModule(ctx.detach().cpu())
+        return loss_fn

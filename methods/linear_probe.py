@@ -72,13 +72,14 @@ def search_c(x, y, xv, yv, classes: int, config: LinearProbeConfig) -> float:
     return best
 
 
+@dataclass
 class LinearProbeModule(Module):
-    """``logits = W f + b`` on the image features of whichever model it is plugged into."""
+    """``logits = W f + b`` on the image features of whichever model it is plugged into; ``C`` the chosen
+    inverse regularisation strength."""
 
-    method = "linear-probe"
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, c: float) -> None:
-        self.weight, self.bias, self.c = weight, bias, c
+    weight: torch.Tensor
+    bias: torch.Tensor
+    C: float  # noqa: N815 (the name it has always been saved under in module.json)
 
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         if image_features.shape[1] != self.weight.shape[1] or len(class_names) != self.weight.shape[0]:
@@ -88,21 +89,10 @@ class LinearProbeModule(Module):
         x = image_features.double().to(self.weight.device)
         return (x @ self.weight.T + self.bias).float()
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"weight": self.weight, "bias": self.bias}
-
-    def meta(self) -> dict[str, Any]:
-        return {"C": self.c}
-
-    @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> LinearProbeModule:
-        return cls(tensors["weight"], tensors["bias"], meta["C"])
-
 
 class LinearProbe(Method):
     """Linear probe of CLIP (Radford et al., 2021), following CoOp's ``lpclip`` (C searched on validation shots)."""
 
-    name = "linear-probe"
     version = "1"
     description = "Logistic regression on source image features; C searched on the validation shots."
     Config = LinearProbeConfig

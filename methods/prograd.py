@@ -9,7 +9,8 @@ and ``g_kl = grad L_kl``: if ``cos(g, g_kl) < 0``, ``g <- g - lambda (g . g_kl /
 (lambda = 1), else ``g`` is kept; the optimiser then steps with ``g``. Recipe: CoOp's (SGD 0.002, batch 32,
 50 / 100 / 200 epochs by shots, cosine, 1 warm-up epoch at 1e-5), as in the reference's ``ProGrad/rn50*.yaml``.
 Departures (docs/methods.md): the harness's dataset template is used for the init and the teacher (the
-reference has its own template table); fp32. The artifact is CoOp's context, saved under the name ``prograd``.
+reference has its own template table); fp32. The artifact is CoOp's context, saved under the name ``prograd``
+(CoOp's ``ContextLearner`` with ProGrad's init, loss and backward hooks).
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from upgradebench.errors import UserError
-from upgradebench.method import Method
 from upgradebench.models import VLM
-from upgradebench.prompting import class_prompts, encode_prompts, text_embedding, zeroshot_text_features
-from upgradebench.training import SGDRecipe, fit_recipe
+from upgradebench.prompting import ClassPrompts, encode_prompts, text_embedding, zeroshot_text_features
+from upgradebench.training import SGDRecipe
 
-from .coop import CoOpModule
+from .coop import ContextLearner, Loss
 
 
 @dataclass
@@ -83,30 +83,29 @@ def prograd_losses(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: t
     return ce, kl
 
 
-class ProGradModule(CoOpModule):
-    """CoOp's context module, registered as ``prograd`` so that a saved module loads through this method."""
-
-    method = "prograd"
-
-
-class ProGrad(Method):
+class ProGrad(ContextLearner):
     """Prompt-aligned Gradient (Zhu et al., 2023), reference BeierZhu/Prompt-align 1b76203."""
 
-    name = "prograd"
     version = "1"
     description = "CoOp context whose gradient never conflicts with the zero-shot prediction's (lambda = 1)."
     Config = ProGradConfig
-    module_class = ProGradModule
 
-    def fit(self, source: VLM, task: Any, config: ProGradConfig, seed: int) -> ProGradModule:
+    def initial_context(self, source: VLM, task: Any, config: ProGradConfig, seed: int) -> torch.Tensor:
+        """Zeros whose last vectors are the template's words before the class name (or ``ctx_init``'s)."""
         words = config.ctx_init if config.ctx_init is not None else task.template.split("{}")[0]
-        ctx = torch.nn.Parameter(template_context(source, config.n_ctx, words).to(source.device))
-        prompts = class_prompts(source, task.class_names, config.n_ctx)
+        return template_context(source, config.n_ctx, words)
+
+    def loss(self, source: VLM, task: Any, config: ProGradConfig, prompts: ClassPrompts, ctx: torch.Tensor,
+             network: None) -> Loss:
+        """``(L_ce, L_kl)`` against the source's zero-shot logits with the dataset template."""
         zs = zeroshot_text_features(source, task.class_names, task.template)
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             text = encode_prompts(source, prompts, ctx)
             return prograd_losses(source.logits(feats, text), source.logits(feats, zs), labels, config.temperature)
 
-        fit_recipe(task, [ctx], loss_fn, config, seed, backward=prograd_backward([ctx], config.lambda_))
-        return ProGradModule(ctx.detach().cpu())
+        return loss_fn
+
+    def backward(self, params: list[torch.nn.Parameter], config: ProGradConfig) -> Callable[[Any], torch.Tensor]:
+        """``grad L_ce`` projected away from a conflict with ``grad L_kl`` (:func:`prograd_backward`)."""
+        return prograd_backward(params, config.lambda_)

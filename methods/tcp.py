@@ -27,12 +27,12 @@ from torch import nn
 
 from upgradebench.compat import check_text_width
 from upgradebench.errors import UserError
-from upgradebench.method import Method, Module
+from upgradebench.method import Module
 from upgradebench.models import VLM
 from upgradebench.prompting import ClassPrompts, assemble, class_prompts, zeroshot_text_features
-from upgradebench.training import SGDRecipe, fit_recipe
+from upgradebench.training import SGDRecipe
 
-from .coop import init_context
+from .coop import ContextLearner, Loss
 
 
 @dataclass
@@ -64,6 +64,13 @@ class KnowledgeEmbedding(nn.Module):
         self.act = QuickGELU()
         self.linear2 = nn.Linear(embed_dim // 4, n_ctx * text_width)
 
+    @classmethod
+    def from_weights(cls, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> KnowledgeEmbedding:
+        """The meta-net of saved weights; its token count and width are those of the module's context."""
+        meta_net = cls(weights["linear1.weight"].shape[1], *state["ctx"].shape)
+        meta_net.load_state_dict(weights)
+        return meta_net
+
     def forward(self, text_features: torch.Tensor) -> torch.Tensor:
         """Class-aware prompt tokens of normalised class text features."""
         out = self.linear2(self.act(self.linear1(text_features)))
@@ -73,6 +80,15 @@ class KnowledgeEmbedding(nn.Module):
 def default_layer(vlm: VLM) -> int:
     """The reference inserts at block 8 of 12: two thirds of the tower."""
     return round(2 * vlm.num_text_layers / 3)
+
+
+def insertion_layer(vlm: VLM, config: TCPConfig) -> int:
+    """The block the class-aware tokens enter: ``config.layer``, or :func:`default_layer`; refused outside the tower."""
+    layer = default_layer(vlm) if config.layer is None else config.layer
+    if not 1 <= layer <= vlm.num_text_layers:
+        raise UserError(f"TCP layer {layer} is outside 1..{vlm.num_text_layers} for {vlm.name}.",
+                        f"pass --config layer=K with 1 <= K <= {vlm.num_text_layers}")
+    return layer
 
 
 def tcp_text_features(vlm: VLM, prompts: ClassPrompts, ctx: torch.Tensor, class_tokens: torch.Tensor,
@@ -89,13 +105,14 @@ def knowledge(vlm: VLM, class_names: list[str], template: str) -> torch.Tensor:
     return F.normalize(zeroshot_text_features(vlm, class_names, template), dim=-1)
 
 
+@dataclass
 class TCPModule(Module):
     """Context + knowledge embedding + insertion layer; class knowledge comes from the model in use."""
 
-    method = "tcp"
-
-    def __init__(self, ctx: torch.Tensor, meta_net: KnowledgeEmbedding, layer: int, template: str) -> None:
-        self.ctx, self.meta_net, self.layer, self.template = ctx, meta_net, layer, template
+    ctx: torch.Tensor
+    meta_net: KnowledgeEmbedding
+    layer: int
+    template: str
 
     def text_features(self, vlm: VLM, class_names: list[str]) -> torch.Tensor:
         """Class text features of ``vlm``."""
@@ -114,49 +131,40 @@ class TCPModule(Module):
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"ctx": self.ctx, **{f"meta_net.{k}": v for k, v in self.meta_net.state_dict().items()}}
 
-    def meta(self) -> dict[str, Any]:
-        return {"layer": self.layer, "template": self.template}
-
-    @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> TCPModule:
-        ctx = tensors["ctx"]
-        weights = {k[len("meta_net."):]: v for k, v in tensors.items() if k.startswith("meta_net.")}
-        meta_net = KnowledgeEmbedding(weights["linear1.weight"].shape[1], ctx.shape[0], ctx.shape[1])
-        meta_net.load_state_dict(weights)
-        return cls(ctx, meta_net.requires_grad_(False), meta["layer"], meta["template"])
-
-
-class TCP(Method):
+class TCP(ContextLearner):
     """Textual-based Class-aware Prompt tuning (Yao et al., 2024).
 
     Reference: htyao89/Textual-based_Class-aware_prompt_tuning bd97bec (see the module docstring).
     """
 
-    name = "tcp"
     version = "1"
     description = ("CoOp context plus class-aware tokens from the zero-shot text features, "
                    "inserted deep in the text encoder.")
     Config = TCPConfig
     module_class = TCPModule
+    optimizer = "adam"
 
-    def fit(self, source: VLM, task: Any, config: TCPConfig, seed: int) -> TCPModule:
-        layer = default_layer(source) if config.layer is None else config.layer
-        if not 1 <= layer <= source.num_text_layers:
-            raise UserError(f"TCP layer {layer} is outside 1..{source.num_text_layers} for {source.name}.",
-                            f"pass --config layer=K with 1 <= K <= {source.num_text_layers}")
-        ctx = nn.Parameter(init_context(source, config.n_ctx, None, config.init_std, seed).to(source.device))
+    def network(self, source: VLM, task: Any, config: TCPConfig, seed: int) -> KnowledgeEmbedding:
+        """The knowledge embedding, PyTorch's default Linear init seeded per run."""
+        insertion_layer(source, config)  # refused before anything trains
         torch.manual_seed(seed)  # PyTorch's default Linear init of the meta-net, reproducible per seed
-        meta_net = KnowledgeEmbedding(source.embed_dim, config.n_ctx, source.text_width).to(source.device)
-        prompts = class_prompts(source, task.class_names, config.n_ctx)
+        return KnowledgeEmbedding(source.embed_dim, config.n_ctx, source.text_width).to(source.device)
+
+    def loss(self, source: VLM, task: Any, config: TCPConfig, prompts: ClassPrompts, ctx: torch.Tensor,
+             network: KnowledgeEmbedding) -> Loss:
+        """Cross-entropy + ``W * (1 - mean_i cos(w_i, t_zs_i))`` (KgCoOp's term)."""
+        layer = insertion_layer(source, config)
         zs = knowledge(source, task.class_names, task.template)
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            text = tcp_text_features(source, prompts, ctx, meta_net(zs), layer)
+            text = tcp_text_features(source, prompts, ctx, network(zs), layer)
             score = 1.0 - (F.normalize(text, dim=-1) * zs).sum(-1).mean()
             return F.cross_entropy(source.logits(feats, text), labels) + config.kg_weight * score
 
-        fit_recipe(task, [ctx, *meta_net.parameters()], loss_fn, config, seed, optimizer="adam")
-        return TCPModule(ctx.detach().cpu(), meta_net.requires_grad_(False).cpu(), layer, task.template)
+        return loss_fn
+
+    def module(self, source: VLM, task: Any, config: TCPConfig, ctx: torch.Tensor,
+               network: KnowledgeEmbedding) -> TCPModule:
+        """Context, knowledge embedding, the layer it was trained at, and the template of the knowledge."""
+        return TCPModule(ctx, network, insertion_layer(source, config), task.template)

@@ -107,15 +107,16 @@ def search_alpha_beta(feats: torch.Tensor, labels: torch.Tensor, text: torch.Ten
     return best_alpha, best_beta
 
 
+@dataclass
 class TipAdapterModule(Module):
     """Cache keys ``[N, D]`` (source image space), their labels ``[N]``, alpha, beta and the template."""
 
-    method = "tip-adapter-f"
-
-    def __init__(self, keys: torch.Tensor, labels: torch.Tensor, classes: int, alpha: float, beta: float,
-                 template: str) -> None:
-        self.keys, self.labels, self.classes = keys, labels, classes
-        self.alpha, self.beta, self.template = alpha, beta, template
+    keys: torch.Tensor
+    labels: torch.Tensor
+    classes: int
+    alpha: float
+    beta: float
+    template: str
 
     @torch.no_grad()
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
@@ -129,21 +130,11 @@ class TipAdapterModule(Module):
         return torch.cat([tip_logits(f, text, keys, values, self.alpha, self.beta, vlm.logit_scale)
                           for f in feats.split(EVAL_CHUNK)])
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"keys": self.keys, "labels": self.labels}
-
-    def meta(self) -> dict[str, Any]:
-        return {"classes": self.classes, "alpha": self.alpha, "beta": self.beta, "template": self.template}
-
-    @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> TipAdapterModule:
-        return cls(tensors["keys"], tensors["labels"], meta["classes"], meta["alpha"], meta["beta"], meta["template"])
 
 
 class TipAdapterF(Method):
     """Tip-Adapter-F (Zhang et al., 2022), reference gaopengcuhk/Tip-Adapter d0e2d6f; see the module docstring."""
 
-    name = "tip-adapter-f"
     version = "1"
     description = "Fine-tuned cache of few-shot image features + zero-shot classifier; alpha/beta chosen on val shots."
     Config = TipAdapterConfig

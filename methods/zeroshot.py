@@ -23,32 +23,19 @@ class ZeroShotConfig:
     template: str | None = None
 
 
+@dataclass
 class ZeroShotModule(Module):
     """A template; logits = ``logit_scale * cos(f, T(template.format(class)))`` with the model in use."""
 
-    method = "zeroshot"
-
-    def __init__(self, template: str) -> None:
-        self.template = template
+    template: str
 
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         return vlm.logits(image_features.to(vlm.device), zeroshot_text_features(vlm, class_names, self.template))
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def meta(self) -> dict[str, Any]:
-        return {"template": self.template}
-
-    @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> ZeroShotModule:
-        return cls(meta["template"])
 
 
 class ZeroShot(Method):
     """Zero-shot CLIP with the dataset's hand-written template (Radford et al., 2021; CoOp's zsclip)."""
 
-    name = "zeroshot"
     version = "1"
     description = "Zero-shot classifier from the dataset template (no training)."
     Config = ZeroShotConfig

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -18,7 +19,6 @@ from upgradebench.task import FewShotTask
 from upgradebench.methods.clip_adapter import CLIPAdapterModule, VisualAdapter
 from upgradebench.methods.cocoop import CoCoOpModule, MetaNet
 from upgradebench.methods.coop import CoOpModule
-from upgradebench.methods.kgcoop import KgCoOpModule
 from upgradebench.methods.tip_adapter import TipAdapterModule, search_alpha_beta, tip_logits
 from upgradebench.methods.zeroshot import ZeroShotModule
 
@@ -162,8 +162,8 @@ def test_fit_save_load_and_transplant(name, pair, tiny_dataset, tmp_path):
     method = get_method(name)
     module = method().fit(source, _task(source, tiny_dataset), method.make_config(TINY[name]), seed=1)
     dataset = get_dataset(tiny_dataset)
-    loaded = load_module(module.save(tmp_path / "module"))
-    assert type(loaded) is method.module_class and loaded.method == name  # load_module dispatches on the name
+    loaded = load_module(module.save(tmp_path / "module", name))
+    assert type(loaded) is method.module_class and loaded.meta() == module.meta()
     for vlm in (source, target):  # Base and the transplant onto the EVA-style CustomTextCLIP
         items = dataset.split("test")[:24]
         feats = FeatureCache().get(vlm, dataset, "test", items, vlm.test_transform_spec)
@@ -174,8 +174,10 @@ def test_fit_save_load_and_transplant(name, pair, tiny_dataset, tmp_path):
 
 def test_kgcoop_module_is_coop_context_under_its_own_name(pair, tmp_path):
     ctx = torch.randn(4, pair[0].text_width)
-    loaded = load_module(KgCoOpModule(ctx).save(tmp_path / "m"))
-    assert isinstance(loaded, KgCoOpModule) and torch.equal(loaded.ctx, ctx)
+    folder = CoOpModule(ctx).save(tmp_path / "m", "kgcoop")
+    loaded = load_module(folder)
+    assert json.loads((folder / "module.json").read_text())["method"] == "kgcoop"
+    assert isinstance(loaded, CoOpModule) and torch.equal(loaded.ctx, ctx)
     feats = _feats(pair[1])
     assert torch.equal(loaded.logits(pair[1], feats, NAMES), CoOpModule(ctx).logits(pair[1], feats, NAMES))
 

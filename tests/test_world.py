@@ -440,3 +440,43 @@ def test_committed_reference_results_come_from_this_world(in_default_world):
     assert recorded == {name: built[name] for name in recorded} and set(recorded) == set(zoo.default_models())
     datasets = dict(zip(rows.dataset, rows.dataset_fingerprint))
     assert datasets == {name: get_dataset(name).fingerprint for name in datasets}
+
+
+@pytest.mark.world
+def test_committed_modules_re_evaluate_to_their_committed_rows(in_default_world):
+    """Issue 12, point 7: one committed module per built-in method, evaluated again on toy-eva (the
+    transplant), gives exactly the top-1 of its committed row."""
+    import pandas as pd
+
+    from upgradebench.runner import evaluate_module
+
+    from .test_module_state import BUILTINS, committed_module
+
+    for method in BUILTINS:
+        folder = committed_module(method)
+        (row,) = pd.read_parquet(folder.parent / "toy-eva--toy-background.parquet").itertuples()
+        got = evaluate_module(folder, "toy-eva", "toy-background", device="cpu")
+        assert (got["method"], got["top1"], got["n_test"]) == (method, row.top1, row.n_test), method
+
+
+@pytest.mark.world
+@pytest.mark.parametrize("method", ["coop", "kgcoop", "prograd", "tcp", "contcoop", "cocoop"])
+def test_the_context_learners_refit_their_committed_modules_bit_for_bit(method, in_default_world, tmp_path):
+    """The prompt learners fit through one base (``methods/coop.py: ContextLearner``): fitted again with the run
+    identity of their committed module, they give its very tensors (same RNG order and float ops)."""
+    from upgradebench.data import load_fewshot
+    from upgradebench.features import FeatureCache
+    from upgradebench.integrity import tensors_digest
+    from upgradebench.method import get_method
+    from upgradebench.task import FewShotTask
+
+    from .test_module_state import committed_module
+
+    folder = committed_module(method)
+    identity = json.loads((folder / "module.json").read_text())["provenance"]["run_identity"]
+    cls, ds = get_method(method), get_dataset("toy-background")
+    task = FewShotTask(ds, load_fewshot(ds, identity["shots"], identity["seed"]), load_vlm("toy-clip", device="cpu"),
+                       FeatureCache(), views=identity["views"])
+    torch.manual_seed(identity["seed"])  # as the runner does before fit
+    module = cls().fit(task.source, task, cls.Config(**identity["config"]), identity["seed"])
+    assert tensors_digest(module.tensors()) == tensors_digest(load_file(str(folder / "module.safetensors")))

@@ -23,33 +23,22 @@ class PrototypeConfig:
     scale: float = 100.0
 
 
+@dataclass
 class PrototypeModule(Module):
-    """Class prototypes ``[C, D]`` in the source's image-feature space."""
+    """Class prototypes ``[C, D]`` in the source's image-feature space (saved as safetensors), and the scale
+    (saved as JSON): a module's fields are its saved form."""
 
-    method = "prototype"
-
-    def __init__(self, prototypes: torch.Tensor, scale: float) -> None:
-        self.prototypes, self.scale = prototypes, scale
+    prototypes: torch.Tensor
+    scale: float
 
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         f = F.normalize(image_features.float().cpu(), dim=-1)
         return self.scale * f @ self.prototypes.T
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"prototypes": self.prototypes}
-
-    def meta(self) -> dict[str, Any]:
-        return {"scale": self.scale}
-
-    @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> PrototypeModule:
-        return cls(tensors["prototypes"], meta["scale"])
-
 
 class Prototype(Method):
     """Nearest class mean of the source's image features (a deep-layer method: it cannot follow an upgrade)."""
 
-    name = "prototype"
     version = "0.1.0"
     description = "Nearest class prototype of source image features (example plugin)."
     Config = PrototypeConfig
