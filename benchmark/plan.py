@@ -14,7 +14,6 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SHOTS, DEFAULT_SOURCE, DEFAULT_TARGETS, DEFAULT_VIEWS
@@ -27,7 +26,8 @@ from .task import ONLINE
 @dataclass
 class RunSpec:
     """Everything one ``upgradebench run`` asks for, as given: ``config`` holds ``--config key=value`` strings
-    or a grid's typed values (both are parsed to the method's config types by :func:`make_plan`)."""
+    or a grid's typed values (both are parsed to the method's config types by :func:`make_plan`). Where it runs
+    (device, precision, results folder, data root) is the :class:`~upgradebench.runner.Runner`'s."""
 
     method: str
     source: str = DEFAULT_SOURCE
@@ -38,12 +38,7 @@ class RunSpec:
     config: dict[str, Any] = field(default_factory=dict)
     views: int | str = DEFAULT_VIEWS
     ood: list[str] = field(default_factory=list)
-    device: str = "auto"
-    precision: str = "fp32"
-    results: str | Path | None = None
-    data_root: str | Path | None = None
     pretrained: dict[str, str] = field(default_factory=dict)
-    allow_download: bool = False
     zeroshot_reference: bool = True
     oracle: bool = False
 
