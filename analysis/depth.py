@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from upgradebench.errors import UserError
-from upgradebench.runner import Runner, RunSpec
+from upgradebench.plan import RunPlan, RunSpec
+from upgradebench.runner import Runner
 
 from .selection import sweep_summary
 
@@ -40,33 +41,28 @@ def depth_specs(dataset: str, layers: Sequence[int], seeds: Sequence[int], **spe
     config = dict(spec.pop("config", None) or {})
     if DEPTH_KEY in config:
         raise UserError("--config depth=... conflicts with --layers.", "give the depths with --layers only")
-    return [RunSpec(method=DEPTH_METHOD, dataset=dataset, seed=seed, config={**config, DEPTH_KEY: str(k)}, **spec)
+    return [RunSpec(method=DEPTH_METHOD, dataset=dataset, seed=seed, config={**config, DEPTH_KEY: k}, **spec)
             for k in layers for seed in seeds]
 
 
-def check_depths(runner: Runner, specs: Sequence[RunSpec]) -> None:
-    """Every depth must be a block of the source's text encoder (0 .. blocks - 1), checked before any fit."""
-    for spec in specs:
-        blocks = runner.model(spec.source, spec.pretrained.get(spec.source)).num_text_layers
-        depth = int(spec.config[DEPTH_KEY])
+def plan_depths(runner: Runner, specs: Sequence[RunSpec]) -> list[RunPlan]:
+    """The validated plans of ``specs``; every depth must be a block of the source's text encoder
+    (0 .. blocks - 1), checked before any fit."""
+    plans = [runner.plan(spec) for spec in specs]
+    for plan in plans:
+        blocks = runner.model(plan.source, plan.pretrained.get(plan.source)).num_text_layers
+        depth = getattr(plan.config, DEPTH_KEY)
         if not 0 <= depth < blocks:
-            raise UserError(f"Depth {depth} is not a block of {spec.source!r}'s text encoder (0..{blocks - 1}).",
+            raise UserError(f"Depth {depth} is not a block of {plan.source!r}'s text encoder (0..{blocks - 1}).",
                             f"pass --layers within 0-{blocks - 1}")
+    return plans
 
 
 def run_depth_study(runner: Runner, specs: Sequence[RunSpec],
-                    on_start: Callable[[RunSpec], None] | None = None) -> pd.DataFrame:
-    """Validate every spec, then run each (fit or resume, evaluate); returns all rows, zero-shot included.
-    ``on_start`` is called before each run (progress output)."""
-    for spec in specs:
-        runner.validate(spec)
-    check_depths(runner, specs)
-    frames = []
-    for spec in specs:
-        if on_start is not None:
-            on_start(spec)
-        frames.append(runner.run(spec))
-    return pd.concat(frames, ignore_index=True)
+                    on_start: Callable[[RunPlan], None] | None = None) -> pd.DataFrame:
+    """Plan every spec (:func:`plan_depths`), then run each (fit or resume, evaluate); returns all rows, zero-shot
+    included. ``on_start`` is called before each run (progress output)."""
+    return pd.concat(runner.run_all(plan_depths(runner, specs), on_start), ignore_index=True)
 
 
 def depth_summary(df: pd.DataFrame) -> pd.DataFrame:

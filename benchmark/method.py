@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import types
 import typing
 from abc import ABC, abstractmethod
 from importlib import resources
@@ -275,12 +276,42 @@ def _value_fix(what: str, hint: Any) -> str:
     return f"pass --config {key}=VALUE with a {getattr(hint, '__name__', hint)} (a grid variant: {key}: VALUE)"
 
 
+def _typed_value(value: Any, hint: Any, what: str) -> Any:
+    """A value that arrives typed (a grid's YAML) as the field's type, without a round trip through text: an int
+    is a float where a float is expected, a list a tuple where a tuple is; anything else of the wrong type is
+    refused."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        for arg in (a for a in typing.get_args(hint) if a is not type(None)):
+            try:
+                return _typed_value(value, arg, what)
+            except UserError:
+                continue
+    elif origin is typing.Literal:
+        for choice in typing.get_args(hint):
+            if str(choice) == str(value):
+                return choice
+    elif hint is bool and isinstance(value, bool):
+        return value
+    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif hint is str and isinstance(value, (int, float)):
+        return str(value)
+    elif origin in (tuple, list) and isinstance(value, (tuple, list)):
+        return origin(value)
+    raise UserError(f"{what}: {value!r} is not of type {getattr(hint, '__name__', hint)}.", _value_fix(what, hint))
+
+
 def _parse_value(raw: Any, hint: Any, what: str) -> Any:
     if not isinstance(raw, str):
-        return raw
+        return _typed_value(raw, hint, what)
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if raw.lower() in ("none", "null"):
             return None
         for arg in args:

@@ -9,8 +9,10 @@ Layout of a results folder::
     RESULTS/<run_id>/<eval_model>--<dataset>.parquet      one row file per evaluated (model, dataset)
     RESULTS/<run_id>/ledger/<eval_model>--<dataset>.parquet   its per-item predictions (ledger.py)
 
-A row of an older schema whose module is saved is brought up to date by re-evaluating the module (no refit);
-a schema-2 row, which lacks only its row hash, is rewritten with the same values and their hash.
+A row is reused only while everything it depends on is unchanged: its run (the run id), the evaluated
+model's weights and the test set's fingerprint (an OOD test set is not part of the run id: a changed one is
+evaluated again). A row of an older schema whose module is saved is brought up to date by re-evaluating the
+module (no refit); a schema-2 row, which lacks only its row hash, is rewritten with the same values and their hash.
 A row is never replaced by an evaluation of other weights under the same model name: a changed model is
 refused unless ``replace`` (``--replace``) says to replace its rows. Temporary files of killed writes in a
 run folder are removed when the run starts again.
@@ -22,11 +24,10 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -34,47 +35,20 @@ import torch
 
 from .data import DATASETS, Dataset, class_columns, get_dataset, load_fewshot
 from .data.fewshot import effective_shots
-from .defaults import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS
+from .defaults import DEFAULT_VIEWS
 from .errors import UserError
 from .integrity import clean_stale_tmp
 from .features import FeatureCache
-from .method import MODULE_CONFIG, Method, Module, get_method, load_module, method_entry
+from .method import MODULE_CONFIG, Module, load_module, method_entry
 from .models import VLM, load_vlm, parse_model, resolve_device
 from .paths import default_results_dir
+from .plan import RunPlan, RunSpec, make_plan, safe_name
 from .provenance import now, stable_hash, versions
 from .ledger import ledger_path, predictions, top1_of, write_ledger
 from .results import SCHEMA_VERSION, has_row_hash, read_results, write_rows
 from .task import ONLINE, FewShotTask
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunSpec:
-    """Everything one ``upgradebench run`` needs. ``config`` holds ``--config key=value`` strings."""
-
-    method: str
-    source: str = DEFAULT_SOURCE
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    dataset: str = DEFAULT_DATASET
-    shots: int = 16
-    seed: int = 1
-    config: dict[str, str] = field(default_factory=dict)
-    views: int | str = 10
-    ood: list[str] = field(default_factory=list)
-    device: str = "auto"
-    precision: str = "fp32"
-    results: str | Path | None = None
-    data_root: str | Path | None = None
-    pretrained: dict[str, str] = field(default_factory=dict)
-    allow_download: bool = False
-    zeroshot_reference: bool = True
-    oracle: bool = False
-
-
-def safe_name(name: str) -> str:
-    """A model or dataset name usable in a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
 def check_writable(folder: Path) -> None:
@@ -88,28 +62,9 @@ def check_writable(folder: Path) -> None:
                         "pass --results DIR with a folder you can write to") from None
 
 
-def parse_views(value: str | int) -> int | str:
-    """``--views``: a positive number of cached views or ``online``."""
-    if str(value) == ONLINE:
-        return ONLINE
-    try:
-        views = int(value)
-    except ValueError:
-        views = 0
-    if views < 1:
-        raise UserError(f"--views must be a positive number or 'online', got {value!r}.")
-    return views
-
-
-def variant_of(method: type[Method], config) -> str:
-    """``k=v,...`` of the config fields that differ from the method's defaults."""
-    default = dataclasses.asdict(method.default_config())
-    current = dataclasses.asdict(config)
-    return ",".join(f"{k}={current[k]}" for k in sorted(current) if current[k] != default.get(k))
-
-
 class Runner:
-    """Runs specs against shared state: loaded models, the feature cache and the results folder.
+    """Runs plans (:mod:`upgradebench.plan`) against shared state: loaded models, the feature cache and the
+    results folder.
 
     ``replace``: rows of a model whose weights changed since they were written are replaced (default: refused).
     """
@@ -141,80 +96,91 @@ class Runner:
         return self._datasets[name]
 
     # ---- one run -----------------------------------------------------------------------------------------------
-    def validate(self, spec: RunSpec) -> tuple[type[Method], object]:
-        """Check names, config and the results folder before anything slow happens."""
-        method = get_method(spec.method)
-        config = method.make_config(spec.config)
-        parse_views(spec.views)
-        for name in [spec.source, *spec.targets]:
-            parse_model(name, spec.pretrained.get(name))
-        train = self.dataset(spec.dataset)
-        for name in spec.ood:  # a test set of other classes would give chance-level rows
+    def plan(self, spec: RunSpec) -> RunPlan:
+        """The validated plan of ``spec``: names, config and the results folder are checked and the shots capped to
+        what the dataset gives, before anything slow happens (:func:`upgradebench.plan.make_plan`, then what
+        needs the datasets)."""
+        plan = make_plan(spec)
+        for name in [plan.source, *plan.targets]:
+            parse_model(name, plan.pretrained.get(name))
+        train = self.dataset(plan.dataset)
+        for name in plan.ood:  # a test set of other classes would give chance-level rows
             class_columns(train.classnames, self.dataset(name), train.name)
-        if spec.source in spec.targets:
-            raise UserError(f"{spec.source!r} is both the source and a target.", "drop it from --target")
+        if plan.source in plan.targets:
+            raise UserError(f"{plan.source!r} is both the source and a target.", "drop it from --target")
         check_writable(self.results)
-        return method, config
+        return dataclasses.replace(plan, shots=effective_shots(train, plan.shots))
 
-    def run(self, spec: RunSpec) -> pd.DataFrame:
-        """Fit (or reuse) the module of ``spec`` and evaluate it; returns this run's rows (and zero-shot rows).
+    def run_all(self, plans: Sequence[RunPlan], on_start: Callable[[RunPlan], None] | None = None,
+                on_end: Callable[[RunPlan, Exception | None], None] | None = None,
+                keep_going: bool = False) -> list[pd.DataFrame]:
+        """Run ``plans`` one after the other (``upgradebench run``, a local sweep, the depth study); returns the
+        rows of each finished run. ``on_start`` is called before each run, ``on_end`` after it with its error
+        (None when it finished); with ``keep_going`` a failed run is reported to ``on_end`` and the rest go on,
+        else its error is raised."""
+        frames = []
+        for plan in plans:
+            if on_start is not None:
+                on_start(plan)
+            try:
+                frames.append(self.run(plan))
+            except Exception as exc:  # a bug in one method must not lose the rest of a sweep
+                if not keep_going:
+                    raise
+                error: Exception | None = exc
+            else:
+                error = None
+            if on_end is not None:
+                on_end(plan, error)
+        return frames
 
-        With ``spec.oracle`` the same method and config is also fitted on each target and evaluated there
+    def run(self, plan: RunPlan | RunSpec) -> pd.DataFrame:
+        """Fit (or reuse) the module of ``plan`` and evaluate it; returns this run's rows (and zero-shot rows).
+        A :class:`RunSpec` is planned first (:meth:`plan`).
+
+        With ``plan.oracle`` the same method and config is also fitted on each target and evaluated there
         (role ``oracle``): one more fit per target, the ceiling of the recovery ratio.
         """
-        method, config = self.validate(spec)
-        spec = dataclasses.replace(spec, shots=effective_shots(self.dataset(spec.dataset), spec.shots))
-        out = self._run(spec, method, config, source_role="base")
-        if spec.oracle and method.name != "zeroshot":
-            for target in spec.targets:
-                mirror = dataclasses.replace(spec, source=target, targets=[], ood=[], oracle=False,
-                                             zeroshot_reference=False)
-                out = pd.concat([out, self._run(mirror, method, config, source_role="oracle")], ignore_index=True)
-        if spec.zeroshot_reference and method.name != "zeroshot":
-            zs = dataclasses.replace(spec, method="zeroshot", config={}, zeroshot_reference=False, oracle=False)
-            out = pd.concat([out, self.run(zs)], ignore_index=True)
+        if isinstance(plan, RunSpec):
+            plan = self.plan(plan)
+        out = self._run(plan)
+        for oracle in plan.oracles():
+            out = pd.concat([out, self._run(oracle)], ignore_index=True)
+        zeroshot = plan.zeroshot()
+        if zeroshot is not None:
+            out = pd.concat([out, self._run(zeroshot)], ignore_index=True)
         return out
 
-    def _run(self, spec: RunSpec, method: type[Method], config, source_role: str) -> pd.DataFrame:
-        source = self.model(spec.source, spec.pretrained.get(spec.source))
-        targets = [self.model(t, spec.pretrained.get(t)) for t in spec.targets]
-        dataset = self.dataset(spec.dataset)
-        views = parse_views(spec.views) if method.uses_train_views else 0
+    def _run(self, plan: RunPlan) -> pd.DataFrame:
+        method, config, views = plan.method, plan.config, plan.views
+        source = self.model(plan.source, plan.pretrained.get(plan.source))
+        targets = [self.model(t, plan.pretrained.get(t)) for t in plan.targets]
+        dataset = self.dataset(plan.dataset)
         config_json = method.config_dict(config)
-        identity = {"method": method.name, "version": method.version, "config": config_json,
-                    "dataset": dataset.fingerprint, "shots": spec.shots, "seed": spec.seed,
-                    "source": source.fingerprint, "views": views, "precision": self.cache.precision}
-        if source_role == "oracle":  # only oracles add the key, so every other run id stays what it was
-            identity["role"] = source_role
-        variant = variant_of(method, config)
-        run_id = "-".join(filter(None, [safe_name(method.name), stable_hash(variant, 6) if variant else "",
-                                        safe_name(dataset.name), f"k{spec.shots}", f"s{spec.seed}",
-                                        safe_name(spec.source), "oracle" if source_role == "oracle" else "",
-                                        stable_hash(identity, 10)]))
+        identity = plan.identity(dataset.fingerprint, source.fingerprint, self.cache.precision)
+        variant = plan.variant()
+        run_id = plan.run_id(identity, dataset.name)
         run_dir = self.results / run_id
         self._check_source_unchanged(run_dir, identity, source)
         clean_stale_tmp(run_dir, recursive=True)
-        module, fit_seconds = self._fit_or_load(method, config, source, dataset, spec, views, run_dir, identity)
+        module, fit_seconds = self._fit_or_load(plan, source, dataset, run_dir, identity)
 
         entry = method_entry(method.name)
         common = {
             "run_id": run_id, "method": method.name, "method_version": method.version,
             "method_origin": f"{entry.origin}=={entry.origin_version}", "method_config": json.dumps(config_json, sort_keys=True),
             "method_variant": variant, "config_hash": stable_hash([method.name, method.version, config_json]),
-            "train_dataset": dataset.name, "shots": spec.shots, "seed": spec.seed, "views": str(views),
+            "train_dataset": dataset.name, "shots": plan.shots, "seed": plan.seed, "views": str(views),
             "source": source.name, "source_fingerprint": source.fingerprint, "device": str(self.device),
             "schema_version": SCHEMA_VERSION, **versions(),
         }
         cost = {"trainable_params": sum(t.numel() for t in module.tensors().values()),
                 "needs_image_encoder": bool(method.needs_image_encoder or views == ONLINE)}
         rows = []
-        for role, vlm in [(source_role, source)] + [("new", t) for t in targets]:
-            for eval_ds in [dataset] + [self.dataset(d) for d in spec.ood]:
+        for role, vlm in [(plan.role, source)] + [("new", t) for t in targets]:
+            for eval_ds in [dataset] + [self.dataset(d) for d in plan.ood]:
                 path = run_dir / f"{safe_name(vlm.name)}--{safe_name(eval_ds.name)}.parquet"
-                existing = read_results(path) if path.is_file() else None
-                if existing is not None and existing["eval_fingerprint"].iloc[0] != vlm.fingerprint:
-                    self._check_replace(path, vlm, existing["eval_fingerprint"].iloc[0])
-                    existing = None
+                existing = self._reusable(path, vlm, eval_ds)
                 if existing is not None:
                     if ledger_path(path).is_file() and not existing.trainable_params.isna().any():
                         if not has_row_hash(path):  # schema 2: the same values, now written with their hash
@@ -232,6 +198,25 @@ class Runner:
                 write_rows([row], path)
                 rows.append(read_results(path))
         return pd.concat(rows, ignore_index=True)
+
+    def _reusable(self, path: Path, vlm: VLM, dataset: Dataset) -> pd.DataFrame | None:
+        """The row already in ``path`` when it still holds: it was written by this run (the run id covers the
+        module), of ``vlm``'s weights and of ``dataset``'s test split as it is now; else None (to be evaluated).
+
+        A row of other weights is refused unless ``replace`` (:meth:`_check_replace`); a row of a test set that
+        changed since (an OOD dataset is not part of the run id) is evaluated again."""
+        if not path.is_file():
+            return None
+        existing = read_results(path)
+        written = existing.iloc[0]
+        if written["eval_fingerprint"] != vlm.fingerprint:
+            self._check_replace(path, vlm, written["eval_fingerprint"])
+            return None
+        if written["dataset_fingerprint"] != dataset.fingerprint:
+            log.warning("%s: %s changed since this row was written (fingerprint %s, now %s); evaluating it again",
+                        path, dataset.name, written["dataset_fingerprint"], dataset.fingerprint)
+            return None
+        return existing
 
     def _check_source_unchanged(self, run_dir: Path, identity: dict, source: VLM) -> None:
         """Refuse a run whose only difference from a run already in the folder is the source's weights (the
@@ -284,16 +269,16 @@ class Runner:
         write_ledger(preds, ledger_path(path), row["run_id"], vlm.name, dataset.name)
         return {**row, **cost, "schema_version": SCHEMA_VERSION}
 
-    def _fit_or_load(self, method: type[Method], config, source: VLM, dataset: Dataset, spec: RunSpec,
-                     views: int | str, run_dir: Path, identity: dict) -> tuple[Module, float]:
+    def _fit_or_load(self, plan: RunPlan, source: VLM, dataset: Dataset, run_dir: Path,
+                     identity: dict) -> tuple[Module, float]:
         module_dir = run_dir / "module"
         if (module_dir / MODULE_CONFIG).is_file():
             return load_module(module_dir), 0.0
-        split = load_fewshot(dataset, spec.shots, spec.seed)
-        task = FewShotTask(dataset, split, source, self.cache, views=views or 10)
-        torch.manual_seed(spec.seed)
+        split = load_fewshot(dataset, plan.shots, plan.seed)
+        task = FewShotTask(dataset, split, source, self.cache, views=plan.views or DEFAULT_VIEWS)
+        torch.manual_seed(plan.seed)
         start = time.perf_counter()
-        module = method().fit(source, task, config, spec.seed)
+        module = plan.method().fit(source, task, plan.config, plan.seed)
         seconds = time.perf_counter() - start
         provenance = {"run_identity": identity, "created_at": now(), **versions()}
         module.save(module_dir, method.name, provenance=provenance)

@@ -37,11 +37,12 @@ from typing import Any
 import yaml
 
 from .data import dataset_problem
+from .defaults import DEFAULT_SEEDS, DEFAULT_SHOTS, DEFAULT_SOURCE, DEFAULT_TARGETS, DEFAULT_VIEWS
 from .errors import UserError
 from .features import progress_bar
-from .models import weights_problem
-from .method import get_method
-from .runner import DEFAULT_SOURCE, DEFAULT_TARGETS, Runner, RunSpec, parse_views
+from .models import resolve_device, weights_problem
+from .plan import RunPlan, RunSpec
+from .runner import Runner
 
 
 @dataclass
@@ -50,17 +51,18 @@ class Grid:
 
     methods: list[str]
     datasets: list[str]
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
-    shots: list[int] = field(default_factory=lambda: [16])
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
+    shots: list[int] = field(default_factory=lambda: [DEFAULT_SHOTS])
     source: str = DEFAULT_SOURCE
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     variants: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     ood: dict[str, list[str]] = field(default_factory=dict)
-    views: int | str = 10
+    views: int | str = DEFAULT_VIEWS
     oracle: bool = False
 
     def specs(self) -> list[RunSpec]:
-        """Every run of the grid, in a stable order (dataset, shots, seed, method, variant)."""
+        """Every run of the grid, in a stable order (dataset, shots, seed, method, variant); a variant's values
+        stay as the grid typed them (:func:`~upgradebench.plan.make_plan` checks them against the config's types)."""
         out = []
         for dataset in self.datasets:
             for shots in self.shots:
@@ -69,7 +71,7 @@ class Grid:
                         for variant in [{}, *self.variants.get(method, [])]:
                             out.append(RunSpec(method=method, source=self.source, targets=list(self.targets),
                                                dataset=dataset, shots=shots, seed=seed,
-                                               config={k: str(v) for k, v in variant.items()}, views=self.views,
+                                               config=dict(variant), views=self.views,
                                                ood=list(self.ood.get(dataset, [])), oracle=self.oracle))
         return out
 
@@ -170,13 +172,6 @@ def missing_inputs(grid: Grid, data_root: str | Path | None = None) -> list[dict
     return out
 
 
-def check_specs(specs: list[RunSpec]) -> None:
-    """Refuse unknown methods, config values of the wrong type or range and bad views, loading nothing."""
-    for spec in specs:
-        get_method(spec.method).make_config(spec.config)
-        parse_views(spec.views)
-
-
 @dataclass
 class SweepReport:
     """What a sweep did: runs completed, and the failures with their messages."""
@@ -186,12 +181,6 @@ class SweepReport:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def describe(spec: RunSpec) -> str:
-    """One line naming a run."""
-    variant = ",".join(f"{k}={v}" for k, v in sorted(spec.config.items()))
-    return f"{spec.method}{f'[{variant}]' if variant else ''} {spec.dataset} k={spec.shots} seed={spec.seed}"
-
-
 def _failure(exc: BaseException) -> str:
     """What a sweep's failure table says of a failed run: a user error's message, else the exception's last line."""
     if isinstance(exc, UserError):
@@ -199,23 +188,23 @@ def _failure(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
-def run_local(specs: list[RunSpec], runner: Runner, keep_going: bool = True) -> SweepReport:
-    """Run the specs one after the other; with ``keep_going`` a failed run is recorded and the sweep goes on."""
-    for spec in specs:  # every user mistake is reported before the first fit
-        runner.validate(spec)
-    report = SweepReport(len(specs))
+def run_local(plans: list[RunPlan], runner: Runner, keep_going: bool = True) -> SweepReport:
+    """Run the plans one after the other; with ``keep_going`` a failed run is recorded and the sweep goes on."""
+    report = SweepReport(len(plans))
     with progress_bar(transient=False) as bar:
-        task = bar.add_task("sweep", total=len(specs))
-        for spec in specs:
-            bar.update(task, description=f"sweep: {describe(spec)}")
-            try:
-                runner.run(spec)
-                report.completed.append(describe(spec))
-            except Exception as exc:  # a bug in one method must not lose the rest of the sweep
-                if not keep_going:
-                    raise
-                report.failed[describe(spec)] = _failure(exc)
+        task = bar.add_task("sweep", total=len(plans))
+
+        def start(plan: RunPlan) -> None:
+            bar.update(task, description=f"sweep: {plan.describe()}")
+
+        def end(plan: RunPlan, error: Exception | None) -> None:
+            if error is None:
+                report.completed.append(plan.describe())
+            else:
+                report.failed[plan.describe()] = _failure(error)
             bar.advance(task)
+
+        runner.run_all(plans, start, end, keep_going=keep_going)
     return report
 
 
@@ -251,27 +240,25 @@ def _start_worker(gpus: Any, runner_kwargs: dict, threads: int) -> None:
     _WORKER["runner"] = Runner(**runner_kwargs)
 
 
-def _run_in_worker(spec: RunSpec) -> str | None:
-    """Run one spec in a worker; None when done, else why it failed (exceptions of plugins may not pickle)."""
+def _run_in_worker(plan: RunPlan) -> str | None:
+    """Run one plan in a worker; None when done, else why it failed (exceptions of plugins may not pickle)."""
     try:
-        _WORKER["runner"].run(spec)
+        _WORKER["runner"].run(plan)
     except Exception as exc:
         return _failure(exc)
     return None
 
 
-def run_parallel(specs: list[RunSpec], runner_kwargs: dict, jobs: int, keep_going: bool = True) -> SweepReport:
-    """Run the specs in ``jobs`` worker processes on this machine (``--executor local --jobs N``).
+def run_parallel(plans: list[RunPlan], runner_kwargs: dict, jobs: int, keep_going: bool = True) -> SweepReport:
+    """Run the plans (validated by :meth:`Runner.plan`) in ``jobs`` worker processes on this machine
+    (``--executor local --jobs N``).
 
     Where GPUs exist each worker is given one of them (``CUDA_VISIBLE_DEVICES``), so there must be at least
     ``jobs`` of them; on CPU the cores are shared out. Every finished run is on disk as in a serial sweep, so a
     killed sweep (or a killed worker, reported as its runs' failure) resumes by running it again.
     """
-    runner = Runner(**runner_kwargs)
-    for spec in specs:  # every user mistake is reported before the first fit
-        runner.validate(spec)
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: CUDA is not fork-safe
-    gpus = visible_gpus() if runner.device.type == "cuda" else []
+    gpus = visible_gpus() if resolve_device(runner_kwargs.get("device", "auto")).type == "cuda" else []
     queue = None
     if gpus:
         if len(gpus) < jobs:
@@ -284,12 +271,12 @@ def run_parallel(specs: list[RunSpec], runner_kwargs: dict, jobs: int, keep_goin
     import torch
 
     threads = max(1, torch.get_num_threads() // jobs)
-    report = SweepReport(len(specs))
+    report = SweepReport(len(plans))
     with progress_bar(transient=False) as bar, \
             ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_start_worker,
                                 initargs=(queue, runner_kwargs, threads)) as pool:
-        task = bar.add_task(f"sweep ({jobs} jobs)", total=len(specs))
-        futures = {pool.submit(_run_in_worker, spec): describe(spec) for spec in specs}
+        task = bar.add_task(f"sweep ({jobs} jobs)", total=len(plans))
+        futures = {pool.submit(_run_in_worker, plan): plan.describe() for plan in plans}
         for future in as_completed(futures):
             name = futures[future]
             try:
@@ -307,9 +294,10 @@ def run_parallel(specs: list[RunSpec], runner_kwargs: dict, jobs: int, keep_goin
     return report
 
 
-def run_slurm(specs: list[RunSpec], runner_kwargs: dict, folder: str | Path, slurm: dict[str, Any],
+def run_slurm(plans: list[RunPlan], runner_kwargs: dict, folder: str | Path, slurm: dict[str, Any],
               cluster: str | None = None) -> list[Any]:
-    """Submit one job per run through submitit (``pip install 'upgradebench[slurm]'``); returns the jobs.
+    """Submit one job per plan (validated by :meth:`Runner.plan`) through submitit
+    (``pip install 'upgradebench[slurm]'``); returns the jobs.
 
     ``cluster`` is submitit's: None picks SLURM where it exists, ``"local"`` runs the jobs as local processes.
     """
@@ -317,40 +305,36 @@ def run_slurm(specs: list[RunSpec], runner_kwargs: dict, folder: str | Path, slu
         import submitit
     except ImportError:
         raise UserError("The SLURM executor needs submitit.", "pip install 'upgradebench[slurm]'") from None
-    # every user mistake is reported before anything is submitted; the submitting machine may have no GPU
-    checker = Runner(**{**runner_kwargs, "device": "cpu"})
-    for spec in specs:
-        checker.validate(spec)
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     executor.update_parameters(**slurm)
     with executor.batch():
-        jobs = [executor.submit(_run_one, spec, runner_kwargs) for spec in specs]
+        jobs = [executor.submit(_run_one, plan, runner_kwargs) for plan in plans]
     return jobs
 
 
-def wait_jobs(specs: list[RunSpec], jobs: list[Any]) -> SweepReport:
+def wait_jobs(plans: list[RunPlan], jobs: list[Any]) -> SweepReport:
     """Wait for the submitit jobs of :func:`run_slurm` and report them as a sweep: a run that failed is reported
     with its error, a job that was killed or cancelled with submitit's account (the rows of the others are on disk)."""
-    report = SweepReport(len(specs))
+    report = SweepReport(len(plans))
     with progress_bar(transient=False) as bar:
-        task = bar.add_task("sweep (submitit)", total=len(specs))
-        for spec, job in zip(specs, jobs):
+        task = bar.add_task("sweep (submitit)", total=len(plans))
+        for plan, job in zip(plans, jobs):
             try:
                 problem = job.result()
             except Exception as exc:  # the job did not finish (killed, cancelled, timed out): submitit says how
                 problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if problem is None:
-                report.completed.append(describe(spec))
+                report.completed.append(plan.describe())
             else:
-                report.failed[describe(spec)] = problem
+                report.failed[plan.describe()] = problem
             bar.advance(task)
     return report
 
 
-def _run_one(spec: RunSpec, runner_kwargs: dict) -> str | None:
-    """One submitit job: run ``spec``; None when done, else why it failed (as the local executor reports it)."""
+def _run_one(plan: RunPlan, runner_kwargs: dict) -> str | None:
+    """One submitit job: run ``plan``; None when done, else why it failed (as the local executor reports it)."""
     try:
-        Runner(**runner_kwargs).run(spec)
+        Runner(**runner_kwargs).run(plan)
     except Exception as exc:
         return _failure(exc)
     return None

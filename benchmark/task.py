@@ -14,6 +14,7 @@ import torch
 
 from .data.dataset import Dataset, Item
 from .data.fewshot import FewShotSplit
+from .defaults import DEFAULT_VIEWS
 from .features import FeatureCache, encode_items
 from .models.transforms import TransformSpec
 from .models.vlm import VLM
@@ -29,7 +30,7 @@ class FewShotTask:
     split: FewShotSplit
     source: VLM
     cache: FeatureCache
-    views: int | str = 10
+    views: int | str = DEFAULT_VIEWS
     _memo: dict = field(default_factory=dict, repr=False)
 
     # ---- what every method needs -----------------------------------------------------------------------------
@@ -81,7 +82,7 @@ class FewShotTask:
 
     def train_view_features(self, views: int | None = None, crop_scale: tuple[float, float] = (0.08, 1.0)) -> torch.Tensor:
         """``V`` augmented views of every training image ``[V, N, D]`` (cached; random-resized-crop + flip)."""
-        count = views if views is not None else (self.views if isinstance(self.views, int) else 10)
+        count = views if views is not None else (self.views if isinstance(self.views, int) else DEFAULT_VIEWS)
         spec = self._train_spec(crop_scale)
         return self._cached(("views", count, crop_scale), lambda: self.cache.get_views(
             self.source, self.dataset, "train", self.split.train, spec, views=range(count)))

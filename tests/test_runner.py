@@ -299,3 +299,33 @@ def test_oracle_fits_once_more_on_each_target(capsys, models, tiny_dataset, tmp_
     assert oracle.method.tolist() == ["coop"] and oracle.source.tolist() == oracle.eval_model.tolist() == [models[1]]
     assert df[df.method == "coop"].run_id.nunique() == 2
     assert sorted(df[df.method == "coop"].role) == ["base", "new", "oracle"]
+
+
+def test_a_changed_ood_test_set_is_evaluated_again_and_the_other_rows_reused(capsys, models, tiny_dataset, tmp_path):
+    """An OOD test set is not part of the run id, so a row is reused only while its test set's fingerprint holds."""
+    from upgradebench.data import DATASETS
+
+    from .tiny_data import TinyColours
+
+    class Ood(TinyColours):
+        name = "tiny-colours-ood"
+
+    class ChangedOod(Ood):
+        template = "a picture of a {}."
+
+    key = ["run_id", "eval_model", "dataset"]
+    try:
+        DATASETS.register(Ood.name, lambda root: Ood(root), num_classes=4, kind="test", replace=True)
+        _run(capsys, models, tiny_dataset, tmp_path / "res", "--ood", Ood.name)
+        before = read_results(tmp_path / "res").set_index(key)
+        DATASETS.register(Ood.name, lambda root: ChangedOod(root), num_classes=4, kind="test", replace=True)
+        _run(capsys, models, tiny_dataset, tmp_path / "res", "--ood", Ood.name)
+        after = read_results(tmp_path / "res").set_index(key).loc[before.index]
+    finally:
+        DATASETS.unregister(Ood.name)
+    ood = after.index.get_level_values("dataset") == Ood.name
+    assert ood.sum() == 4  # coop and its zero-shot reference, each on the source and the target
+    assert after[~ood].equals(before[~ood])  # the other rows reused as written
+    assert set(before[ood].dataset_fingerprint) == {Ood().fingerprint}
+    assert set(after[ood].dataset_fingerprint) == {ChangedOod().fingerprint} != {Ood().fingerprint}  # evaluated again
+    assert len(read_results(tmp_path / "res")) == len(before)  # replaced, not added beside the stale rows

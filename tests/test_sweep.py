@@ -17,7 +17,7 @@ def test_grid_expands_variants_and_ood(tmp_path):
                     "variants: {contcoop: [{kd: false}]}\nood: {a: [b]}\n")
     specs = load_grid(path).specs()
     assert len(specs) == 2 * (1 + 2)
-    assert {tuple(sorted(s.config.items())) for s in specs if s.method == "contcoop"} == {(), (("kd", "False"),)}
+    assert {tuple(sorted(s.config.items())) for s in specs if s.method == "contcoop"} == {(), (("kd", False),)}
     assert all(s.ood == ["b"] for s in specs) and not any(s.oracle for s in specs)
     path.write_text("methods: [coop]\ndatasets: [a]\noracle: true\n")
     assert all(s.oracle for s in load_grid(path).specs())  # a grid can ask for the oracle fits
@@ -55,3 +55,16 @@ def test_options_slice_a_grid(capsys, tmp_path):
     path.write_text("methods: [coop, contcoop]\ndatasets: [toy-shape, toy-pattern]\nseeds: [1]\n")
     out = run_json(capsys, "sweep", "--grid", str(path), "--dataset", "toy-pattern", "--method", "coop", "--dry-run")
     assert out["runs"] == ["coop toy-pattern k=16 seed=1"]
+
+
+def test_grid_values_plan_typed_as_their_text_would_and_wrong_types_are_refused():
+    """A grid's YAML values reach the config without a round trip through text, with the same result."""
+    from upgradebench.plan import RunSpec, make_plan
+
+    typed = make_plan(RunSpec(method="contcoop", config={"kd_weight": 0, "heads": 2, "attention": False}))
+    text = make_plan(RunSpec(method="contcoop", config={"kd_weight": "0", "heads": "2", "attention": "false"}))
+    assert typed.config == text.config and type(typed.config.kd_weight) is float  # an int is a float where one is due
+    assert typed.variant() == text.variant() == "attention=False,heads=2,kd_weight=0.0"  # so the run ids agree
+    for bad in ({"heads": 2.5}, {"heads": True}, {"attention": 1}, {"n_ctx": None}, {"condition": [1]}):
+        with pytest.raises(UserError, match=next(iter(bad))):
+            make_plan(RunSpec(method="contcoop", config=bad))

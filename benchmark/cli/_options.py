@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from ..defaults import DEFAULT_SHOTS, DEFAULT_VIEWS
 from ..errors import UserError
 
 DataRoot = typer.Option(None, "--data-root", envvar="UPGRADEBENCH_DATA",
@@ -13,6 +14,8 @@ Force = typer.Option(False, "--force", help="Write into an existing folder that 
 Json = typer.Option(False, "--json", help="Print JSON instead of a table.")
 Precision = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast for the image encoder).")
 Download = typer.Option(False, "--download", help="Allow open_clip to download missing weights.")
+Shots = typer.Option(DEFAULT_SHOTS, "--shots", "-k", help="Training images per class.")
+Views = typer.Option(str(DEFAULT_VIEWS), "--views", help="Cached augmented views per training image, or 'online'.")
 Replace = typer.Option(False, "--replace",
                        help="Replace the rows of a model whose weights changed since they were written (default: "
                             "refuse; give the new weights another name to keep both).")

@@ -7,10 +7,10 @@ from pathlib import Path
 import typer
 
 from ..data import get_dataset
-from ..defaults import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS
+from ..defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SOURCE, DEFAULT_TARGETS
 from ..paths import home
 from ._common import err_console, print_json, print_table
-from ._options import DataRoot, Device, Download, Json, parse_pairs
+from ._options import DataRoot, Device, Download, Json, Shots, Views, parse_pairs
 
 app = typer.Typer(help="Analyses: text-encoder drift and the CoOp depth study.", no_args_is_help=True)
 
@@ -68,10 +68,10 @@ def depth(
     layers: str = typer.Option(..., "--layers", help="Depths k (context enters block k): 0,1,2 or 0-11."),
     source: str = Source,
     target: list[str] = Targets,
-    seed: list[int] = typer.Option([1], "--seed", help="Seed(s); repeatable."),
-    shots: int = typer.Option(16, "--shots", "-k", help="Training images per class."),
+    seed: list[int] = typer.Option([DEFAULT_SEED], "--seed", help="Seed(s); repeatable."),
+    shots: int = Shots,
     config: list[str] = typer.Option(None, "--config", "-c", help="Other CoOp config key=value; repeatable."),
-    views: str = typer.Option("10", "--views", help="Cached augmented views per training image, or 'online'."),
+    views: str = Views,
     results: Path = typer.Option(None, "--results", "-r", help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
     pretrained: list[str] = Pretrained,
     device: str = Device,
@@ -89,8 +89,8 @@ def depth(
                         config=parse_pairs(config, "--config"), views=views,
                         pretrained=parse_pairs(pretrained, "--pretrained"))
 
-    def announce(spec) -> None:
-        err_console.print(f"[bold]depth {spec.config[DEPTH_KEY]}[/] coop on {dataset}, seed {spec.seed}: "
+    def announce(plan) -> None:
+        err_console.print(f"[bold]depth {getattr(plan.config, DEPTH_KEY)}[/] coop on {dataset}, seed {plan.seed}: "
                           f"{source} -> {', '.join(target)}", highlight=False)
 
     df = run_depth_study(runner, specs, announce)

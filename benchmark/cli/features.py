@@ -16,6 +16,7 @@ import typer
 
 from ..data import DATASETS, Dataset, load_fewshot
 from ..data.coop import CoopDataset
+from ..defaults import DEFAULT_SEEDS, DEFAULT_SHOTS, DEFAULT_VIEWS
 from ..paths import data_root as resolve_data_root
 from ._common import err_console, print_json, print_table
 from ._options import DataRoot, Device, Download, Json, Precision, Workers, parse_pairs
@@ -31,9 +32,10 @@ def features(
     model: list[str] = typer.Option(..., "--model", help="Model(s) whose image features are computed; repeatable."),
     dataset: list[str] = typer.Option(..., "--dataset", "-d",
                                       help=f"Dataset(s); repeatable. '{ALL}' = every dataset found."),
-    shots: int = typer.Option(16, "--shots", "-k", help="Training images per class of the few-shot samples."),
-    seed: list[int] = typer.Option([1, 2, 3], "--seed", help="Few-shot sample seed(s); repeatable."),
-    views: int = typer.Option(10, "--views", min=1, help="Cached augmented views per training image."),
+    shots: int = typer.Option(DEFAULT_SHOTS, "--shots", "-k",
+                              help="Training images per class of the few-shot samples."),
+    seed: list[int] = typer.Option(list(DEFAULT_SEEDS), "--seed", help="Few-shot sample seed(s); repeatable."),
+    views: int = typer.Option(DEFAULT_VIEWS, "--views", min=1, help="Cached augmented views per training image."),
     precision: str = Precision,
     pretrained: list[str] = typer.Option(None, "--pretrained", help="Local weights: MODEL=PATH; repeatable."),
     device: str = Device,

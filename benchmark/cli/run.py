@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ..defaults import DEFAULT_DATASET, DEFAULT_SOURCE, DEFAULT_TARGETS
+from ..defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SOURCE, DEFAULT_TARGETS
 from ._common import err_console, print_json, print_table
-from ._options import DataRoot, Device, Download, Json, Precision, Replace, Workers, parse_pairs
+from ._options import DataRoot, Device, Download, Json, Precision, Replace, Shots, Views, Workers, parse_pairs
 
 
 def run(
@@ -16,10 +16,10 @@ def run(
     source: str = typer.Option(DEFAULT_SOURCE, "--source", "-s", help="Model the module is fitted on."),
     target: list[str] = typer.Option(list(DEFAULT_TARGETS), "--target", "-t", help="Upgraded model(s); repeatable."),
     dataset: list[str] = typer.Option([DEFAULT_DATASET], "--dataset", "-d", help="Dataset(s); repeatable."),
-    shots: int = typer.Option(16, "--shots", "-k", help="Training images per class."),
-    seed: list[int] = typer.Option([1], "--seed", help="Seed(s); repeatable."),
+    shots: int = Shots,
+    seed: list[int] = typer.Option([DEFAULT_SEED], "--seed", help="Seed(s); repeatable."),
     config: list[str] = typer.Option(None, "--config", "-c", help="Method config override key=value; repeatable."),
-    views: str = typer.Option("10", "--views", help="Cached augmented views per training image, or 'online'."),
+    views: str = Views,
     ood: list[str] = typer.Option(None, "--ood", help="Extra test-only dataset(s) with the same classes, or a "
                                   "subset of them that records its labels, as ImageNet-A/-R (OOD)."),
     results: Path = typer.Option(None, "--results", "-r", help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
@@ -46,13 +46,13 @@ def run(
                      config=parse_pairs(config, "--config"), views=views, ood=list(ood or []), pretrained=weights,
                      oracle=oracle)
              for d in dataset for s in seed]
-    for spec in specs:  # every mistake is reported before the first fit
-        runner.validate(spec)
-    frames = []
-    for spec in specs:
-        err_console.print(f"[bold]run[/] {spec.method} on {spec.dataset}, {spec.shots} shots, seed {spec.seed}: "
-                      f"{spec.source} -> {', '.join(spec.targets)}", highlight=False)
-        frames.append(runner.run(spec))
+    plans = [runner.plan(spec) for spec in specs]  # every mistake is reported before the first fit
+
+    def announce(plan) -> None:
+        err_console.print(f"[bold]run[/] {plan.method.name} on {plan.dataset}, {plan.shots} shots, seed {plan.seed}: "
+                          f"{plan.source} -> {', '.join(plan.targets)}", highlight=False)
+
+    frames = runner.run_all(plans, announce)
     import pandas as pd
 
     df = pd.concat(frames, ignore_index=True)

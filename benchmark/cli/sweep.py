@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.markup import escape
 
-from ..defaults import DEFAULT_SOURCE, DEFAULT_TARGETS
+from ..defaults import DEFAULT_SEEDS, DEFAULT_SHOTS, DEFAULT_SOURCE, DEFAULT_TARGETS
 from ..errors import UserError
 from ._common import err_console, print_json, print_table
 from ._options import DataRoot, Device, Json, Replace, Workers
@@ -25,8 +25,8 @@ def sweep(
                                   "paper:table3 ... paper:table7, paper:fig2d, paper:fig4 (--dry-run lists them)."),
     method: list[str] = typer.Option(None, "--method", "-m", help="Method(s) (with --grid: only these of the grid)."),
     dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Dataset(s) (with --grid: only these)."),
-    seed: list[int] = typer.Option(None, "--seed", help="Seed(s) (default: 1 2 3)."),
-    shots: list[int] = typer.Option(None, "--shots", "-k", help="Shots (default: 16)."),
+    seed: list[int] = typer.Option(None, "--seed", help=f"Seed(s) (default: {' '.join(map(str, DEFAULT_SEEDS))})."),
+    shots: list[int] = typer.Option(None, "--shots", "-k", help=f"Shots (default: {DEFAULT_SHOTS})."),
     source: str = typer.Option(None, "--source", "-s", help=f"Source model (default: {DEFAULT_SOURCE})."),
     target: list[str] = typer.Option(None, "--target", "-t", help=f"Target(s) (default: {' '.join(DEFAULT_TARGETS)})."),
     results: Path = typer.Option(None, "--results", "-r", help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
@@ -51,7 +51,8 @@ def sweep(
     """Run every (method, dataset, shots, seed, variant) of a grid; finished runs are skipped (resume)."""
     from ..paths import default_results_dir
     from ..runner import Runner
-    from ..sweep import Grid, check_specs, load_grid, run_local, run_parallel, run_slurm, wait_jobs
+    from ..plan import make_plan
+    from ..sweep import Grid, load_grid, run_local, run_parallel, run_slurm, wait_jobs
 
     if grid is not None:
         g = load_grid(grid)
@@ -71,24 +72,27 @@ def sweep(
     if jobs > 1 and executor != "local":
         raise UserError(f"--jobs is for --executor local; {executor} runs one job per run.", "drop --jobs")
     specs = g.specs()
-    check_specs(specs)  # method names, config values and views: also in a dry run, before anything loads
-    if dry_run:
-        _dry_run(g, specs, data_root, as_json)
+    if dry_run:  # method names, config values and views are checked here too, loading nothing
+        _dry_run(g, specs, [make_plan(spec) for spec in specs], data_root, as_json)
         return
     runner_kwargs = {"results": results, "device": device, "data_root": data_root, "workers": workers, "replace": replace}
+    # every user mistake is reported before the first fit or submission; a submitting machine may have no GPU
+    serial = executor == "local" and jobs == 1
+    runner = Runner(**runner_kwargs) if serial else Runner(**{**runner_kwargs, "device": "cpu"})
+    plans = [runner.plan(spec) for spec in specs]
     if executor == "local":
-        report = (run_parallel(specs, runner_kwargs, jobs, keep_going=not stop_on_error) if jobs > 1
-                  else run_local(specs, Runner(**runner_kwargs), keep_going=not stop_on_error))
+        report = (run_parallel(plans, runner_kwargs, jobs, keep_going=not stop_on_error) if jobs > 1
+                  else run_local(plans, runner, keep_going=not stop_on_error))
     else:
         slurm = {"slurm_partition": slurm_partition, "gpus_per_node": slurm_gpus, "timeout_min": slurm_minutes}
         folder = Path(results) if results is not None else default_results_dir()
-        submitted = run_slurm(specs, runner_kwargs, folder / "slurm", {k: v for k, v in slurm.items() if v},
+        submitted = run_slurm(plans, runner_kwargs, folder / "slurm", {k: v for k, v in slurm.items() if v},
                               cluster="local" if executor == "submitit-local" else None)
         if executor == "slurm" and not wait:
             err_console.print(f"submitted {len(submitted)} jobs (logs under {escape(str(folder / 'slurm'))})",
                               highlight=False)
             return
-        report = wait_jobs(specs, submitted)
+        report = wait_jobs(plans, submitted)
     if as_json:
         print_json({"total": report.total, "completed": report.completed, "failed": report.failed})
     elif report.failed:
@@ -100,14 +104,14 @@ def sweep(
         raise typer.Exit(1)
 
 
-def _dry_run(grid: Grid, specs: list, data_root: Path | None, as_json: bool) -> None:
+def _dry_run(grid: Grid, specs: list, plans: list, data_root: Path | None, as_json: bool) -> None:
     """List the runs, what the grid needs that is not on this machine, its estimated GPU cost, and the
     shipped grids."""
-    from ..sweep import describe, missing_inputs, paper_grids
+    from ..sweep import missing_inputs, paper_grids
 
     from ..cost import estimate  # imports the methods: only a dry run needs it
 
-    runs = [describe(s) for s in specs]
+    runs = [plan.describe() for plan in plans]
     missing = missing_inputs(grid, data_root)
     try:
         cost = estimate(specs).as_dict()

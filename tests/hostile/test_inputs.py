@@ -250,7 +250,7 @@ def test_parallel_workers_get_one_gpu_each(monkeypatch):
 @pytest.mark.slow
 def test_submitit_local_executor_rows_kill_and_resume(capsys, tmp_path):
     submitit = pytest.importorskip("submitit")
-    from upgradebench.runner import RunSpec
+    from upgradebench.runner import Runner, RunSpec
     from upgradebench.sweep import run_slurm, wait_jobs
 
     one = "source: toy-clip\ntargets: [toy-eva]\nmethods: [zeroshot]\ndatasets: [toy-shape]\nseeds: [1]\nshots: [2]\n"
@@ -268,11 +268,12 @@ def test_submitit_local_executor_rows_kill_and_resume(capsys, tmp_path):
 
     # a job killed with -9 is reported as failed; running the sweep again completes its rows
     spec = RunSpec(method="zeroshot", source="toy-clip", targets=["toy-eva"], dataset="toy-shape", shots=2, seed=1)
-    [job] = run_slurm([spec], {"results": tmp_path / "killed", "workers": 0}, tmp_path / "killed" / "slurm", {},
-                      cluster="local")
+    runner_kwargs = {"results": tmp_path / "killed", "workers": 0}
+    plan = Runner(**runner_kwargs).plan(spec)
+    [job] = run_slurm([plan], runner_kwargs, tmp_path / "killed" / "slurm", {}, cluster="local")
     assert isinstance(job, submitit.local.local.LocalJob)
     os.kill(int(job.job_id), signal.SIGKILL)  # a local job's id is its process id
-    killed = wait_jobs([spec], [job])
+    killed = wait_jobs([plan], [job])
     assert killed.completed == [] and list(killed.failed) == ["zeroshot toy-shape k=2 seed=1"]
     assert not list((tmp_path / "killed").rglob("*.parquet"))
     code, out, _ = run_cli(capsys, "sweep", "--grid", _grid(tmp_path, one), "--workers", "0",
