@@ -281,7 +281,7 @@ class Runner:
         module = plan.method().fit(source, task, plan.config, plan.seed)
         seconds = time.perf_counter() - start
         provenance = {"run_identity": identity, "created_at": now(), **versions()}
-        module.save(module_dir, method.name, provenance=provenance)
+        module.save(module_dir, plan.method.name, provenance=provenance)
         return module, seconds
 
     def predict(self, module: Module, vlm: VLM, dataset: Dataset, module_classes: list[str] | None = None,

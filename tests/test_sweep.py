@@ -6,7 +6,7 @@ import pytest
 
 from upgradebench.errors import UserError
 from upgradebench.results import read_results
-from upgradebench.sweep import Grid, load_grid
+from upgradebench.sweep import load_grid
 
 from .cli_helpers import run_cli, run_json
 

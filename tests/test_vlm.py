@@ -7,7 +7,6 @@ import torch
 
 import open_clip
 from upgradebench.models import VLM, ModelSpec, load_vlm
-from upgradebench.world.modelio import create_model
 
 PROMPTS = ["a photo of a dog.", "a centered satellite photo of annual crop land.", "x", "striped texture."]
 
