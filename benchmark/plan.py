@@ -63,6 +63,15 @@ class RunPlan:
     zeroshot_reference: bool = True
     role: str = "base"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a plan crosses into worker processes (--jobs, submitit) with its method as the registered name: the
+        # class's ``name`` is set by get_method in the process that looked it up, not in one that unpickles it
+        return {**self.__dict__, "method": self.method.name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key, value in {**state, "method": get_method(state["method"])}.items():
+            object.__setattr__(self, key, value)
+
     def variant(self) -> str:
         """``k=v,...`` of the config fields that differ from the method's defaults."""
         default = dataclasses.asdict(self.method.default_config())

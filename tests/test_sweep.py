@@ -68,3 +68,18 @@ def test_grid_values_plan_typed_as_their_text_would_and_wrong_types_are_refused(
     for bad in ({"heads": 2.5}, {"heads": True}, {"attention": 1}, {"n_ctx": None}, {"condition": [1]}):
         with pytest.raises(UserError, match=next(iter(bad))):
             make_plan(RunSpec(method="contcoop", config=bad))
+
+
+def test_a_plan_unpickled_in_a_fresh_process_keeps_its_method():
+    # --jobs and submitit send plans to other processes, where get_method has not named the class yet
+    import pickle
+    import subprocess
+    import sys
+
+    from upgradebench.plan import RunSpec, make_plan
+
+    plan = make_plan(RunSpec(method="kgcoop", config={"n_ctx": 2}))
+    code = "import pickle, sys; p = pickle.loads(sys.stdin.buffer.read()); print(p.method.name, p.describe())"
+    out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(plan), capture_output=True, check=True)
+    assert out.stdout.decode().split() == ["kgcoop", *plan.describe().split()]
+    assert plan.describe().startswith("kgcoop[n_ctx=2] ")
