@@ -10,6 +10,8 @@ import torch
 
 from upgradebench.world.modelio import create_model, save_local_dir
 
+from . import default_world
+
 # Tests use tiny models: one intra-op thread avoids OpenMP spin-waiting, which on a loaded 2-core machine
 # turned every micro op into a scheduler time slice (10 ms) and the suite into minutes.
 torch.set_num_threads(1)
@@ -22,6 +24,17 @@ MICRO_EVA = {"embed_dim": 32, "custom_text": True,
              "vision_cfg": {"image_size": 32, "timm_model_name": "ub_eva_micro_s32", "timm_model_pretrained": False,
                             "timm_pool": "token", "timm_proj": None},
              "text_cfg": MICRO_TEXT}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the default world's build in the background if a selected test needs it (``default_world``)."""
+    if any(item.get_closest_marker("world") for item in session.items):
+        default_world.start(session.config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop and remove the background build of the default world, if any."""
+    default_world.stop(config)
 
 
 @pytest.fixture(autouse=True)

@@ -22,6 +22,8 @@ from upgradebench.world.modelio import read_config
 from upgradebench.world.recipes import recipe_table
 from upgradebench.world.training import TrainConfig, compact_token_embedding, parameter_groups, train_contrastive
 
+from . import default_world
+
 MAIN_TASKS = ["toy-shape", "toy-colour", "toy-pattern", "toy-colour-shape", "toy-size", "toy-background"]
 OOD = {"toy-shape-sketch": "toy-shape", "toy-shape-bg": "toy-shape"}
 LP_TASK = "toy-background"  # the few-shot gain checked on the default world: its domain is the one the pool lacks
@@ -365,9 +367,10 @@ def test_zoo_cli_lists_and_builds(capsys, tmp_path, monkeypatch):
 
 # ---- the default world --------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def default_home(tmp_path_factory) -> Path:
-    """A home holding the default world, built once per session (about five minutes on two cores)."""
-    return built_home(tmp_path_factory, "default")
+def default_home(request) -> Path:
+    """A home holding the default world, built once per session in a background process started at collection
+    (``tests/default_world.py``)."""
+    return default_world.wait(request.config)
 
 
 @pytest.fixture
