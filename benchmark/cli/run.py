@@ -62,7 +62,8 @@ def run(
         return
     cols = ["dataset", "seed", "Base"] + [c for t in target for c in (f"New {t}", f"H {t}")] + \
            [f"ZS {m}" for m in [source, *target]]
-    print_table(f"{method}: {source} -> {', '.join(target)}", cols, [[r.get(c, "") for c in cols] for r in rows])
+    cells = [[f"{r[c]:.2f}" if isinstance(r.get(c), float) else r.get(c, "") for c in cols] for r in rows]
+    print_table(f"{method}: {source} -> {', '.join(target)}", cols, cells)
     err_console.print(f"rows written under {runner.results}", highlight=False)
 
 
