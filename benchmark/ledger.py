@@ -84,11 +84,33 @@ def read_ledger(path: str | Path, n_test: int | None = None, top1: float | None 
     """A ledger file, checked against its row (number of items, accuracy) when those are given."""
     path = Path(path)
     df = LEDGER_SCHEMA.read(path)
+    if not (df.correct == (df.pred == df.label)).all():
+        raise UserError(f"{path} has items whose 'correct' disagrees with 'pred' == 'label' (an edited ledger).",
+                        _REWRITE)
     if n_test is not None and len(df) != n_test:
         raise UserError(f"{path} holds {len(df)} items but its row says n_test={n_test}.", _REWRITE)
     if top1 is not None and len(df) and abs(100 * df.correct.mean() - top1) > 1e-3:
         raise UserError(f"{path} gives top-1 {100 * df.correct.mean():.4f} but its row says {top1:.4f}.", _REWRITE)
     return df
+
+
+def check_against_rows(ledgers: dict[tuple[str, str, str], pd.DataFrame], rows: pd.DataFrame) -> None:
+    """Every ledger keyed ``(run_id, eval_model, dataset)`` holds its row's number of items and gives its top-1.
+
+    Rows carry a content hash (``row_hash``), so this ties each ledger to a checked row: a ledger edited, or
+    copied in from another evaluation, is reported instead of feeding the ledger metrics.
+    """
+    keyed = rows.drop_duplicates(["run_id", "eval_model", "dataset"]).set_index(["run_id", "eval_model", "dataset"])
+    for key, ledger in ledgers.items():
+        if key not in keyed.index:
+            continue
+        row = keyed.loc[key]
+        what = f"The prediction ledger of run {key[0]} on {key[1]} / {key[2]}"
+        if not pd.isna(row.n_test) and len(ledger) != int(row.n_test):
+            raise UserError(f"{what} holds {len(ledger)} items but its row says n_test={int(row.n_test)}.", _REWRITE)
+        if abs(100 * ledger.correct.mean() - float(row.top1)) > 1e-3:
+            raise UserError(f"{what} gives top-1 {100 * ledger.correct.mean():.4f} but its row says "
+                            f"{float(row.top1):.4f}.", _REWRITE)
 
 
 def ledger_markdown() -> str:
@@ -100,7 +122,9 @@ def ledger_markdown() -> str:
         "a ledger `RESULTS/<run_id>/ledger/<eval_model>--<dataset>.parquet`: one row per test item (written",
         "atomically, zstd-compressed; `upgradebench.ledger`). `item` is the dataset's image reference, the same",
         "on every model, so ledgers of one run on the source and on a target pair up item by item. Rows of",
-        "schema 1 have no ledger; metrics that need one are reported as missing, never as zero.",
+        "schema 1 have no ledger; metrics that need one are reported as missing, never as zero. A ledger has",
+        "no hash of its own: whenever metrics read it, it is checked against its row (item count and top-1; the",
+        "row carries `row_hash`) and against itself (`correct` equals `pred == label`).",
         "",
         *LEDGER_SCHEMA.markdown_table(),
     ]

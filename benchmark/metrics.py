@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .ledger import is_ledger_file, read_ledger
+from .ledger import check_against_rows, is_ledger_file, read_ledger
 from .provenance import stable_hash
 from .results import method_label, summarize
 
@@ -92,8 +92,10 @@ def cells(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame]) -> dict[tu
 
     A cell is left out when a seed lacks the ledger of its base or new row (schema-1 rows): its ledger
     metrics are then missing. The target's zero-shot (any seed: it does not depend on one) and the oracle
-    (same method, variant, shots and seed) are attached when their ledgers exist for every seed.
+    (same method, variant, shots and seed) are attached when their ledgers exist for every seed. Each ledger
+    must agree with its row (:func:`~upgradebench.ledger.check_against_rows`).
     """
+    check_against_rows(ledgers, rows)
     zs_rows = rows[rows.method == "zeroshot"]
     oracle_rows = rows[rows.role == "oracle"]
     base = rows[rows.role == "base"]

@@ -11,6 +11,7 @@ import pytest
 from upgradebench.ledger import ledger_path, write_ledger
 from upgradebench.metrics import (Cell, cell_metrics, class_flips, compare, compat_summary, interval, mcnemar,
                                   read_ledgers, resampling_weights, summarize_with_intervals)
+from upgradebench.errors import UserError
 from upgradebench.results import SCHEMA_VERSION, read_results, write_rows
 
 from .cli_helpers import run_cli, run_json
@@ -221,3 +222,21 @@ def test_average_recovery_uses_only_the_datasets_with_oracle_runs():
     assert math.isnan(coop.loc["toy-d", "recovery"])                # by less than a point: -1 / 0.5 is noise
     # over toy-a, toy-c, toy-d only (the datasets with oracles): gain (10 - 2 - 1) / 3, room (20 - 5 + 0.5) / 3
     assert coop.loc["Average", "recovery"] == pytest.approx(7 / 15.5)
+
+
+def test_a_ledger_that_disagrees_with_its_row_is_reported_not_used(tmp_path):
+    """Rows carry a content hash, ledgers are tied to them: a ledger edited consistently (pred and correct
+    flipped together) changes the top-1 it gives and is named; one edited inconsistently fails when read."""
+    folder = known_folder(tmp_path)
+    path = ledger_path(folder / "m-s1-src" / f"{TGT}--{DS}.parquet")
+    ledger = pd.read_parquet(path)
+    ledger.loc[1, "pred"] = ledger.loc[1, "label"]  # item 1 turned right on the target: new 40 -> 60
+    ledger.loc[1, "correct"] = True
+    ledger.to_parquet(path)
+    with pytest.raises(UserError, match=r"ledger of run m-s1-src on tgt / ds gives top-1 60\.0000 but its row says 40"):
+        compat_summary(read_results(folder), read_ledgers(folder), n_boot=10)
+
+    ledger.loc[1, "pred"] = 1 - ledger.loc[1, "label"]  # pred put back, correct left flipped
+    ledger.to_parquet(path)
+    with pytest.raises(UserError, match="disagrees with 'pred' == 'label'"):
+        read_ledgers(folder)
