@@ -68,8 +68,8 @@ def output_folder(value: str, option: str = "--out", force: bool = False) -> Pat
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A rich table on stdout; cells are text, never markup (a label like ``coop[n_ctx=4]`` stays whole)."""
     table = Table(title=escape(title), header_style="bold")
-    for i, col in enumerate(columns):  # the first column names the row: kept on one line where it fits
-        table.add_column(escape(str(col)), overflow="fold", no_wrap=i == 0)
+    for col in columns:
+        table.add_column(escape(str(col)), overflow="fold")
     for row in rows:
         table.add_row(*["" if v is None else escape(str(v)) for v in row])
     console.print(table)
