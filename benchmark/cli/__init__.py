@@ -28,6 +28,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # markdown: a docstring's paragraphs wrap to the terminal (typer's rich mode keeps every source line break)
+    rich_markup_mode="markdown",
 )
 
 
