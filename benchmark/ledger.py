@@ -12,6 +12,7 @@ in their own folder so that a glob over a run's folder (``DIR/*/*.parquet``) rea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -84,14 +85,36 @@ def read_ledger(path: str | Path, n_test: int | None = None, top1: float | None 
     """A ledger file, checked against its row (number of items, accuracy) when those are given."""
     path = Path(path)
     df = LEDGER_SCHEMA.read(path)
-    if not (df.correct == (df.pred == df.label)).all():
-        raise UserError(f"{path} has items whose 'correct' disagrees with 'pred' == 'label' (an edited ledger).",
-                        _REWRITE)
+    _check_consistent(df, pd.Series(str(path), index=df.index))
     if n_test is not None and len(df) != n_test:
         raise UserError(f"{path} holds {len(df)} items but its row says n_test={n_test}.", _REWRITE)
     if top1 is not None and len(df) and abs(100 * df.correct.mean() - top1) > 1e-3:
         raise UserError(f"{path} gives top-1 {100 * df.correct.mean():.4f} but its row says {top1:.4f}.", _REWRITE)
     return df
+
+
+def _check_consistent(df: pd.DataFrame, files: pd.Series) -> None:
+    """Every item's ``correct`` is ``pred == label``; else a user error naming the first ledger file that is not."""
+    bad = df.correct != (df.pred == df.label)
+    if bad.any():
+        raise UserError(f"{files[bad].iloc[0]} has items whose 'correct' disagrees with 'pred' == 'label' (an "
+                        "edited ledger).", _REWRITE)
+
+
+def read_ledger_files(paths: Sequence[str | Path]) -> dict[tuple[str, str, str], pd.DataFrame]:
+    """Ledger files by ``(run_id, eval_model, dataset)``, each sorted by item and checked against itself; read
+    together (:meth:`ParquetSchema.read_many`). A file given twice is read once; of two files with the same
+    key, the later one is kept."""
+    first = {}
+    for path in paths:
+        first.setdefault(Path(path).resolve(), path)
+    frame = LEDGER_SCHEMA.read_many(list(first.values()))
+    _check_consistent(frame, frame["_file"])
+    out = {}
+    for _, df in frame.drop(columns="_version").groupby("_file", sort=False):
+        key = (str(df.run_id.iloc[0]), str(df.eval_model.iloc[0]), str(df.dataset.iloc[0]))
+        out[key] = df.drop(columns="_file").sort_values("item", kind="stable").reset_index(drop=True)
+    return out
 
 
 def check_against_rows(ledgers: dict[tuple[str, str, str], pd.DataFrame], rows: pd.DataFrame) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .ledger import check_against_rows, is_ledger_file, read_ledger
+from .ledger import check_against_rows, is_ledger_file, read_ledger_files
 from .provenance import stable_hash
 from .results import method_label, summarize
 
@@ -47,17 +47,9 @@ with less room, (reuse gain) / (room) divides by noise (a room of 0.01 turns a 1
 
 def read_ledgers(*paths: str | Path) -> dict[LedgerKey, pd.DataFrame]:
     """Every prediction ledger under the given result folders, sorted by item, by (run_id, eval_model, dataset)."""
-    out: dict[LedgerKey, pd.DataFrame] = {}
-    for root in map(Path, paths):
-        files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
-        for f in files:
-            if f.name.startswith(".") or not is_ledger_file(f):
-                continue
-            df = read_ledger(f)
-            if len(df):
-                key = (str(df.run_id.iloc[0]), str(df.eval_model.iloc[0]), str(df.dataset.iloc[0]))
-                out[key] = df.sort_values("item", kind="stable").reset_index(drop=True)
-    return out
+    files = [f for root in map(Path, paths) for f in ([root] if root.is_file() else sorted(root.rglob("*.parquet")))
+             if not f.name.startswith(".") and is_ledger_file(f)]
+    return read_ledger_files(files)
 
 
 @dataclass

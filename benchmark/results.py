@@ -131,28 +131,26 @@ def read_results(*paths: str | Path) -> pd.DataFrame:
     and weights: :data:`ROW_IDENTITY`) is counted once; both are said in a warning. Two files that disagree
     on such a row are an error.
     """
-    frames = []
+    files: list[Path] = []
     seen: set[Path] = set()
     repeated = 0
     for root in paths:
         root = Path(root)
         if not root.exists():
             raise UserError(f"Results folder {root} does not exist.", "pass the folder given to --results")
-        files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
-        for f in files:
+        for f in [root] if root.is_file() else sorted(root.rglob("*.parquet")):
             if f.name.startswith(".") or is_ledger_file(f):
                 continue  # a temporary file of an interrupted write, or a prediction ledger
             if f.resolve() in seen:
                 repeated += 1
                 continue
             seen.add(f.resolve())
-            frame = RESULT_SCHEMA.read_raw(f)
-            checked = RESULT_SCHEMA.version_of(frame) >= 3  # rows from before schema 3 carry no hash to check
-            frames.append(RESULT_SCHEMA.conform(frame, str(f)).assign(_file=str(f), _checked=checked))
-    if not frames:
+            files.append(f)
+    if not files:
         return RESULT_SCHEMA.empty()
-    df = pd.concat(frames, ignore_index=True)
-    df = _verify(df, df.pop("_checked"), df["_file"])  # hashed once for every file: a read stays one pass
+    df = RESULT_SCHEMA.read_many(files)
+    checked = df.pop("_version") >= 3  # rows from before schema 3 carry no hash to check
+    df = _verify(df, checked, df["_file"])  # hashed once for every file: a read stays one pass
     dup = df.duplicated(ROW_IDENTITY, keep="first")
     if dup.any():
         first = df[~dup].set_index(ROW_IDENTITY)

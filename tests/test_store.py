@@ -112,3 +112,27 @@ def test_committed_stores_read_unchanged_and_rewrite_to_the_same_file_types(tmp_
     out = schema.write(df, tmp_path / path.name)
     assert pq.read_schema(out).remove_metadata().equals(pq.read_schema(path).remove_metadata())
     pd.testing.assert_frame_equal(schema.read(out), df, check_exact=True)
+
+
+@pytest.mark.parametrize("arrow", [False, True])
+def test_read_many_equals_reading_each_file_and_names_a_bad_one(tmp_path, arrow):
+    """Files conformed together (current version, one arrow schema) or one by one (an older version, a file of
+    another schema) give what :meth:`read` of each gives, concatenated in the order the files were given; a
+    file that cannot be used is named as when read alone."""
+    schema = _schema(migrations={1: lambda df: df.assign(v=2, n=pd.NA)}, arrow=arrow)
+    current = [schema.write(pd.DataFrame({"v": [2] * k, "name": ["x"] * k, "score": [float(k)] * k, "n": [k] * k}),
+                            tmp_path / f"c{k}.parquet") for k in (1, 3, 2)]
+    pd.DataFrame({"v": [1], "name": ["old"], "score": [9.0]}).to_parquet(tmp_path / "old.parquet")
+    files = [current[0], tmp_path / "old.parquet", current[1], current[2], current[0]]  # one given twice
+    many = schema.read_many(files)
+    alone = pd.concat([schema.read(f).assign(_file=str(f)) for f in files], ignore_index=True)
+    pd.testing.assert_frame_equal(many.drop(columns=["_file", "_version"]), alone.drop(columns="_file"))
+    assert many._file.astype(str).tolist() == alone._file.tolist()
+    assert many._version.tolist() == [2, 1, 2, 2, 2, 2, 2, 2]
+
+    pd.DataFrame({"v": [2], "name": ["a"], "score": ["high"], "n": [1]}).to_parquet(tmp_path / "typed.parquet")
+    with pytest.raises(UserError, match="typed.parquet has a column of the wrong type"):
+        schema.read_many([*current, tmp_path / "typed.parquet"])
+    (tmp_path / "damaged.parquet").write_bytes(b"not parquet")
+    with pytest.raises(UserError, match="damaged.parquet is not a readable parquet file"):
+        schema.read_many([current[0], tmp_path / "damaged.parquet"])
