@@ -123,17 +123,18 @@ def check_against_rows(ledgers: dict[tuple[str, str, str], pd.DataFrame], rows: 
     Rows carry a content hash (``row_hash``), so this ties each ledger to a checked row: a ledger edited, or
     copied in from another evaluation, is reported instead of feeding the ledger metrics.
     """
-    keyed = rows.drop_duplicates(["run_id", "eval_model", "dataset"]).set_index(["run_id", "eval_model", "dataset"])
-    for key, ledger in ledgers.items():
-        if key not in keyed.index:
-            continue
-        row = keyed.loc[key]
-        what = f"The prediction ledger of run {key[0]} on {key[1]} / {key[2]}"
-        if not pd.isna(row.n_test) and len(ledger) != int(row.n_test):
-            raise UserError(f"{what} holds {len(ledger)} items but its row says n_test={int(row.n_test)}.", _REWRITE)
-        if abs(100 * ledger.correct.mean() - float(row.top1)) > 1e-3:
-            raise UserError(f"{what} gives top-1 {100 * ledger.correct.mean():.4f} but its row says "
-                            f"{float(row.top1):.4f}.", _REWRITE)
+    keys = ["run_id", "eval_model", "dataset"]
+    found = pd.DataFrame([(*key, len(ledger), 100 * ledger.correct.mean()) for key, ledger in ledgers.items()],
+                         columns=[*keys, "items", "ledger_top1"])
+    # one vectorised join: ledgers without a row among ``rows`` (filtered out by the caller) are not checked
+    joined = found.merge(rows[[*keys, "n_test", "top1"]].drop_duplicates(keys), on=keys, sort=False)
+    wrong_n = joined.n_test.notna() & (joined["items"] != joined.n_test)
+    wrong_top1 = (joined.ledger_top1 - joined.top1).abs() > 1e-3
+    for r in joined[wrong_n | wrong_top1].head(1).itertuples():
+        what = f"The prediction ledger of run {r.run_id} on {r.eval_model} / {r.dataset}"
+        if wrong_n[r.Index]:
+            raise UserError(f"{what} holds {r.items} items but its row says n_test={int(r.n_test)}.", _REWRITE)
+        raise UserError(f"{what} gives top-1 {r.ledger_top1:.4f} but its row says {float(r.top1):.4f}.", _REWRITE)
 
 
 def ledger_markdown() -> str:

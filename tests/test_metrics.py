@@ -236,6 +236,10 @@ def test_a_ledger_that_disagrees_with_its_row_is_reported_not_used(tmp_path):
     with pytest.raises(UserError, match=r"ledger of run m-s1-src on tgt / ds gives top-1 60\.0000 but its row says 40"):
         compat_summary(read_results(folder), read_ledgers(folder), n_boot=10)
 
+    ledger.iloc[:4].to_parquet(path)  # an item dropped: 3 of 4 right, and one item short of its row
+    with pytest.raises(UserError, match=r"ledger of run m-s1-src on tgt / ds holds 4 items but its row says n_test=5"):
+        compat_summary(read_results(folder), read_ledgers(folder), n_boot=10)
+
     ledger.loc[1, "pred"] = 1 - ledger.loc[1, "label"]  # pred put back, correct left flipped
     ledger.to_parquet(path)
     with pytest.raises(UserError, match="disagrees with 'pred' == 'label'"):
