@@ -22,17 +22,17 @@ SRC, TGT, DS = "src", "tgt", "ds"
 
 
 def write_run(folder, method: str, seed: int, correct: dict[str, list[int]], role_of=None, ledger: bool = True,
-              labels=None, dataset: str = DS) -> None:
+              labels=None, dataset: str = DS, shots: int = 16) -> None:
     """One run's row files (and ledgers) on ``dataset`` (an OOD test set unless it is DS): ``correct[model]``
     is the per-item correctness on that model."""
-    run_id = f"{method}-s{seed}-{next(iter(correct))}"
+    run_id = f"{method}-s{seed}-{next(iter(correct))}" + ("" if shots == 16 else f"-k{shots}")
     for model, right in correct.items():
         n = len(right)
         label = np.asarray(labels if labels is not None else [i % 2 for i in range(n)], dtype="int16")
         pred = np.where(np.asarray(right, bool), label, 1 - label).astype("int16")
         role = (role_of or {}).get(model, "base" if model == SRC else "new")
         row = blank_row(schema_version=SCHEMA_VERSION, run_id=run_id, method=method, method_variant="", dataset=dataset,
-                        train_dataset=DS, shots=16, seed=seed, source=SRC if role != "oracle" else TGT,
+                        train_dataset=DS, shots=shots, seed=seed, source=SRC if role != "oracle" else TGT,
                         eval_model=model, role=role, top1=100 * float(np.mean(right)), n_test=n, fit_seconds=2.0,
                         eval_seconds=0.1, trainable_params=10, needs_image_encoder=False, device="cpu")
         path = folder / run_id / f"{model}--{dataset}.parquet"
@@ -94,6 +94,48 @@ def test_schema_1_rows_show_ledger_metrics_as_missing_not_zero(tmp_path, capsys)
     assert code == 0
     nfr_line = next(line for line in out.splitlines() if "NFR" in line)
     assert "-" in nfr_line and "0.00" not in nfr_line
+
+
+def _many_methods(tmp_path):
+    """Nine methods with long labels, two seeds, 4 and 16 shots: too wide for a column per method at 80."""
+    folder = tmp_path / "res"
+    rng = np.random.default_rng(0)
+    for k, method in enumerate(["zeroshot"] + [f"method-with-a-long-name-{i}" for i in range(8)]):
+        for seed in (1, 2):
+            src, tgt = ((rng.random(200) < p).astype(int).tolist() for p in (0.3 + 0.05 * k, 0.8 - 0.05 * k))
+            for shots in (4, 16):
+                write_run(folder, method, seed, {SRC: src, TGT: tgt}, shots=shots)
+    return folder
+
+
+def test_results_show_fits_the_terminal_and_never_breaks_a_number(tmp_path, capsys, monkeypatch):
+    from upgradebench.cli._common import console
+
+    folder = _many_methods(tmp_path)
+    summary = run_json(capsys, "results", "show", str(folder))
+    numbers = {f"{r[m + s]:.2f}" for r in summary for m in ("base", "new", "H", "nfr", "btc", "reuse_gain")
+               for s in ("", "_lo", "_hi")}
+
+    def shown(width: int, *args: str) -> tuple[str, set[str]]:
+        monkeypatch.setattr(console, "width", width)
+        code, out, err = run_cli(capsys, "results", "show", str(folder), *args)
+        assert code == 0, err
+        return out, {t.strip("[],│┃") for t in out.split()}
+
+    out, tokens = shown(80)
+    assert numbers <= tokens  # each mean and bound whole: wrapped at its space, never folded inside
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "┃ method" in out and "┃ dataset" not in out  # a table per dataset, a row per method
+    assert "src -> tgt, 4 shots, ds" in out and "src -> tgt, 16 shots, ds" in out  # shots never mixed
+    assert "src -> tgt, 16 shots, ds, compatibility" in out  # 80 columns: accuracies, then compatibility
+
+    out, tokens = shown(300)
+    assert numbers <= tokens and "┃ dataset" in out  # the paper's layout where it fits
+
+    out, _ = shown(80, "--layout", "wide")
+    assert "┃ method" not in out  # asked for: a column per method, however narrow
+    code, _, err = run_cli(capsys, "results", "show", str(folder), "--layout", "tall")
+    assert code == 2 and "Unknown layout 'tall'" in err and "auto, wide, long" in err
 
 
 def test_bootstrap_interval_covers_the_true_accuracy():

@@ -65,11 +65,24 @@ def output_folder(value: str, option: str = "--out", force: bool = False) -> Pat
     return path
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A rich table on stdout; cells are text, never markup (a label like ``coop[n_ctx=4]`` stays whole)."""
+def build_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    """A rich table; cells are text, never markup (a label like ``coop[n_ctx=4]`` stays whole)."""
     table = Table(title=escape(title), header_style="bold")
     for col in columns:
         table.add_column(escape(str(col)), overflow="fold")
     for row in rows:
         table.add_row(*["" if v is None else escape(str(v)) for v in row])
-    console.print(table)
+    return table
+
+
+def fits_console(table: Table, wrapped: bool = False) -> bool:
+    """Whether ``table`` fits the terminal (80 columns in a pipe): at its natural width, no cell wrapped, or
+    with ``wrapped`` once its cells wrap at spaces, no word broken."""
+    # measured without the terminal's bound: rich clamps a table's measure to the width it is given
+    measure = console.measure(table, options=console.options.update_width(1 << 16))
+    return (measure.minimum if wrapped else measure.maximum) <= console.width
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """:func:`build_table` printed on stdout."""
+    console.print(build_table(title, columns, rows))

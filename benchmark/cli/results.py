@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from ..paths import default_results_dir
-from ._common import print_json, print_table
+from ..errors import UserError
+from ._common import build_table, console, fits_console, print_json, print_table
 from ._options import Json
 
 app = typer.Typer(help="Read result folders.", no_args_is_help=True)
@@ -21,13 +22,15 @@ def _nan(x) -> bool:
 
 
 def cell(mean: float, lo: float = math.nan, hi: float = math.nan, std: float = math.nan) -> str:
-    """``mean [lo, hi]`` with an interval, ``mean ± std`` with a standard deviation only, ``-`` when missing."""
+    """``mean`` over ``[lo, hi]`` with an interval, ``mean ± std`` with a standard deviation only, ``-`` when missing."""
     if _nan(mean):
         return MISSING
     if not _nan(lo):
-        return f"{mean:.2f} [{lo:.2f}, {hi:.2f}]"
+        return f"{mean:.2f}\n[{lo:.2f}, {hi:.2f}]"  # two lines: a narrow column wraps at the space, not in a number
     return f"{mean:.2f}" if _nan(std) else f"{mean:.2f} ± {std:.2f}"
 
+
+LAYOUTS = ("auto", "wide", "long")
 
 ROWS = (("base", "Base"), ("new", "New"), ("H", "H"), ("nfr", "NFR"), ("btc", "BTC"), ("reuse_gain", "Reuse gain"),
         ("recovery", "Recovery"))
@@ -40,15 +43,21 @@ def show(
     method: list[str] = typer.Option(None, "--method", "-m", help="Only these methods (zero-shot stays as the reference)."),
     dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Only these datasets."),
     reference: bool = typer.Option(False, "--reference", help="Only reference configurations (no variants), as Table 2."),
+    layout: str = typer.Option("auto", "--layout",
+                               help="wide: a column per method, as the paper's Table 2; long: a table per dataset, a "
+                                    "row per method; auto: wide where it fits the terminal, else long."),
     as_json: bool = Json,
 ) -> None:
     """Per dataset and on average: Base / New / H and the compatibility metrics of each method (docs/metrics.md).
 
-    A cell reads ``mean [95% interval]`` (paired bootstrap over test items and seeds) where the runs have
-    prediction ledgers, ``mean ± std`` over seeds where they do not, and ``-`` for a metric that needs one.
+    A cell reads the mean over its 95% interval (paired bootstrap over test items and seeds) where the runs
+    have prediction ledgers, ``mean ± std`` over seeds where they do not, and ``-`` for a metric that needs one.
     """
     from ..metrics import read_ledgers, summarize_with_intervals
     from ..results import read_results
+
+    if layout not in LAYOUTS:
+        raise UserError(f"Unknown layout {layout!r}.", f"use one of {', '.join(LAYOUTS)}")
 
     rows = read_results(*folders)
     if reference:
@@ -66,24 +75,36 @@ def show(
     if summary.empty:
         print_table("no paired results (a run needs a base and a new row)", ["-"], [])
         return
-    for (source, tgt), pair in summary.groupby(["source", "target"]):
+    legend = (f"mean [95% CI: paired bootstrap over items and seeds], or mean ± std over seeds without ledgers; "
+              f"'{MISSING}' = needs a ledger")
+    for (source, tgt, shots), pair in summary.groupby(["source", "target", "shots"]):
+        head = f"{source} -> {tgt}, {shots} shots"
         labels = sorted(pair.label.unique(), key=lambda l: (l != "zeroshot", l))
         datasets = [d for d in sorted(pair.dataset.unique()) if d != "Average"] + ["Average"]
-        table = []
+        cells = {}  # (dataset, label) -> one cell per metric of ROWS
+        for r in pair.itertuples():
+            per_seed = r.dataset != "Average"
+            cells[(r.dataset, r.label)] = [
+                cell(float(getattr(r, metric)), getattr(r, f"{metric}_lo", math.nan),
+                     getattr(r, f"{metric}_hi", math.nan), getattr(r, f"{metric}_std", math.nan) if per_seed else math.nan)
+                for metric, _ in ROWS]
+        wide = build_table(f"{head}: {legend}", ["dataset", ""] + labels,
+                           [[d if i == 0 else "", name] + [cells[(d, label)][i] if (d, label) in cells else ""
+                                                           for label in labels]
+                            for d in datasets for i, (_, name) in enumerate(ROWS)])
+        if layout == "wide" or (layout == "auto" and fits_console(wide)):
+            console.print(wide)
+            continue
+        console.print(f"{head}: {legend}", markup=False, highlight=False)
         for d in datasets:
-            for i, (metric, name) in enumerate(ROWS):
-                row = [d if i == 0 else "", name]
-                for label in labels:
-                    hit = pair[(pair.dataset == d) & (pair.label == label)]
-                    if hit.empty:
-                        row.append("")
-                        continue
-                    r = hit.iloc[0]
-                    row.append(cell(float(r[metric]), r.get(f"{metric}_lo", math.nan), r.get(f"{metric}_hi", math.nan),
-                                    r.get(f"{metric}_std", math.nan) if d != "Average" else math.nan))
-                table.append(row)
-        print_table(f"{source} -> {tgt}: mean [95% CI: paired bootstrap over items and seeds], or mean ± std over "
-                    f"seeds without ledgers; '{MISSING}' = needs a ledger", ["dataset", ""] + labels, table)
+            long = [build_table(f"{head}, {d}", ["method"] + [name for _, name in ROWS],
+                                [[label] + cells[(d, label)] for label in labels if (d, label) in cells])]
+            if not fits_console(long[0], wrapped=True):  # a narrow terminal: accuracies, then compatibility
+                long = [build_table(f"{head}, {d}{part}", ["method"] + [name for _, name in ROWS[cols]],
+                                    [[label] + cells[(d, label)][cols] for label in labels if (d, label) in cells])
+                        for part, cols in (("", slice(0, 3)), (", compatibility", slice(3, None)))]
+            for table in long:
+                console.print(table)
 
 
 @app.command("compare")
