@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from ..errors import UserError
@@ -83,6 +84,38 @@ def fits_console(table: Table, wrapped: bool = False) -> bool:
     return (measure.minimum if wrapped else measure.maximum) <= console.width
 
 
+def _capped_widths(low: Sequence[int], high: Sequence[int], room: int) -> list[int]:
+    """Column widths within ``room``: each column its ``high`` up to one cap, never under its ``low``; the
+    cap is the largest that fits, and what rounding leaves goes to the capped columns."""
+    def widths(cap: int) -> list[int]:
+        return [min(max(cap, lo), hi) for lo, hi in zip(low, high)]
+
+    cap = max((c for c in range(max(high) + 1) if sum(widths(c)) <= room), default=0)
+    out, spare = widths(cap), room - sum(widths(cap))
+    for i in range(len(out)):
+        if spare > 0 and out[i] < high[i]:
+            out[i], spare = out[i] + 1, spare - 1
+    return out
+
+
+def show_table(table: Table) -> None:
+    """Print ``table`` on stdout; where it is too wide for the terminal, the narrow columns stay whole, the
+    wide ones wrap at spaces, and a word (a name, a number) is broken only where the longest words of all
+    columns together are wider than the terminal."""
+    # rich narrows the widest columns first but then cuts every column evenly, and so folds short names such
+    # as "ViT-B-16-quickgelu" while a description column still has spaces to wrap at
+    unbounded = console.options.update_width(1 << 16)
+    spans = [[Measurement.get(console, unbounded, c) for c in [col.header, *col.cells]] for col in table.columns]
+    longest = [max(m.minimum for m in col) for col in spans]
+    natural = [max(m.maximum for m in col) for col in spans]
+    room = console.width - (console.measure(table, options=unbounded).maximum - sum(natural))
+    if sum(natural) > room:
+        low = longest if sum(longest) <= room else [1] * len(longest)
+        for column, width in zip(table.columns, _capped_widths(low, natural, room)):
+            column.width = width
+    console.print(table)
+
+
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """:func:`build_table` printed on stdout."""
-    console.print(build_table(title, columns, rows))
+    """:func:`build_table` printed on stdout by :func:`show_table`."""
+    show_table(build_table(title, columns, rows))

@@ -9,7 +9,7 @@ import typer
 
 from ..paths import default_results_dir
 from ..errors import UserError
-from ._common import build_table, console, fits_console, print_json, print_table
+from ._common import build_table, console, fits_console, print_json, print_table, show_table
 from ._options import Json
 
 app = typer.Typer(help="Read result folders.", no_args_is_help=True)
@@ -93,7 +93,7 @@ def show(
                                                            for label in labels]
                             for d in datasets for i, (_, name) in enumerate(ROWS)])
         if layout == "wide" or (layout == "auto" and fits_console(wide)):
-            console.print(wide)
+            show_table(wide)
             continue
         console.print(f"{head}: {legend}", markup=False, highlight=False)
         for d in datasets:
@@ -104,7 +104,7 @@ def show(
                                     [[label] + cells[(d, label)][cols] for label in labels if (d, label) in cells])
                         for part, cols in (("", slice(0, 3)), (", compatibility", slice(3, None)))]
             for table in long:
-                console.print(table)
+                show_table(table)
 
 
 @app.command("compare")

@@ -16,17 +16,17 @@ app = typer.Typer(help="The embedded world's toy models: list, build and verify 
 
 @app.command("list")
 def list_models(as_json: bool = Json) -> None:
-    """List every toy model: recipe summary, whether it is built, its fingerprint and folder."""
+    """List every toy model: recipe summary, whether it is built, its fingerprint (and the world's folder)."""
     from ..world import zoo
 
     rows = [zoo.model_status(name) for name in recipe_table()]
     if as_json:
         print_json(rows)
         return
-    print_table(
-        f"toy models ({world_name()} world)",
-        ["name", "recipe", "built", "fingerprint", "path"],
-        [[r["name"], r["recipe"], _state(r), r["fingerprint"] or "", r["path"]] for r in rows],
+    print_table(  # every model's folder is models/<name> of the world: named once, in the title
+        f"toy models ({world_name()} world, in {zoo.model_dir('')})",
+        ["name", "recipe", "built", "fingerprint"],
+        [[r["name"], r["recipe"], _state(r), r["fingerprint"] or ""] for r in rows],
     )
     for r in rows:
         if r["damaged"]:
