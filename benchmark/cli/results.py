@@ -53,6 +53,8 @@ def show(
     A cell reads the mean over its 95% interval (paired bootstrap over test items and seeds) where the runs
     have prediction ledgers, ``mean ± std`` over seeds where they do not, and ``-`` for a metric that needs one.
     """
+    from upgradebench.analysis.selection import ordered_labels
+
     from ..metrics import read_ledgers, summarize_with_intervals
     from ..results import read_results
 
@@ -79,7 +81,7 @@ def show(
               f"'{MISSING}' = needs a ledger")
     for (source, tgt, shots), pair in summary.groupby(["source", "target", "shots"]):
         head = f"{source} -> {tgt}, {shots} shots"
-        labels = sorted(pair.label.unique(), key=lambda l: (l != "zeroshot", l))
+        labels = ordered_labels(pair.label)
         datasets = [d for d in sorted(pair.dataset.unique()) if d != "Average"] + ["Average"]
         cells = {}  # (dataset, label) -> one cell per metric of ROWS
         for r in pair.itertuples():
