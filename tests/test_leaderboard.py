@@ -146,10 +146,11 @@ def test_build_json_lists_the_files(capsys, results, tmp_path):
     assert out["index"].endswith("index.html") and any(p.endswith("sort.js") for p in out["written"])
 
 
-def render(page: Path, profile: Path) -> tuple[str, list[str]]:
+def render(page: Path, profile: Path, *flags: str) -> tuple[str, list[str]]:
     """The DOM after the page's scripts ran, and the console messages Chromium logged for it."""
-    proc = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-                           "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([CHROMIUM, *FLAGS, *flags, f"--user-data-dir={profile}", "--enable-logging=stderr",
+                           "--v=0", "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout, [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
 
@@ -191,6 +192,13 @@ def test_page_in_headless_chromium(site, tmp_path):
     datasets = [r["cells"][1] for r in per_dataset["rows"]]
     assert datasets == sorted(datasets)
     assert len(per_dataset["rows"]) == 3 * 3
+
+    # a phone-sized window: wide tables scroll in their own box, the page never sideways
+    probe = ('<script>window.addEventListener("load", function () { var e = document.documentElement; '
+             'document.body.setAttribute("data-overflow", String(e.scrollWidth > e.clientWidth)); });</script>')
+    (site / "narrow.html").write_text((site / "index.html").read_text().replace("</body>", probe + "</body>"))
+    dom, _ = render(site / "narrow.html", tmp_path / "profile", "--window-size=400,800")
+    assert 'data-overflow="false"' in dom
 
 
 @pytest.fixture(scope="module")
