@@ -134,6 +134,14 @@ def test_results_show_fits_the_terminal_and_never_breaks_a_number(tmp_path, caps
 
     out, _ = shown(80, "--layout", "wide")
     assert "┃ method" not in out  # asked for: a column per method, however narrow
+
+    a, b = "method-with-a-long-name-0", "zeroshot"
+    diffs = run_json(capsys, "results", "compare", a, b, "--results", str(folder))
+    numbers = {f"{r[f'd_{m}{s}']:.2f}" for r in diffs for m in ("base", "new", "H", "nfr") for s in ("", "_lo", "_hi")}
+    numbers |= {f"{r['mcnemar_p']:.3g}" for r in diffs}
+    code, out, err = run_cli(capsys, "results", "compare", a, b, "--results", str(folder))
+    assert code == 0, err
+    assert numbers <= {t.strip("[],│┃") for t in out.split()}
     code, _, err = run_cli(capsys, "results", "show", str(folder), "--layout", "tall")
     assert code == 2 and "Unknown layout 'tall'" in err and "auto, wide, long" in err
 

@@ -116,6 +116,16 @@ def show_table(table: Table) -> None:
     console.print(table)
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """:func:`build_table` printed on stdout by :func:`show_table`."""
-    show_table(build_table(title, columns, rows))
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                parts: Sequence[tuple[str, slice]] = ()) -> None:
+    """:func:`build_table` printed on stdout by :func:`show_table`.
+
+    ``parts`` (a title suffix and a slice of the columns after the first, each) split the table where its
+    words would not fit the terminal whole: one table per part, each repeating the first column.
+    """
+    table = build_table(title, columns, rows)
+    if not parts or fits_console(table, wrapped=True):
+        show_table(table)
+        return
+    for suffix, cols in parts:
+        show_table(build_table(title + suffix, [columns[0], *columns[1:][cols]], [[r[0], *r[1:][cols]] for r in rows]))

@@ -98,15 +98,10 @@ def show(
             show_table(wide)
             continue
         console.print(f"{head}: {legend}", markup=False, highlight=False)
-        for d in datasets:
-            long = [build_table(f"{head}, {d}", ["method"] + [name for _, name in ROWS],
-                                [[label] + cells[(d, label)] for label in labels if (d, label) in cells])]
-            if not fits_console(long[0], wrapped=True):  # a narrow terminal: accuracies, then compatibility
-                long = [build_table(f"{head}, {d}{part}", ["method"] + [name for _, name in ROWS[cols]],
-                                    [[label] + cells[(d, label)][cols] for label in labels if (d, label) in cells])
-                        for part, cols in (("", slice(0, 3)), (", compatibility", slice(3, None)))]
-            for table in long:
-                show_table(table)
+        for d in datasets:  # a narrow terminal: accuracies, then compatibility
+            print_table(f"{head}, {d}", ["method"] + [name for _, name in ROWS],
+                        [[label] + cells[(d, label)] for label in labels if (d, label) in cells],
+                        parts=(("", slice(0, 3)), (", compatibility", slice(3, None))))
 
 
 @app.command("compare")
@@ -143,4 +138,4 @@ def compare(
                  [f"{r.a_only_right} / {r.b_only_right}", f"{r.mcnemar_p:.3g}"] for r in group.itertuples()]
         print_table(f"{a} - {b}, {source} -> {tgt}, {shots} shots: difference [95% CI]",
                     ["dataset", "seeds", "Δ Base", "Δ New", "Δ H", "Δ NFR", "only A / only B right (New)",
-                     "McNemar p"], table)
+                     "McNemar p"], table, parts=(("", slice(0, 4)), (", flips", slice(4, None))))
