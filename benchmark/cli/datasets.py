@@ -106,8 +106,9 @@ def _progress_bars() -> Iterator[Track]:
 
 def _print_report(report: DatasetCheck) -> None:
     sizes = ", ".join(f"{s.split} {s.images}" for s in report.splits)
+    images = f", images: {sizes}" if sizes else ""  # a generated dataset has no image files
     if report.complete:
-        console.print(f"[green]ok[/]  {report.name}: {report.num_classes} classes, images: {sizes} ({report.path})",
+        console.print(f"[green]ok[/]  {report.name}: {report.num_classes} classes{images} ({report.path})",
                       highlight=False, soft_wrap=True)
     else:
         console.print(f"[bold red]incomplete[/]  {report.name} ({report.path})", highlight=False, soft_wrap=True)
@@ -152,7 +153,7 @@ def check_datasets(
                 report = check_coop_dataset(dataset, decode=decode, skip_corrupt=skip_corrupt, workers=workers,
                                             track=track)
             else:
-                report = DatasetCheck(name, "(built in)", dataset.num_classes, dataset.num_classes,
+                report = DatasetCheck(name, "built in", dataset.num_classes, dataset.num_classes,
                                       notes=["generated, nothing on disk to check"])
             reports.append(report)
             if not as_json:
