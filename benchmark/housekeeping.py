@@ -26,6 +26,7 @@ class CacheEntry:
     model: str
     model_fingerprint: str
     dataset: str
+    dataset_fingerprint: str  # two of one dataset: its class names, template or splits changed in between
     folder: Path
     files: int
     bytes: int
@@ -34,7 +35,7 @@ class CacheEntry:
     def as_dict(self) -> dict:
         """JSON-able form (for ``--json``)."""
         return {"model": self.model, "model_fingerprint": self.model_fingerprint, "dataset": self.dataset,
-                "folder": str(self.folder), "files": self.files, "bytes": self.bytes,
+                "dataset_fingerprint": self.dataset_fingerprint, "folder": str(self.folder), "files": self.files, "bytes": self.bytes,
                 "days_old": round((time.time() - self.last_written) / 86400, 2)}
 
 
@@ -63,7 +64,8 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
         for ds_folder in sorted(p for p in model_folder.glob("*") if p.is_dir()):
             files = _files(ds_folder)
             stats = [p.stat() for p in files]
-            out.append(CacheEntry(_model_name(files), model_folder.name, ds_folder.name.rsplit("-", 1)[0], ds_folder,
+            dataset, _, dataset_fingerprint = ds_folder.name.rpartition("-")
+            out.append(CacheEntry(_model_name(files), model_folder.name, dataset, dataset_fingerprint, ds_folder,
                                   len(files), sum(s.st_size for s in stats),
                                   max((s.st_mtime for s in stats), default=0.0)))
     return sorted(out, key=lambda e: -e.bytes)

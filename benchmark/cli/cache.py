@@ -30,9 +30,9 @@ def show(ctx: typer.Context, as_json: bool = Json) -> None:
         return
     rows = [e.as_dict() for e in entries]
     print_table(f"feature cache {features_dir()} ({_mib(sum(e.bytes for e in entries))} MiB)",
-                ["model", "fingerprint", "dataset", "files", "MiB", "days old"],
-                [[r["model"], r["model_fingerprint"], r["dataset"], r["files"], _mib(r["bytes"]), r["days_old"]]
-                 for r in rows])
+                ["model\nfingerprint", "dataset\nfingerprint", "files", "MiB", "days old"],
+                [[f"{r['model']}\n{r['model_fingerprint']}", f"{r['dataset']}\n{r['dataset_fingerprint']}", r["files"],
+                  _mib(r["bytes"]), r["days_old"]] for r in rows])
 
 
 @app.command("prune")

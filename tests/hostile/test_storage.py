@@ -249,6 +249,9 @@ def test_cache_shows_sizes_and_prunes(capsys, models, tiny_dataset, finished, tm
     assert shown["bytes"] == sum(p.stat().st_size for p in features_dir().rglob("*.safetensors")) > 0
     assert {e["model"] for e in shown["entries"]} == set(models) and {e["dataset"] for e in shown["entries"]} == {
         tiny_dataset}
+    from upgradebench.data import get_dataset
+
+    assert {e["dataset_fingerprint"] for e in shown["entries"]} == {get_dataset(tiny_dataset).fingerprint}
     # a toy model's features whose fingerprint is no longer built are pruned by --unbuilt; the others stay
     assert run_cli(capsys, "zoo", "build", "toy-clip")[0] == 0
     fake = features_dir() / "0123456789abcdef" / f"{tiny_dataset}-x" / "test.safetensors"
