@@ -2,7 +2,8 @@
 
 The cache (``features.py``) is laid out as ``features/<model fingerprint>/<dataset>-<dataset fingerprint>/``.
 Pruning removes whole files: those of toy models whose fingerprint no toy model built under
-``UPGRADEBENCH_HOME`` has any more (a recipe changed and the model was rebuilt), those not used for a
+``UPGRADEBENCH_HOME`` has any more (a recipe changed and the model was rebuilt) and of toy datasets whose
+fingerprint no world size there has any more (the world's tasks changed), those not used for a
 given number of days (by the time each file was last written), or everything. Temporary files of killed writes are
 removed by every prune.
 """
@@ -84,6 +85,16 @@ def built_toy_fingerprints() -> dict[str, set[str]]:
     return out
 
 
+def toy_dataset_fingerprints() -> dict[str, set[str]]:
+    """Toy dataset name -> its fingerprints in the world sizes present under ``UPGRADEBENCH_HOME`` (none present:
+    empty, and no toy dataset's features count as outdated)."""
+    from .world.datasets import ToyDataset, task_table
+    from .world.worlds import world_table
+
+    sizes = [p.name for p in (home() / "world").glob("*") if p.is_dir() and p.name in world_table()]
+    return {name: {ToyDataset(name, world=size).fingerprint for size in sizes} for name in task_table()} if sizes else {}
+
+
 @dataclass
 class PruneReport:
     """What a prune removed (or, in a dry run, would remove)."""
@@ -95,20 +106,23 @@ class PruneReport:
 
 def prune_cache(unbuilt: bool = False, older_than_days: float | None = None, everything: bool = False,
                 dry_run: bool = False, root: Path | None = None) -> PruneReport:
-    """Remove cache files: of toy models no longer built (``unbuilt``), not written for ``older_than_days``, or all.
+    """Remove cache files: of toy models no longer built or toy datasets since redefined (``unbuilt``), not written
+    for ``older_than_days``, or all.
 
-    A model that is not a toy model is never pruned as ``unbuilt``: whether its weights still exist
-    somewhere cannot be told from here.
+    A model or dataset of the real world is never pruned as ``unbuilt``: whether its weights or images still
+    exist somewhere cannot be told from here.
     """
     root = root or features_dir()
     tmp = 0 if dry_run else clean_stale_tmp(root, recursive=True)
     built = built_toy_fingerprints() if unbuilt else {}
+    toy_datasets = toy_dataset_fingerprints() if unbuilt else {}
     cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
     removed: list[Path] = []
     size = 0
     for entry in cache_entries(root):
-        stale_model = unbuilt and entry.model in built and entry.model_fingerprint not in built[entry.model]
-        if everything or stale_model:
+        stale_model = entry.model in built and entry.model_fingerprint not in built[entry.model]
+        stale_dataset = entry.dataset in toy_datasets and entry.dataset_fingerprint not in toy_datasets[entry.dataset]
+        if everything or stale_model or stale_dataset:
             doomed = [entry.folder]
         elif cutoff is not None:
             doomed = [p for p in _files(entry.folder) if p.stat().st_mtime < cutoff]

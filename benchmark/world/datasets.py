@@ -20,7 +20,7 @@ from PIL import Image
 from ..data.dataset import Dataset, Item
 from ..errors import UserError
 from . import generator
-from .worlds import world_config, world_name, world_root
+from .worlds import world_name, world_root, world_table
 
 
 @lru_cache(maxsize=1)
@@ -68,7 +68,8 @@ def task_classnames(task: dict[str, Any]) -> list[str]:
 class ToyDataset(Dataset):
     """One toy task in the selected world size; images are rendered from their references on demand."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, world: str | None = None) -> None:
+        """Task ``name`` in world size ``world`` (default: the one ``UPGRADEBENCH_WORLD`` selects)."""
         task = task_table()[name]
         self.name = name
         self.task = task
@@ -78,8 +79,8 @@ class ToyDataset(Dataset):
         self.classnames = task_classnames(task)
         self.template = task["template"]
         self.style: str = task["style"]
-        self.world = world_name()
-        self._config = world_config()
+        self.world = world or world_name()
+        self._config = world_table()[self.world]
 
     @classmethod
     def from_catalogue(cls, name: str, data_root: Path) -> ToyDataset:

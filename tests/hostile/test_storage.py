@@ -262,8 +262,18 @@ def test_cache_shows_sizes_and_prunes(capsys, models, tiny_dataset, finished, tm
 
     with safe_open(str(source), framework="pt") as f:
         save_file({"features": f.get_tensor("features")}, str(fake), metadata={**f.metadata(), "model": "toy-clip"})
+    # so are a toy dataset's features from before its definition changed; its current ones stay
+    from upgradebench.world.datasets import ToyDataset
+
+    old, current = "0123456789abcdef", ToyDataset("toy-shape").fingerprint
+    toy = {fp: source.parent.parent / f"toy-shape-{fp}" for fp in (old, current)}
+    for folder in toy.values():
+        folder.mkdir()
+        shutil.copy(source, folder / source.name)
     pruned = run_json(capsys, "cache", "prune", "--unbuilt")
-    assert pruned["removed"] == [str(fake.parent)] and not fake.parent.parent.exists()
+    assert sorted(pruned["removed"]) == sorted([str(fake.parent), str(toy[old])])
+    assert not fake.parent.parent.exists() and not toy[old].exists() and toy[current].exists()
+    shutil.rmtree(toy[current])
     assert run_json(capsys, "cache", "prune", "--all", "--dry-run")["bytes"] == shown["bytes"]
     assert run_json(capsys, "cache")["bytes"] == shown["bytes"]
     run_json(capsys, "cache", "prune", "--all")
