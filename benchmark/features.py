@@ -73,10 +73,15 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def progress_bar(transient: bool = True) -> Progress:
-    """The rich progress bar every long step shows."""
-    # on stderr, so that stdout stays clean for --json and tables
+    """The rich progress bar every long step shows (on stderr, so that stdout stays clean for --json and tables).
+
+    Where stderr is not a terminal (a log file) a bar cannot redraw: a transient one is not shown at all (it
+    would leave only a blank line), a lasting one prints its final state when it ends.
+    """
+    console = Console(stderr=True)
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), transient=transient, console=Console(stderr=True))
+                    TimeElapsedColumn(), transient=transient, console=console,
+                    disable=transient and not console.is_terminal)
 
 
 class ViewPixels(TorchDataset):

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.progress import Progress
 
 from .data import dataset_problem
 from .defaults import DEFAULT_SEEDS, DEFAULT_SHOTS, DEFAULT_SOURCE, DEFAULT_TARGETS, DEFAULT_VIEWS
@@ -188,6 +189,13 @@ def _failure(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
+def _log_end(bar: Progress, done: int, total: int, name: str, problem: str | None) -> None:
+    """Where stderr is a log file (the bar shows only at the end there), one line per finished run."""
+    if not bar.console.is_terminal:
+        bar.console.print(f"[{done}/{total}] {name}: " + ("done" if problem is None else f"FAILED: {problem}"),
+                          markup=False, highlight=False, soft_wrap=True)
+
+
 def run_local(plans: list[RunPlan], runner: Runner, keep_going: bool = True) -> SweepReport:
     """Run the plans one after the other; with ``keep_going`` a failed run is recorded and the sweep goes on."""
     report = SweepReport(len(plans))
@@ -203,6 +211,8 @@ def run_local(plans: list[RunPlan], runner: Runner, keep_going: bool = True) -> 
             else:
                 report.failed[plan.describe()] = _failure(error)
             bar.advance(task)
+            _log_end(bar, len(report.completed) + len(report.failed), len(plans), plan.describe(),
+                     None if error is None else _failure(error))
 
         runner.run_all(plans, start, end, keep_going=keep_going)
     return report
@@ -291,6 +301,7 @@ def run_parallel(plans: list[RunPlan], runner_kwargs: dict, jobs: int, keep_goin
                     pool.shutdown(cancel_futures=True)
                     raise UserError(f"Run {name} failed: {problem}", "fix it and run the sweep again to resume")
             bar.advance(task)
+            _log_end(bar, len(report.completed) + len(report.failed), len(plans), name, problem)
     return report
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from upgradebench.errors import UserError
@@ -35,8 +37,13 @@ def test_sweep_resumes_and_reports_failures(capsys, micro_dirs, tiny_dataset, tm
     grid = tmp_path / "g.yaml"
     grid.write_text(f"source: '{src}'\ntargets: ['{tgt}']\nmethods: [zeroshot, coop]\n"
                     f"datasets: [{tiny_dataset}]\nseeds: [1, 2]\nshots: [1]\n")
-    out = run_json(capsys, "sweep", "--grid", str(grid), "--results", str(tmp_path / "r"))
-    assert out["total"] == 4 and len(out["completed"]) == 4 and not out["failed"]
+    code, text, err = run_cli(capsys, "sweep", "--grid", str(grid), "--results", str(tmp_path / "r"), "--json")
+    out = json.loads(text)
+    assert code == 0 and out["total"] == 4 and len(out["completed"]) == 4 and not out["failed"]
+    # stderr is not a terminal here (a log file): a line per finished run, no blank lines from hidden bars
+    assert [line for line in err.splitlines() if line.startswith("[")] == [
+        f"[{i}/4] {name}: done" for i, name in enumerate(out["completed"], 1)]
+    assert "" not in err.splitlines()
     first = read_results(tmp_path / "r")
     assert set(first.method) == {"zeroshot", "coop"} and set(first.seed) == {1, 2}
     run_json(capsys, "sweep", "--grid", str(grid), "--results", str(tmp_path / "r"))

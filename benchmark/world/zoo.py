@@ -258,12 +258,17 @@ def build_models(names: Iterable[str] | None = None, force: bool = False) -> lis
                    TextColumn("{task.fields[note]}"))
         with Progress(*columns, console=Console(stderr=True)) as progress, _deterministic():
             render = progress.add_task(f"rendering the {world_name()} world", total=cfg["pool_images"], note="")
+            if not progress.console.is_terminal:
+                progress.console.print(f"building toy models {', '.join(todo)} in {world_root()} (first use; "
+                                       f"minutes on a CPU)", markup=False, highlight=False)
             pool = TrainingPool.render(cfg["seed"], cfg["pool_images"], lambda k: progress.advance(render, k))
             progress.update(render, completed=cfg["pool_images"])
             for name in todo:
                 r = recipe(name)
                 steps = sum(stage.steps for stage in training_stages(r["train"]))
                 task = progress.add_task(f"training {name}", total=steps, note="")
+                if not progress.console.is_terminal:  # a log file sees the bars only at the end: say what runs
+                    progress.console.print(f"training {name} ({steps} steps)", markup=False, highlight=False)
                 parent = parent_of(name)
                 if parent and parent not in todo and weights_problem(parent):  # never inherit damaged weights
                     raise UserError(f"Toy model {parent!r}, the parent of {name!r}, is damaged: {weights_problem(parent)}.",
