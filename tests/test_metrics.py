@@ -144,6 +144,8 @@ def test_results_show_fits_the_terminal_and_never_breaks_a_number(tmp_path, caps
     assert numbers <= {t.strip("[],│┃") for t in out.split()}
     code, _, err = run_cli(capsys, "results", "show", str(folder), "--layout", "tall")
     assert code == 2 and "Unknown layout 'tall'" in err and "auto, wide, long" in err
+    code, out, err = run_cli(capsys, "results", "show", str(folder), "--dataset", "elsewhere")
+    assert code == 0 and out == "" and f"no paired results that pass the filters in {folder}" in err
 
 
 def test_bootstrap_interval_covers_the_true_accuracy():

@@ -9,7 +9,7 @@ import typer
 
 from ..paths import default_results_dir
 from ..errors import UserError
-from ._common import build_table, console, fits_console, print_json, print_table, show_table
+from ._common import build_table, console, err_console, fits_console, print_json, print_table, show_table
 from ._options import Json
 
 app = typer.Typer(help="Read result folders.", no_args_is_help=True)
@@ -75,7 +75,9 @@ def show(
         print_json(summary.astype(object).where(summary.notna(), None).to_dict(orient="records"))
         return
     if summary.empty:
-        print_table("no paired results (a run needs a base and a new row)", ["-"], [])
+        filtered = " that pass the filters" if (reference or method or dataset or target) else ""
+        err_console.print(f"no paired results{filtered} in {', '.join(map(str, folders))} (a run needs a base and a "
+                          f"new row)", markup=False, highlight=False, soft_wrap=True)
         return
     legend = (f"mean [95% CI: paired bootstrap over items and seeds], or mean ± std over seeds without ledgers; "
               f"'{MISSING}' = needs a ledger")
@@ -130,7 +132,8 @@ def compare(
         print_json(out.to_dict(orient="records"))
         return
     if out.empty:
-        print_table(f"{a} and {b} share no runs (same source, target, dataset, shots and seed)", ["-"], [])
+        err_console.print(f"{a} and {b} share no runs (same source, target, dataset, shots and seed)",
+                          markup=False, highlight=False, soft_wrap=True)
         return
     for (source, tgt, shots), group in out.groupby(["source", "target", "shots"], sort=False):
         table = [[r.dataset, r.seeds] + [cell(getattr(r, f"d_{m}"), getattr(r, f"d_{m}_lo"), getattr(r, f"d_{m}_hi"))
