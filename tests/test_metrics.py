@@ -148,6 +148,12 @@ def test_results_show_fits_the_terminal_and_never_breaks_a_number(tmp_path, caps
     assert code == 0 and out == "" and f"no paired results that pass the filters in {folder}" in err
 
 
+def test_results_show_reads_the_home_results_by_default(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("UPGRADEBENCH_HOME", str(tmp_path))
+    folder = known_folder(tmp_path).rename(tmp_path / "results")  # where `run` writes without --results
+    assert run_json(capsys, "results", "show") == run_json(capsys, "results", "show", str(folder)) != []
+
+
 def test_bootstrap_interval_covers_the_true_accuracy():
     """200 synthetic Bernoulli tables (3 seeds x 200 items, p = 0.7): the 95% interval holds p in >= 90%."""
     rng = np.random.default_rng(1)

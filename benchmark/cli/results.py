@@ -38,7 +38,7 @@ ROWS = (("base", "Base"), ("new", "New"), ("H", "H"), ("nfr", "NFR"), ("btc", "B
 
 @app.command("show")
 def show(
-    folders: list[Path] = typer.Argument(..., help="Results folder(s)."),
+    folders: list[Path] = typer.Argument(None, help="Results folder(s) (default: $UPGRADEBENCH_HOME/results)."),
     target: str = typer.Option(None, "--target", help="Only this target model."),
     method: list[str] = typer.Option(None, "--method", "-m", help="Only these methods (zero-shot stays as the reference)."),
     dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Only these datasets."),
@@ -61,6 +61,7 @@ def show(
     if layout not in LAYOUTS:
         raise UserError(f"Unknown layout {layout!r}.", f"use one of {', '.join(LAYOUTS)}")
 
+    folders = list(folders) if folders else [default_results_dir()]
     rows = read_results(*folders)
     if reference:
         rows = rows[rows.method_variant == ""]
