@@ -273,7 +273,7 @@ def _check_ranges(method: str, config: Any) -> None:
 
 def _value_fix(what: str, hint: Any) -> str:
     key = what.rpartition(".")[2]
-    return f"pass --config {key}=VALUE with a {getattr(hint, '__name__', hint)} (a grid variant: {key}: VALUE)"
+    return f"pass --config {key}=VALUE, a value of type {getattr(hint, '__name__', hint)} (a grid variant: {key}: VALUE)"
 
 
 def _typed_value(value: Any, hint: Any, what: str) -> Any:
