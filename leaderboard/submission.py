@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,18 @@ def _cell_text(cell: Cell) -> str:
     return f"{source}->{target} {dataset} k{shots} s{seed}"
 
 
+def missing_summary(cells: Sequence[Cell]) -> list[str]:
+    """``cells`` in a few lines: per (source, target, shots) and set of seeds, the datasets that lack them."""
+    seeds: dict[tuple, list] = {}
+    for source, target, dataset, shots, seed in cells:
+        seeds.setdefault((source, target, shots, dataset), []).append(seed)
+    datasets: dict[tuple, list] = {}
+    for (source, target, shots, dataset), found in seeds.items():
+        datasets.setdefault((source, target, shots, tuple(sorted(found))), []).append(dataset)
+    return [f"{source}->{target} k{shots} seed{'s' if len(ss) > 1 else ''} {', '.join(map(str, ss))}: "
+            f"{', '.join(sorted(ds))}" for (source, target, shots, ss), ds in sorted(datasets.items())]
+
+
 def _differences(rows: pd.DataFrame, names: str, values: str, expected: dict[str, str], kind: str) -> list[dict]:
     found = rows[[names, values]].drop_duplicates()
     return [{"kind": kind, "name": n, "expected": expected[n], "found": v}
@@ -131,6 +144,7 @@ def check_entries(df: pd.DataFrame, protocol: Protocol) -> list[dict[str, Any]]:
             "upgradebench_version": sorted(set(rows.upgradebench_version)),
             "covered": len(expected & have), "expected": len(expected),
             "missing": [_cell_text(c) for c in missing],
+            "missing_summary": missing_summary(missing),
             "extra": [_cell_text(c) for c in sorted(have - expected)],
             "foreign_fingerprints": foreign,
             "version_problems": version_problems,

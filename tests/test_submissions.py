@@ -74,10 +74,19 @@ def test_check_complete_incomplete_and_foreign(capsys, models, tiny_dataset, ref
     assert code == 1 and all(e["complete"] and not e["matching"] for e in report["entries"])
     assert report["entries"][0]["foreign_fingerprints"][0]["found"] == "0123456789ab"
 
-    # the table view says the same and names the missing cell
+    # the table view says the same and names the missing cell, under the entry's whole label (not read as markup)
     code, out, _ = run_cli(capsys, "leaderboard", "check", str(incomplete), "--against", str(reference))
     out = " ".join(out.split())
-    assert code == 1 and f"missing {models[0]}->{models[1]} {tiny_dataset} k2 s2" in out and "not accepted" in out
+    assert code == 1 and "not accepted" in out
+    assert f"coop[epochs=2,n_ctx=4]: missing {models[0]}->{models[1]} k2 seed 2: {tiny_dataset}" in out
+
+
+def test_missing_cells_are_summarised_by_pair_shots_and_seeds():
+    from upgradebench.leaderboard.submission import missing_summary
+
+    cells = [("s", "t", d, 16, seed) for d in ("b", "a") for seed in (1, 2)] + [("s", "t", "c", 16, 3),
+                                                                              ("s", "u", "a", 4, 1)]
+    assert missing_summary(cells) == ["s->t k16 seeds 1, 2: a, b", "s->t k16 seed 3: c", "s->u k4 seed 1: a"]
 
 
 def test_check_reports_damaged_and_missing_modules(capsys, models, tiny_dataset, reference, tmp_path):

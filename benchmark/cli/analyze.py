@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..data import get_dataset
 from ..defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SOURCE, DEFAULT_TARGETS
@@ -48,7 +49,7 @@ def drift(
     src = load_vlm(source, weights.get(source), dev, download)
     frames = []
     for name in target:
-        err_console.print(f"[bold]drift[/] {source} -> {name} on {len(prompts)} prompts", highlight=False)
+        err_console.print(f"[bold]drift[/] {escape(source)} -> {escape(name)} on {len(prompts)} prompts", highlight=False)
         frames.append(drift_frame(src, load_vlm(name, weights.get(name), dev, download), prompts, dataset))
     df = pd.concat(frames, ignore_index=True)
     path = write_drift(df, out or home() / "analysis" / f"drift-{slug(source)}.parquet")
@@ -59,7 +60,7 @@ def drift(
         print_table(f"{kind} drift from {source}", ["target", "layer", "mean |change|", "relative change"],
                     [[r.target, r.layer, f"{r.mean_abs_change:.4g}", f"{r.relative_change:.4g}"]
                      for r in part.itertuples()])
-    err_console.print(f"drift written to {path}", highlight=False)
+    err_console.print(f"drift written to {path}", markup=False, highlight=False)
 
 
 @app.command("depth")
@@ -90,8 +91,8 @@ def depth(
                         pretrained=parse_pairs(pretrained, "--pretrained"))
 
     def announce(plan) -> None:
-        err_console.print(f"[bold]depth {getattr(plan.config, DEPTH_KEY)}[/] coop on {dataset}, seed {plan.seed}: "
-                          f"{source} -> {', '.join(target)}", highlight=False)
+        what = f"coop on {dataset}, seed {plan.seed}: {source} -> {', '.join(target)}"
+        err_console.print(f"[bold]depth {getattr(plan.config, DEPTH_KEY)}[/] {escape(what)}", highlight=False)
 
     df = run_depth_study(runner, specs, announce)
     summary = depth_summary(df)
@@ -105,7 +106,7 @@ def depth(
     cols = ["depth", "target", "seeds", "Base", "New", "H", "ZS target"]
     print_table(f"CoOp depth study on {dataset}: {source} -> {', '.join(target)}", cols,
                 [[r[c] for c in cols] for r in rows])
-    err_console.print(f"rows written under {runner.results}", highlight=False)
+    err_console.print(f"rows written under {runner.results}", markup=False, highlight=False)
 
 
 def _rounded(value: float | None) -> float | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..data import DATASETS, get_dataset
@@ -108,16 +109,17 @@ def _print_report(report: DatasetCheck) -> None:
     sizes = ", ".join(f"{s.split} {s.images}" for s in report.splits)
     images = f", images: {sizes}" if sizes else ""  # a generated dataset has no image files
     if report.complete:
-        console.print(f"[green]ok[/]  {report.name}: {report.num_classes} classes{images} ({report.path})",
+        console.print(f"[green]ok[/]  {escape(f'{report.name}: {report.num_classes} classes{images} ({report.path})')}",
                       highlight=False, soft_wrap=True)
     else:
-        console.print(f"[bold red]incomplete[/]  {report.name} ({report.path})", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]incomplete[/]  {escape(f'{report.name} ({report.path})')}", highlight=False,
+                      soft_wrap=True)
     for problem, fix in report.problems:
-        console.print(f"  - {problem}", highlight=False, soft_wrap=True)
+        console.print(f"  - {problem}", markup=False, highlight=False, soft_wrap=True)
         if fix:
-            console.print(f"    [bold]fix:[/] {fix}", highlight=False, soft_wrap=True)
+            console.print(f"    [bold]fix:[/] {escape(fix)}", highlight=False, soft_wrap=True)
     for note in report.notes:
-        console.print(f"  note: {note}", highlight=False, soft_wrap=True)
+        console.print(f"  note: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("check")

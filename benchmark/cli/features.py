@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 
 from ..data import DATASETS, Dataset, load_fewshot
 from ..data.coop import CoopDataset
@@ -58,7 +59,7 @@ def features(
     for name in model:
         vlm = runner.model(name, weights.get(name))
         for ds in datasets:
-            err_console.print(f"[bold]features[/] {vlm.name} on {ds.name}", highlight=False)
+            err_console.print(f"[bold]features[/] {escape(f'{vlm.name} on {ds.name}')}", highlight=False)
             before, start = runner.cache.computed, time.perf_counter()
             row = {"model": vlm.name, "dataset": ds.name, "test": 0, "train": 0, "val": 0}
             if ds.has_split("test"):
@@ -82,7 +83,7 @@ def features(
     cols = ["model", "dataset", "test", "train", "val", "encoded", "seconds"]
     print_table(f"features ({views} views of each training image, {shots} shots, seeds {', '.join(map(str, seed))})",
                 cols, [[r[c] for c in cols] for r in rows])
-    err_console.print(f"features cached under {runner.cache.root}", highlight=False)
+    err_console.print(f"features cached under {runner.cache.root}", markup=False, highlight=False)
 
 
 def _datasets(runner: Runner, names: list[str], data_root: Path | None) -> list[Dataset]:

@@ -41,6 +41,6 @@ def figures(
         print_json(outputs.as_dict())
         return
     for path in outputs.written:
-        console.print(f"wrote   {path}", highlight=False, soft_wrap=True)
+        console.print(f"wrote   {path}", markup=False, highlight=False, soft_wrap=True)
     for name, reason in outputs.skipped.items():
-        console.print(f"skipped {name}: {reason}", highlight=False, soft_wrap=True)
+        console.print(f"skipped {name}: {reason}", markup=False, highlight=False, soft_wrap=True)

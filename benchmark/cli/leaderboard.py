@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..paths import home
 from ._common import console, output_folder, print_json, print_table
@@ -59,8 +60,8 @@ def build(
                     "rescored": str(rescored) if rescore_on else None})
         return
     for path in written:
-        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
-    console.print(f"open file://{written[0].resolve()}", highlight=False, soft_wrap=True)
+        console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"open file://{written[0].resolve()}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("check")
@@ -84,20 +85,23 @@ def check(
 
 
 def _print_report(report: dict) -> None:
+    # labels such as coop[n_ctx=4] and user-named paths are text, never rich markup
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
     for problem in report["schema_problems"]:
-        console.print(f"[red]schema:[/] {problem}", highlight=False, soft_wrap=True)
+        console.print(f"[red]schema:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     rows = [[e["label"], ", ".join(e["origin"]), f"{e['covered']}/{e['expected']}",
              "yes" if e["complete"] and e["matching"] and e["modules_ok"] else "no"] for e in report["entries"]]
     print_table(f"{report['submission']} against {report['reference']}", ["entry", "from", "cells", "ok"], rows)
     for e in report["entries"]:
-        for cell in e["missing"]:
-            console.print(f"{e['label']}: missing {cell}", highlight=False, soft_wrap=True)
+        for cells in e["missing_summary"]:  # every cell is in --json's "missing"
+            say(f"{e['label']}: missing {cells}")
         for f in e["foreign_fingerprints"]:
-            console.print(f"{e['label']}: {f['kind']} {f['name']} has fingerprint {f['found']}, the reference "
-                          f"{f['expected']}", highlight=False, soft_wrap=True)
+            say(f"{e['label']}: {f['kind']} {f['name']} has fingerprint {f['found']}, the reference {f['expected']}")
         for v in e["version_problems"]:
-            console.print(f"{e['label']}: {v}", highlight=False, soft_wrap=True)
+            say(f"{e['label']}: {v}")
     for m in report["module_problems"]:
-        console.print(f"{m['label']} {m['run_id']}: {m['problem']}", highlight=False, soft_wrap=True)
+        say(f"{m['label']} {m['run_id']}: {m['problem']}")
     verdict = "[green]complete and matching[/]" if report["ok"] else "[red]not accepted[/] (see above)"
-    console.print(f"{report['submission']}: {verdict}", highlight=False, soft_wrap=True)
+    console.print(f"{escape(str(report['submission']))}: {verdict}", highlight=False, soft_wrap=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import typer
+from rich.markup import escape
 
 from ._common import err_console, print_json, print_table
 from ._options import Json
@@ -23,7 +24,7 @@ def list_methods(as_json: bool = Json) -> None:
              "builtin": e.builtin, "description": cls.description,
              "config": {f.name: _default(f) for f in dataclasses.fields(cls.Config)}} for e, cls in ok]
     for name, reason in broken.items():
-        err_console.print(f"[yellow]warning:[/] method {name} skipped: {reason}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {escape(f'method {name} skipped: {reason}')}", highlight=False)
     if as_json:
         print_json({"methods": rows, "skipped": broken})
         return

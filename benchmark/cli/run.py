@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SOURCE, DEFAULT_TARGETS
 from ._common import err_console, print_json, print_table
@@ -49,8 +50,9 @@ def run(
     plans = [runner.plan(spec) for spec in specs]  # every mistake is reported before the first fit
 
     def announce(plan) -> None:
-        err_console.print(f"[bold]run[/] {plan.method.name} on {plan.dataset}, {plan.shots} shots, seed {plan.seed}: "
-                          f"{plan.source} -> {', '.join(plan.targets)}", highlight=False)
+        what = f"{plan.method.name} on {plan.dataset}, {plan.shots} shots, seed {plan.seed}: {plan.source} -> " \
+               f"{', '.join(plan.targets)}"
+        err_console.print(f"[bold]run[/] {escape(what)}", highlight=False)
 
     frames = runner.run_all(plans, announce)
     import pandas as pd
@@ -64,7 +66,7 @@ def run(
            [f"ZS {m}" for m in [source, *target]]
     cells = [[f"{r[c]:.2f}" if isinstance(r.get(c), float) else r.get(c, "") for c in cols] for r in rows]
     print_table(f"{method}: {source} -> {', '.join(target)}", cols, cells)
-    err_console.print(f"rows written under {runner.results}", highlight=False)
+    err_console.print(f"rows written under {runner.results}", markup=False, highlight=False)
 
 
 def _summary_rows(df, method: str, source: str, targets: list[str]) -> list[dict]:
