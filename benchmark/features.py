@@ -79,7 +79,8 @@ def progress_bar(transient: bool = True) -> Progress:
     would leave only a blank line), a lasting one prints its final state when it ends.
     """
     console = Console(stderr=True)
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    # descriptions name runs such as coop[n_ctx=4]: text, never markup
+    return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), transient=transient, console=console,
                     disable=transient and not console.is_terminal)
 

@@ -1,4 +1,5 @@
-"""Tables in a narrow terminal: names and numbers stay whole while a column with spaces can wrap instead."""
+"""Text in a narrow terminal: names and numbers stay whole while a column with spaces wraps instead; labels
+such as coop[n_ctx=4] are never read as rich markup."""
 
 from __future__ import annotations
 
@@ -38,3 +39,11 @@ def test_models_list_fits_80_columns_with_every_name_whole(capsys, monkeypatch):
     for name in alias_names():
         info = describe_model(name)
         assert {info["alias"], info["arch"], info["pretrained"] or name} <= tokens
+
+
+def test_progress_descriptions_are_text_not_markup():
+    from upgradebench.features import progress_bar
+
+    bar = progress_bar(transient=False)
+    bar.add_task("sweep: coop[n_ctx=4] toy-shape k=16 seed=1", total=1)
+    assert bar.columns[0].render(bar.tasks[0]).plain == "sweep: coop[n_ctx=4] toy-shape k=16 seed=1"

@@ -92,7 +92,7 @@ def show_dataset(
 @contextmanager
 def _progress_bars() -> Iterator[Track]:
     """A ``track`` function drawing one rich bar per (dataset, split) on stderr."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
 
         def track(results: Iterable[T], total: int, description: str) -> Iterator[T]:
