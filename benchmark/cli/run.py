@@ -105,4 +105,6 @@ def evaluate(
     if as_json:
         print_json(out)
         return
-    print_table("evaluation", list(out), [[round(v, 2) if isinstance(v, float) else v for v in out.values()]])
+    # one record: a field per line, so that the module's path never squeezes the numbers
+    print_table("evaluation", ["field", "value"],
+                [[k, f"{v:.2f}" if isinstance(v, float) else v] for k, v in out.items()])
