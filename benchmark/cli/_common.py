@@ -20,6 +20,12 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
 
 
+def print_text(text: str, err: bool = False) -> None:
+    """One line of plain text on stdout (``err``: stderr), never wrapped; paths, labels such as
+    ``coop[n_ctx=4]`` and messages are never read as rich markup."""
+    (err_console if err else console).print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _finite(obj: Any) -> Any:
     """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN: ``null`` is valid JSON)."""
     if isinstance(obj, float):

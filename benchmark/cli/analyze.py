@@ -10,7 +10,7 @@ from rich.markup import escape
 from ..data import get_dataset
 from ..defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SOURCE, DEFAULT_TARGETS
 from ..paths import home
-from ._common import err_console, print_json, print_table
+from ._common import err_console, print_json, print_table, print_text
 from ._options import DataRoot, Device, Download, Json, Shots, Views, parse_pairs
 
 app = typer.Typer(help="Analyses: text-encoder drift and the CoOp depth study.", no_args_is_help=True)
@@ -60,7 +60,7 @@ def drift(
         print_table(f"{kind} drift from {source}", ["target", "layer", "mean |change|", "relative change"],
                     [[r.target, r.layer, f"{r.mean_abs_change:.4g}", f"{r.relative_change:.4g}"]
                      for r in part.itertuples()])
-    err_console.print(f"drift written to {path}", markup=False, highlight=False)
+    print_text(f"drift written to {path}", err=True)
 
 
 @app.command("depth")
@@ -106,7 +106,7 @@ def depth(
     cols = ["depth", "target", "seeds", "Base", "New", "H", "ZS target"]
     print_table(f"CoOp depth study on {dataset}: {source} -> {', '.join(target)}", cols,
                 [[r[c] for c in cols] for r in rows])
-    err_console.print(f"rows written under {runner.results}", markup=False, highlight=False)
+    print_text(f"rows written under {runner.results}", err=True)
 
 
 def _rounded(value: float | None) -> float | None:

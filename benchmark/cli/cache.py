@@ -7,7 +7,7 @@ import typer
 from ..errors import UserError
 from ..housekeeping import cache_entries, prune_cache
 from ..paths import features_dir
-from ._common import err_console, print_json, print_table
+from ._common import err_console, print_json, print_table, print_text
 from ._options import Json
 
 app = typer.Typer(help="The feature cache under UPGRADEBENCH_HOME: `cache` shows its size, `cache prune` frees it.",
@@ -55,6 +55,6 @@ def prune(
         return
     verb = "would remove" if dry_run else "removed"
     for path in report.removed:
-        err_console.print(f"{verb} {path}", highlight=False, markup=False)
+        print_text(f"{verb} {path}", err=True)
     err_console.print(f"{verb} {len(report.removed)} cache entries ({_mib(report.bytes)} MiB) and "
                       f"{report.tmp_files} temporary files of killed writes", highlight=False)

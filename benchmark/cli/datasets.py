@@ -17,7 +17,7 @@ from ..data.coop import CoopDataset
 from ..data.coop_check import DatasetCheck, Track, check_coop_dataset
 from ..errors import UserError
 from ..paths import data_root as resolve_data_root
-from ._common import console, err_console, print_json, print_table
+from ._common import console, err_console, print_json, print_table, print_text
 from ._options import DataRoot, Json
 
 app = typer.Typer(help="Datasets: what is registered, what one contains, what is missing on disk.",
@@ -115,11 +115,11 @@ def _print_report(report: DatasetCheck) -> None:
         console.print(f"[bold red]incomplete[/]  {escape(f'{report.name} ({report.path})')}", highlight=False,
                       soft_wrap=True)
     for problem, fix in report.problems:
-        console.print(f"  - {problem}", markup=False, highlight=False, soft_wrap=True)
+        print_text(f"  - {problem}")
         if fix:
             console.print(f"    [bold]fix:[/] {escape(fix)}", highlight=False, soft_wrap=True)
     for note in report.notes:
-        console.print(f"  note: {note}", markup=False, highlight=False, soft_wrap=True)
+        print_text(f"  note: {note}")
 
 
 @app.command("check")

@@ -19,7 +19,7 @@ from ..data import DATASETS, Dataset, load_fewshot
 from ..data.coop import CoopDataset
 from ..defaults import DEFAULT_SEEDS, DEFAULT_SHOTS, DEFAULT_VIEWS
 from ..paths import data_root as resolve_data_root
-from ._common import err_console, print_json, print_table
+from ._common import err_console, print_json, print_table, print_text
 from ._options import DataRoot, Device, Download, Json, Precision, Workers, parse_pairs
 from .datasets import dataset_found
 
@@ -83,7 +83,7 @@ def features(
     cols = ["model", "dataset", "test", "train", "val", "encoded", "seconds"]
     print_table(f"features ({views} views of each training image, {shots} shots, seeds {', '.join(map(str, seed))})",
                 cols, [[r[c] for c in cols] for r in rows])
-    err_console.print(f"features cached under {runner.cache.root}", markup=False, highlight=False)
+    print_text(f"features cached under {runner.cache.root}", err=True)
 
 
 def _datasets(runner: Runner, names: list[str], data_root: Path | None) -> list[Dataset]:

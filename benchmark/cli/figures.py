@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import console, output_folder, print_json
+from ._common import output_folder, print_json, print_text
 from ._options import Force, Json
 
 
@@ -41,6 +41,6 @@ def figures(
         print_json(outputs.as_dict())
         return
     for path in outputs.written:
-        console.print(f"wrote   {path}", markup=False, highlight=False, soft_wrap=True)
+        print_text(f"wrote   {path}")
     for name, reason in outputs.skipped.items():
-        console.print(f"skipped {name}: {reason}", markup=False, highlight=False, soft_wrap=True)
+        print_text(f"skipped {name}: {reason}")

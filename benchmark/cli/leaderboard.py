@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from ..paths import home
-from ._common import console, output_folder, print_json, print_table
+from ._common import console, output_folder, print_json, print_table, print_text
 from ._options import DataRoot, Device, Force, Json
 
 app = typer.Typer(help="The static leaderboard site, and checks of submitted results.", no_args_is_help=True)
@@ -60,8 +60,8 @@ def build(
                     "rescored": str(rescored) if rescore_on else None})
         return
     for path in written:
-        console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"open file://{written[0].resolve()}", markup=False, highlight=False, soft_wrap=True)
+        print_text(f"wrote {path}")
+    print_text(f"open file://{written[0].resolve()}")
 
 
 @app.command("check")
@@ -85,10 +85,6 @@ def check(
 
 
 def _print_report(report: dict) -> None:
-    # labels such as coop[n_ctx=4] and user-named paths are text, never rich markup
-    def say(text: str) -> None:
-        console.print(text, markup=False, highlight=False, soft_wrap=True)
-
     for problem in report["schema_problems"]:
         console.print(f"[red]schema:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     rows = [[e["label"], ", ".join(e["origin"]), f"{e['covered']}/{e['expected']}",
@@ -96,12 +92,12 @@ def _print_report(report: dict) -> None:
     print_table(f"{report['submission']} against {report['reference']}", ["entry", "from", "cells", "ok"], rows)
     for e in report["entries"]:
         for cells in e["missing_summary"]:  # every cell is in --json's "missing"
-            say(f"{e['label']}: missing {cells}")
+            print_text(f"{e['label']}: missing {cells}")
         for f in e["foreign_fingerprints"]:
-            say(f"{e['label']}: {f['kind']} {f['name']} has fingerprint {f['found']}, the reference {f['expected']}")
+            print_text(f"{e['label']}: {f['kind']} {f['name']} has fingerprint {f['found']}, the reference {f['expected']}")
         for v in e["version_problems"]:
-            say(f"{e['label']}: {v}")
+            print_text(f"{e['label']}: {v}")
     for m in report["module_problems"]:
-        say(f"{m['label']} {m['run_id']}: {m['problem']}")
+        print_text(f"{m['label']} {m['run_id']}: {m['problem']}")
     verdict = "[green]complete and matching[/]" if report["ok"] else "[red]not accepted[/] (see above)"
     console.print(f"{escape(str(report['submission']))}: {verdict}", highlight=False, soft_wrap=True)

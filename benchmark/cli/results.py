@@ -9,7 +9,7 @@ import typer
 
 from ..paths import default_results_dir
 from ..errors import UserError
-from ._common import build_table, console, err_console, fits_console, print_json, print_table, show_table
+from ._common import build_table, console, fits_console, print_json, print_table, print_text, show_table
 from ._options import Json
 
 app = typer.Typer(help="Read result folders.", no_args_is_help=True)
@@ -77,8 +77,8 @@ def show(
         return
     if summary.empty:
         filtered = " that pass the filters" if (reference or method or dataset or target) else ""
-        err_console.print(f"no paired results{filtered} in {', '.join(map(str, folders))} (a run needs a base and a "
-                          f"new row)", markup=False, highlight=False, soft_wrap=True)
+        print_text(f"no paired results{filtered} in {', '.join(map(str, folders))} (a run needs a base and a new "
+                   f"row)", err=True)
         return
     legend = (f"mean [95% CI: paired bootstrap over items and seeds], or mean ± std over seeds without ledgers; "
               f"'{MISSING}' = needs a ledger")
@@ -133,8 +133,7 @@ def compare(
         print_json(out.to_dict(orient="records"))
         return
     if out.empty:
-        err_console.print(f"{a} and {b} share no runs (same source, target, dataset, shots and seed)",
-                          markup=False, highlight=False, soft_wrap=True)
+        print_text(f"{a} and {b} share no runs (same source, target, dataset, shots and seed)", err=True)
         return
     for (source, tgt, shots), group in out.groupby(["source", "target", "shots"], sort=False):
         table = [[r.dataset, r.seeds] + [cell(getattr(r, f"d_{m}"), getattr(r, f"d_{m}_lo"), getattr(r, f"d_{m}_hi"))

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from ..defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SOURCE, DEFAULT_TARGETS
-from ._common import err_console, print_json, print_table
+from ._common import err_console, print_json, print_table, print_text
 from ._options import DataRoot, Device, Download, Json, Precision, Replace, Shots, Views, Workers, parse_pairs
 
 
@@ -66,7 +66,7 @@ def run(
            [f"ZS {m}" for m in [source, *target]]
     cells = [[f"{r[c]:.2f}" if isinstance(r.get(c), float) else r.get(c, "") for c in cols] for r in rows]
     print_table(f"{method}: {source} -> {', '.join(target)}", cols, cells)
-    err_console.print(f"rows written under {runner.results}", markup=False, highlight=False)
+    print_text(f"rows written under {runner.results}", err=True)
 
 
 def _summary_rows(df, method: str, source: str, targets: list[str]) -> list[dict]:
