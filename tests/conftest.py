@@ -10,8 +10,6 @@ import torch
 
 from upgradebench.world.modelio import create_model, save_local_dir
 
-from . import default_world
-
 # Tests use tiny models: one intra-op thread avoids OpenMP spin-waiting, which on a loaded 2-core machine
 # turned every micro op into a scheduler time slice (10 ms) and the suite into minutes.
 torch.set_num_threads(1)
@@ -26,22 +24,12 @@ MICRO_EVA = {"embed_dim": 32, "custom_text": True,
              "text_cfg": MICRO_TEXT}
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the default world's build in the background if a selected test needs it (``default_world``)."""
-    if any(item.get_closest_marker("world") for item in session.items):
-        default_world.start(session.config)
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """Stop and remove the background build of the default world, if any."""
-    default_world.stop(config)
-
-
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     """Every test writes under its own UPGRADEBENCH_HOME, never the user's cache, in the micro world.
 
-    The micro world builds in about a second; a test that needs the default world (minutes) says so.
+    The micro world builds in about a second; a test that needs the default world (shipped weights, installed in
+    seconds) says so.
     """
     monkeypatch.setenv("UPGRADEBENCH_HOME", str(tmp_path_factory.mktemp("ubhome")))
     monkeypatch.setenv("UPGRADEBENCH_WORLD", "micro")

@@ -22,10 +22,10 @@ from upgradebench.world.modelio import read_config
 from upgradebench.world.recipes import recipe_table
 from upgradebench.world.training import TrainConfig, compact_token_embedding, parameter_groups, train_contrastive
 
-from . import default_world
 
 MAIN_TASKS = ["toy-shape", "toy-colour", "toy-pattern", "toy-colour-shape", "toy-size", "toy-background"]
 OOD = {"toy-shape-sketch": "toy-shape", "toy-shape-bg": "toy-shape"}
+PINNED_TOKEN_TABLE = "494e622db6835f01"
 LP_TASK = "toy-background"  # the few-shot gain checked on the default world: its domain is the one the pool lacks
 
 
@@ -235,16 +235,45 @@ def test_a_fixed_logit_scale_is_set_and_not_trained():
     assert float(model.logit_scale.exp()) == pytest.approx(100.0)
 
 
-def test_a_restyled_pool_renders_every_nth_scene_in_the_style():
-    from upgradebench.world.builder import POOL_STREAM, TrainingPool
+def test_a_frozen_vision_tower_keeps_its_weights_and_batchnorm_statistics():
+    model = _micro_clip()
+    before = {k: v.clone() for k, v in model.visual.state_dict().items()}
+    images = torch.randint(0, 255, (4, 64, 64, 3), dtype=torch.uint8)
+    tokens = open_clip.tokenizer.SimpleTokenizer()(["a red circle.", "a blue star.", "a disc.", "a box."])
+    train_contrastive(model, images, tokens, TrainConfig(steps=3, batch_size=4, lr=0.1, freeze_visual=True), seed=0)
+    assert all(torch.equal(before[k], v) for k, v in model.visual.state_dict().items())
+    text_before = _micro_clip().transformer.state_dict()  # same seed, untrained
+    assert not all(torch.equal(text_before[k], v) for k, v in model.transformer.state_dict().items())
 
-    pool = TrainingPool.render(seed=0, size=12)
-    night = pool.restyled("night", every=5)
-    for i in range(12):
-        scene = gen.sample_scene(0, POOL_STREAM, i)
-        expected = gen.render(scene, "night") if i % 5 == 0 else pool.images[i].numpy()
-        assert np.array_equal(night[i].numpy(), expected), i
-    assert not np.array_equal(night[5].numpy(), pool.images[5].numpy())  # the pool itself is left as it was
+
+def test_close_ups_crop_a_fraction_of_the_batch_from_the_full_size_images():
+    from upgradebench.world.training import close_ups, normalize_images
+
+    full = torch.randint(0, 255, (8, 64, 64, 3), dtype=torch.uint8)
+    small = normalize_images(torch.nn.functional.interpolate(full.permute(0, 3, 1, 2).float(), size=32).permute(0, 2, 3, 1)
+                             .round().to(torch.uint8))
+    idx = torch.arange(8)
+    cfg = TrainConfig(steps=1, batch_size=8, lr=0.1, crop_scale=(0.08, 0.08), crop_fraction=0.5)
+    out = close_ups(small, full, idx, cfg, torch.Generator().manual_seed(0))
+    again = close_ups(small, full, idx, cfg, torch.Generator().manual_seed(0))
+    changed = [i for i in range(8) if not torch.equal(out[i], small[i])]
+    assert torch.equal(out, again) and out.shape == small.shape
+    assert 0 < len(changed) < 8  # about half are close-ups (seeded), the rest untouched
+    # an 8% crop is a ~18-pixel patch blown up: far smoother than the whole random image at 32 px
+    assert all(out[i].diff(dim=-1).abs().mean() < small[i].diff(dim=-1).abs().mean() / 2 for i in changed)
+
+
+def test_the_seeded_token_table_is_pinned_and_has_the_init_scale():
+    import hashlib
+
+    from upgradebench.world.shipped import seeded_token_table
+
+    table = seeded_token_table(1, 49408, 128)
+    assert table.dtype == torch.float32 and table.shape == (49408, 128)
+    assert abs(float(table.std()) - 0.02) < 2e-4 and abs(float(table.mean())) < 2e-4
+    # pinned: these bits are what every machine must rebuild (integer hashing and correctly rounded operations)
+    assert hashlib.sha256(table.numpy().tobytes()).hexdigest()[:16] == PINNED_TOKEN_TABLE
+    assert not torch.equal(seeded_token_table(2, 4, 8), seeded_token_table(1, 4, 8))
 
 
 def test_compact_token_embedding_trains_only_used_rows():
@@ -367,10 +396,10 @@ def test_zoo_cli_lists_and_builds(capsys, tmp_path, monkeypatch):
 
 # ---- the default world --------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def default_home(request) -> Path:
-    """A home holding the default world, built once per session in a background process started at collection
-    (``tests/default_world.py``)."""
-    return default_world.wait(request.config)
+def default_home(tmp_path_factory) -> Path:
+    """A home for the default world, shared by the session: its models are installed from the shipped weights
+    on first use (seconds), never trained."""
+    return tmp_path_factory.mktemp("default-world")
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from torch import nn
 
 from . import generator
 from .modelio import create_model, read_config, save_local_dir
-from .training import TrainConfig, train_contrastive
+from .shipped import seeded_token_table
+from .training import TrainConfig, text_tower, train_contrastive
 
 POOL_STREAM = "pretrain"
 """The generator stream the toy models are trained on (disjoint from every dataset's streams)."""
@@ -57,14 +58,6 @@ class TrainingPool:
             if advance is not None and (i + 1) % 250 == 0:
                 advance(250)
         return cls(images, captions, attributes, seed)
-
-    def restyled(self, style: str, every: int) -> torch.Tensor:
-        """The images with every ``every``-th one (index 0, every, 2 every, ...) rendered in ``style``
-        instead: the same scenes, so their captions still hold (a target whose pre-training saw more)."""
-        images = self.images.clone()
-        for i in range(0, len(images), every):
-            images[i] = torch.from_numpy(generator.render(generator.sample_scene(self.seed, POOL_STREAM, i), style))
-        return images
 
     def images_at(self, size: int) -> torch.Tensor:
         """The images at ``size`` x ``size`` pixels, resized as the saved model's test transform resizes
@@ -149,21 +142,24 @@ def build_model(
     if parts:
         assert parent_dir is not None
         inherit(model, parent_dir, parts)
+    if "text" in parts:  # the inherited table keeps the parent's fill in its untrained rows
+        token_seed = read_config(parent_dir)["upgradebench"]["token_table_seed"]
+    else:  # a new text tower: its token table starts from a fill every CPU reproduces
+        token_seed = seed
+        table = text_tower(model).token_embedding.weight
+        with torch.no_grad():
+            table.copy_(seeded_token_table(token_seed, *table.shape))
     image_size = model_cfg["vision_cfg"].get("image_size", generator.IMAGE_SIZE)
-    if "pool_restyle" in recipe:
-        if image_size != generator.IMAGE_SIZE:
-            raise ValueError(f"pool_restyle needs the pool's own image size ({generator.IMAGE_SIZE}), not {image_size}")
-        images = pool.restyled(recipe["pool_restyle"]["style"], recipe["pool_restyle"]["every"])
-    else:
-        images = pool.images_at(image_size)
+    images = pool.images_at(image_size)
     tokens = pool.tokens(model_cfg["text_cfg"]["context_length"])
     start = time.perf_counter()
     losses: list[float] = []
     for i, stage in enumerate(training_stages(recipe["train"])):
-        losses += train_contrastive(model, images, tokens, stage, seed + i, on_step, pool.attributes)
+        losses += train_contrastive(model, images, tokens, stage, seed + i, on_step, pool.attributes, pool.images)
     record = {
         **(extra or {}),
         "inherited": parts,
+        "token_table_seed": token_seed,
         "train": {"steps": len(losses), "seconds": round(time.perf_counter() - start, 1),
                   "first_loss": round(losses[0], 4) if losses else None,
                   "last_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4) if losses else None},

@@ -39,6 +39,16 @@ class TrainConfig:
     learned here it falls below its initial 14.3 (measured 12.7 after toy-clip's training, even at a 10x
     learning rate), where CLIP's rises to 100.
 
+    ``freeze_visual`` trains the text tower only: the vision tower keeps its inherited weights and BatchNorm
+    statistics bit for bit (as LiT locks its image tower), so a target that only retrains or drifts its text
+    tower ships no second copy of the vision tower.
+
+    ``crop_scale`` (``[lo, hi]``) shows a fraction ``crop_fraction`` of the images as close-ups: a random
+    crop of ``lo`` to ``hi`` of the frame's area (aspect ratio 3:4 to 4:3) taken from the pool's full-size
+    rendering and resized to the model's input, as random-resized-crop augmentation shows them to few-shot
+    fine-tuning. Web pre-training sees objects at every scale; a pool that never shows a zoomed or cut view
+    makes every crop a shift of its own (docs/world.md, "World v3").
+
     ``grouped_batches`` is the fraction of batches whose images all share the value of one key of
     ``group_by`` (drawn per batch; a key is an attribute or several joined by ``+``). Contrastive training
     from scratch otherwise never learns shape here: colour and background tell almost every caption in a
@@ -63,6 +73,9 @@ class TrainConfig:
     flip: bool = True
     grouped_batches: float = 0.0
     group_by: tuple[str, ...] = ()
+    freeze_visual: bool = False
+    crop_scale: tuple[float, float] | None = None
+    crop_fraction: float = 0.5
 
     @classmethod
     def from_dict(cls, table: dict[str, Any]) -> TrainConfig:
@@ -71,8 +84,9 @@ class TrainConfig:
         unknown = sorted(set(table) - known)
         if unknown:
             raise ValueError(f"unknown training keys {unknown}; known: {sorted(known)}")
-        if "group_by" in table:
-            table = {**table, "group_by": tuple(table["group_by"])}
+        for key in ("group_by", "crop_scale"):
+            if table.get(key) is not None:
+                table = {**table, key: tuple(table[key])}
         return cls(**table)
 
 
@@ -141,7 +155,11 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]
     for p in [*tower.ln_final.parameters(), tower.text_projection]:
         depth_of[id(p)] = len(blocks) + 1
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    visual = {id(p) for p in model.visual.parameters()}
     for name, param in model.named_parameters():
+        if cfg.freeze_visual and id(param) in visual:
+            param.requires_grad_(False)
+            continue
         if id(param) in depth_of:
             if depth_of[id(param)] == 0 and cfg.freeze_text_embeddings:
                 param.requires_grad_(False)
@@ -176,10 +194,12 @@ def train_contrastive(
     seed: int,
     on_step: Callable[[int, float], None] | None = None,
     attributes: dict[str, torch.Tensor] | None = None,
+    full_size: torch.Tensor | None = None,
 ) -> list[float]:
     """Train ``model`` in place on the pool (uint8 images ``[N, H, W, 3]``, token ids ``[N, 77]``).
 
-    ``attributes`` (name -> value of every pool image) is needed for grouped batches only.
+    ``attributes`` (name -> value of every pool image) is needed for grouped batches only; ``full_size`` (the
+    pool at its rendered size, ``[N, S, S, 3]``) for close-up crops only (``cfg.crop_scale``).
 
     Each epoch visits the pool in an order drawn from a generator seeded by ``seed`` (no image twice in a
     batch), so the run is reproducible. Returns the loss of every step; ``on_step(step, loss)`` is called
@@ -188,7 +208,7 @@ def train_contrastive(
     if cfg.steps == 0:
         return []
     with compact_token_embedding(model, tokens) as compact_tokens:
-        losses = _train(model, images, compact_tokens, cfg, seed, on_step, attributes or {})
+        losses = _train(model, images, compact_tokens, cfg, seed, on_step, attributes or {}, full_size)
     model.eval()
     return losses
 
@@ -247,13 +267,39 @@ class _Batches:
         return self.order[self.cursor - size:self.cursor]
 
 
+def close_ups(images: torch.Tensor, full_size: torch.Tensor, idx: torch.Tensor, cfg: TrainConfig,
+              gen: torch.Generator) -> torch.Tensor:
+    """The batch ``images`` (normalised, ``[B, 3, H, W]``) with a fraction ``cfg.crop_fraction`` of its images
+    replaced by random crops of their full-size rendering (``full_size[idx]``), resized to ``H`` x ``W``."""
+    assert cfg.crop_scale is not None
+    lo, hi = cfg.crop_scale
+    out = images.clone()
+    size = full_size.shape[1]
+    pick = torch.rand(len(idx), generator=gen) < cfg.crop_fraction
+    for i in torch.nonzero(pick).flatten().tolist():
+        area = lo + (hi - lo) * float(torch.rand(1, generator=gen))
+        ratio = math.exp(math.log(3 / 4) + math.log(16 / 9) * float(torch.rand(1, generator=gen)))
+        w = min(size, max(2, round(size * math.sqrt(area * ratio))))
+        h = min(size, max(2, round(size * math.sqrt(area / ratio))))
+        x0 = int(torch.randint(size - w + 1, (1,), generator=gen))
+        y0 = int(torch.randint(size - h + 1, (1,), generator=gen))
+        crop = normalize_images(full_size[idx[i]][None, y0:y0 + h, x0:x0 + w])
+        out[i] = F.interpolate(crop, size=images.shape[-2:], mode="bilinear", antialias=True, align_corners=False)[0]
+    return out
+
+
 def _train(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, cfg: TrainConfig, seed: int,
-           on_step: Callable[[int, float], None] | None, attributes: dict[str, torch.Tensor]) -> list[float]:
+           on_step: Callable[[int, float], None] | None, attributes: dict[str, torch.Tensor],
+           full_size: torch.Tensor | None) -> list[float]:
     if cfg.logit_scale is not None:
         with torch.no_grad():
             model.logit_scale.fill_(math.log(cfg.logit_scale))
+    if cfg.crop_scale is not None and full_size is None:
+        raise ValueError("crop_scale needs the pool at its full size")
     groups = parameter_groups(model, cfg)
     model.train()
+    if cfg.freeze_visual:  # eval mode keeps BatchNorm's running statistics as inherited
+        model.visual.eval()
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), eps=cfg.eps)
     batches = _Batches(images.shape[0], cfg, seed, attributes)
     losses = []
@@ -263,6 +309,8 @@ def _train(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, cfg: Tr
         if cfg.flip:
             flip = torch.rand(len(idx), generator=batches.gen) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        if cfg.crop_scale is not None:
+            x = close_ups(x, full_size, idx, cfg, batches.gen)
         factor = _lr_factor(step, cfg)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * group["lr_scale"] * factor

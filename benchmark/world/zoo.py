@@ -1,14 +1,18 @@
-"""The toy model zoo: builds the embedded world's models on first use and caches them.
+"""The toy model zoo: installs the embedded world's models on first use, or builds them from their recipes.
 
 Models live under ``UPGRADEBENCH_HOME/world/<size>/models/<name>`` in open_clip's ``local-dir:`` format.
-A model counts as built when its folder exists and records the same *build key* as its recipe now has
+A model counts as present when its folder exists and records the same *build key* as its recipe now has
 (a hash of the resolved recipe, the world size's settings, the generator's code version and vocabulary,
-and the parent's key),
-so editing a recipe rebuilds that model and everything inheriting from it. Builds are deterministic
-(fixed seeds, deterministic algorithms, a fixed thread count), atomic (a finished folder is renamed into
-place) and serialised across processes by a lock file. A built model's weights are checked against the
-fingerprint its build recorded whenever it is loaded (and by ``zoo list`` / ``zoo verify``): a damaged or
-replaced weights file is reported with the fix (rebuild it), never used.
+and the parent's key). Where the package ships the model's weights for that key (:mod:`.shipped`: the
+default world), first use installs them in seconds, the same bits on every machine; otherwise (the micro
+test world, or a recipe edited since the weights were packed) the model is trained from its recipe.
+Training is deterministic on one machine (fixed seeds, deterministic algorithms, a fixed thread count) but
+not across CPUs, which is why the default world ships its weights; :func:`rebuild_and_compare` retrains
+shipped models and says whether this machine reproduces them. Installs and builds are atomic (a finished
+folder is renamed into place) and serialised across processes by a lock file. A model's weights are checked
+against the fingerprint its record holds whenever it is loaded (and by ``zoo list`` / ``zoo verify``): a
+damaged installed copy of a shipped model is installed again; anything else damaged is reported with the
+fix, never used.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ..errors import UnknownNameError, UserError
 from .generator import generator_key
 from .modelio import read_config
 from .recipes import recipe_table
+from .shipped import install, shipped_record, shipped_tensors
 from .worlds import world_config, world_name, world_root
 
 BUILD_THREADS = 1
@@ -126,15 +131,83 @@ def weights_problem(name: str) -> str | None:
     return None if found == recorded else f"{path} holds weights {found}, not the {recorded} its build recorded"
 
 
+def ships(name: str) -> bool:
+    """Whether the package ships the weights of ``name`` for its current recipe in the selected world."""
+    record = shipped_record(world_name(), name)
+    return record is not None and record["open_clip_config"]["upgradebench"]["build_key"] == build_key(name)
+
+
 def ensure_model(name: str) -> Path:
-    """The folder of toy model ``name``, built (with anything it inherits from) if missing or stale; its weights
-    are checked against the fingerprint recorded by its build."""
-    if not is_built(name):
-        build_models([name])
+    """The folder of toy model ``name``: installed from the shipped weights, or built (with anything it inherits
+    from) where none ship, if missing or stale. Its weights are checked against the fingerprint its record holds;
+    a damaged installed copy of a shipped model is installed again."""
+    if not is_built(name) or (ships(name) and weights_problem(name)):
+        if ships(name):
+            install_models([name], force=True)
+        else:
+            build_models([name])
     problem = weights_problem(name)
     if problem:
         raise UserError(f"Toy model {name!r} is damaged: {problem}.", f"rebuild it: upgradebench zoo build {name} --force")
     return model_dir(name)
+
+
+def install_models(names: Iterable[str] | None = None, force: bool = False) -> list[Path]:
+    """Install the shipped weights of ``names`` (default: :func:`default_models`) where missing or stale (``force``:
+    even when present). Shipped models are complete: nothing they inherit from is needed."""
+    names = list(names) if names else default_models()
+    for name in names:
+        if not ships(name):
+            raise UserError(f"Toy model {name!r} does not ship with the {world_name()} world for its current recipe.",
+                            f"build it from its recipe: upgradebench zoo build {name}")
+    with _build_lock():
+        for name in names:
+            if force or not is_built(name):
+                folder = model_dir(name)
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                tmp = folder.parent / f".{name}.{os.getpid()}.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                try:
+                    install(world_name(), name, tmp)
+                    _install(tmp, folder)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+    return [model_dir(n) for n in names]
+
+
+def rebuilt_dir(name: str) -> Path:
+    """Where :func:`rebuild_and_compare` trains ``name`` (beside, never over, the installed model)."""
+    return world_root() / "rebuilt" / name
+
+
+def compare_weights(ours: dict[str, torch.Tensor], shipped: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """How far ``ours`` is from ``shipped``: ``identical`` (bit for bit), else the largest absolute difference and
+    the tensor holding it."""
+    if set(ours) != set(shipped) or any(ours[k].shape != shipped[k].shape for k in ours):
+        return {"identical": False, "max_abs_diff": None, "tensor": "the tensor names or shapes differ"}
+    diffs = {k: float((ours[k].double() - shipped[k].double()).abs().max()) if ours[k].numel() else 0.0 for k in ours}
+    worst = max(diffs, key=lambda k: diffs[k])
+    identical = all(torch.equal(ours[k], shipped[k]) for k in ours)
+    return {"identical": identical, "max_abs_diff": diffs[worst], "tensor": worst}
+
+
+def rebuild_and_compare(names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Train shipped models ``names`` (default: every shipped model of the world) again from their recipes into
+    :func:`rebuilt_dir`, each from the shipped weights of its parent (so each comparison measures one recipe),
+    and compare with the shipped weights. The installed (shipped) models stay in use."""
+    from safetensors.torch import load_file
+
+    names = list(names) if names else [n for n in recipe_table() if ships(n)]
+    report = []
+    for name in names:
+        parent = parent_of(name)
+        if parent:
+            ensure_model(parent)
+        build_models([name], force=True, into=rebuilt_dir(name))
+        ours = load_file(str(rebuilt_dir(name) / "open_clip_model.safetensors"))
+        report.append({"name": name, "path": str(rebuilt_dir(name)),
+                       **compare_weights(ours, shipped_tensors(world_name(), name))})
+    return report
 
 
 def model_status(name: str) -> dict[str, Any]:
@@ -150,6 +223,7 @@ def model_status(name: str) -> dict[str, Any]:
         "recipe": recipe_summary(r),
         "world": world_name(),
         "built": record is not None,
+        "ships": ships(name),
         "on_demand": bool(r.get("on_demand")),
         "stale": record is None and (folder / "open_clip_config.json").is_file(),
         "fingerprint": record.get("fingerprint") if record else None,
@@ -234,10 +308,12 @@ def _install(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def build_models(names: Iterable[str] | None = None, force: bool = False) -> list[Path]:
-    """Build ``names`` (default: :func:`default_models`) and their ancestors where missing or stale.
+def build_models(names: Iterable[str] | None = None, force: bool = False, into: Path | None = None) -> list[Path]:
+    """Train ``names`` (default: :func:`default_models`) from their recipes, and their ancestors, where missing or
+    stale; an ancestor whose weights ship is installed instead of trained.
 
-    ``force`` rebuilds the named models even when current. Shows a rich progress bar on stderr.
+    ``force`` rebuilds the named models even when current. ``into`` (one name only) trains into that folder
+    instead of the model's own, from its parent as installed. Shows a rich progress bar on stderr.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -245,6 +321,11 @@ def build_models(names: Iterable[str] | None = None, force: bool = False) -> lis
     from .builder import TrainingPool, build_model, training_stages
 
     names = list(names) if names else default_models()
+    if into is not None and len(names) != 1:
+        raise ValueError("build_models(into=...) builds one model")
+    shipped_ancestors = [n for n in build_order(names) if n not in names and not is_built(n) and ships(n)]
+    if shipped_ancestors:
+        install_models(shipped_ancestors)
     order = build_order(names)
     cfg = world_config()
     with _build_lock():  # another process may have built them meanwhile: decide under the lock
@@ -253,7 +334,7 @@ def build_models(names: Iterable[str] | None = None, force: bool = False) -> lis
             shutil.rmtree(leftover, ignore_errors=True)
         todo = [n for n in order if (force and n in names) or not is_built(n)]
         if not todo:
-            return [model_dir(n) for n in names]
+            return [into] if into is not None else [model_dir(n) for n in names]
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[note]}"))
         with Progress(*columns, console=Console(stderr=True)) as progress, _deterministic():
@@ -273,7 +354,7 @@ def build_models(names: Iterable[str] | None = None, force: bool = False) -> lis
                 if parent and parent not in todo and weights_problem(parent):  # never inherit damaged weights
                     raise UserError(f"Toy model {parent!r}, the parent of {name!r}, is damaged: {weights_problem(parent)}.",
                                     f"rebuild it: upgradebench zoo build {parent} --force")
-                folder = model_dir(name)
+                folder = into if into is not None and name in names else model_dir(name)
                 folder.parent.mkdir(parents=True, exist_ok=True)
                 tmp = folder.parent / f".{name}.{os.getpid()}.tmp"  # unique: builds hold the lock
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -287,4 +368,4 @@ def build_models(names: Iterable[str] | None = None, force: bool = False) -> lis
                     _install(tmp, folder)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
-    return [model_dir(n) for n in names]
+    return [into] if into is not None else [model_dir(n) for n in names]
