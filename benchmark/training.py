@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .features import progress_bar
 from .task import FewShotTask
 
 
@@ -114,17 +115,20 @@ def fit_epochs(
     generator = torch.Generator().manual_seed(seed)
     labels = task.train_labels
     history = []
-    for epoch in range(epochs):
-        feats = task.epoch_features(epoch, generator)
-        total, count = 0.0, 0
-        for idx in minibatches(len(labels), batch_size, generator):
-            optim.zero_grad(set_to_none=True)
-            loss = backward(loss_fn(feats[idx].to(device), labels[idx].to(device)))
-            optim.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        scheduler.step()
-        history.append(total / max(count, 1))
+    with progress_bar() as bar:
+        shown = bar.add_task(f"fitting on {task.dataset.name} ({epochs} epochs)", total=epochs)
+        for epoch in range(epochs):
+            feats = task.epoch_features(epoch, generator)
+            total, count = 0.0, 0
+            for idx in minibatches(len(labels), batch_size, generator):
+                optim.zero_grad(set_to_none=True)
+                loss = backward(loss_fn(feats[idx].to(device), labels[idx].to(device)))
+                optim.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+            scheduler.step()
+            history.append(total / max(count, 1))
+            bar.advance(shown)
     return history
 
 

@@ -33,11 +33,19 @@ app = typer.Typer(
 )
 
 
+def default_threads() -> int:
+    """Threads torch uses when neither ``--threads`` nor ``OMP_NUM_THREADS`` says: half the cores. The embedded
+    world's models are tiny, so a second thread gains little on a quiet machine and, on a shared one whose other
+    core is busy, every parallel region waits for the slower thread (README, "Threads")."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 @app.callback()
 def _options(
     threads: int = typer.Option(None, "--threads", envvar="UPGRADEBENCH_THREADS", min=1,
-                                help="CPU threads torch may use (default: torch's choice). On a small, busy CPU "
-                                     "machine 1 is often the fastest for the embedded world's tiny models."),
+                                help="CPU threads torch may use (default: OMP_NUM_THREADS if set, else half the "
+                                     "CPU cores). On a small, busy CPU machine 1 is often the fastest for the "
+                                     "embedded world's tiny models."),
 ) -> None:
     if threads:
         cores = os.cpu_count() or 1
@@ -45,6 +53,9 @@ def _options(
             err_console.print(f"warning: --threads {threads} is more than the {cores} CPU cores; using {cores}",
                               highlight=False)
             threads = cores
+    elif "OMP_NUM_THREADS" not in os.environ:
+        threads = default_threads()
+    if threads:
         # torch takes its thread count from OMP_NUM_THREADS when it is first imported, so the option costs no
         # torch import (a subcommand's --help runs this callback too); an already imported torch is told directly
         os.environ["OMP_NUM_THREADS"] = str(threads)
