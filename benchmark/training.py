@@ -64,12 +64,15 @@ def sgd(params: Iterable[torch.nn.Parameter], lr: float = 0.002, momentum: float
 
 
 def dassl_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, momentum: float = 0.9,
-                    weight_decay: float = 5e-4) -> torch.optim.Optimizer:
-    """Dassl's ``OPTIM.NAME``: ``"sgd"`` (CoOp's) or ``"adam"`` (betas 0.9 / 0.999, L2 weight decay; TCP's)."""
+                    weight_decay: float = 5e-4, adam_eps: float = 1e-8) -> torch.optim.Optimizer:
+    """Dassl's ``OPTIM.NAME``: ``"sgd"`` (CoOp's) or ``"adam"`` (betas 0.9 / 0.999, L2 weight decay; TCP's).
+
+    ``adam_eps`` is Adam's epsilon: Dassl leaves torch's 1e-8, TCP's README patches 1e-3 into Dassl.
+    """
     if name == "sgd":
         return sgd(params, lr, momentum, weight_decay)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, eps=adam_eps)
     raise ValueError(f"unknown optimizer {name!r} (sgd or adam)")
 
 
@@ -102,6 +105,7 @@ def fit_epochs(
     warmup_epochs: int = 1,
     warmup_lr: float = 1e-5,
     optimizer: str = "sgd",
+    adam_eps: float = 1e-8,
     backward: Callable[[Any], torch.Tensor] = plain_backward,
 ) -> list[float]:
     """Run CoOp's recipe: per epoch, one augmented view per image, shuffled batches, ``loss_fn(feats, labels)``.
@@ -110,7 +114,7 @@ def fit_epochs(
     (ProGrad returns two losses and projects one gradient on the other). Returns the mean loss of each epoch.
     """
     device = task.source.device
-    optim = dassl_optimizer(optimizer, params, lr, momentum, weight_decay)
+    optim = dassl_optimizer(optimizer, params, lr, momentum, weight_decay, adam_eps)
     scheduler = warmup_cosine(optim, epochs, warmup_epochs, warmup_lr)
     generator = torch.Generator().manual_seed(seed)
     labels = task.train_labels
@@ -134,10 +138,11 @@ def fit_epochs(
 
 def fit_recipe(task: FewShotTask, params: list[torch.nn.Parameter],
                loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
-               recipe: SGDRecipe, seed: int, optimizer: str = "sgd",
+               recipe: SGDRecipe, seed: int, optimizer: str = "sgd", adam_eps: float = 1e-8,
                backward: Callable[[Any], torch.Tensor] = plain_backward) -> list[float]:
     """:func:`fit_epochs` with the fields of ``recipe`` (epochs by shots when ``recipe.epochs`` is None)."""
     return fit_epochs(task, params, loss_fn, epochs=recipe.epochs or coop_epochs(task.shots, task.dataset.name),
                       batch_size=recipe.batch_size, lr=recipe.lr, seed=seed, momentum=recipe.momentum,
                       weight_decay=recipe.weight_decay, warmup_epochs=recipe.warmup_epochs,
-                      warmup_lr=recipe.warmup_lr, optimizer=optimizer, backward=backward)
+                      warmup_lr=recipe.warmup_lr, optimizer=optimizer, adam_eps=adam_eps,
+                      backward=backward)

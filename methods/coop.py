@@ -80,6 +80,7 @@ class ContextLearner(Method):
 
     module_class = CoOpModule
     optimizer: ClassVar[str] = "sgd"
+    adam_eps: ClassVar[float] = 1e-8  # Adam's epsilon when ``optimizer`` is "adam" (Dassl's: torch's default)
 
     def initial_context(self, source: VLM, task: Any, config: Any, seed: int) -> torch.Tensor:
         """The context before training: CoOp's init from ``ctx_init`` / ``init_std`` (:func:`init_context`)."""
@@ -114,7 +115,7 @@ class ContextLearner(Method):
         prompts = class_prompts(source, task.class_names, config.n_ctx)
         params = [ctx, *(network.parameters() if network is not None else [])]
         loss_fn = self.loss(source, task, config, prompts, ctx, network)
-        fit_recipe(task, params, loss_fn, config, seed, optimizer=self.optimizer,
+        fit_recipe(task, params, loss_fn, config, seed, optimizer=self.optimizer, adam_eps=self.adam_eps,
                    backward=self.backward(params, config))
         if network is not None:
             network.requires_grad_(False).cpu()

@@ -8,7 +8,8 @@ the L2-normalised zero-shot text feature ``t_zs_i`` of each class to N class-awa
 reference; weight 1.0). Logits ``logit_scale * cos(f, w_i)``; loss ``CE + 8.0 * (1 - mean_i cos(w_i, t_zs_i))``
 (KgCoOp's term; the reference hard-codes 8.0 whatever ``TRAINER.COOP.W`` says). Recipe
 (``configs/trainers/TCP/vit_b16_ep100_ctxv1.yaml``): Adam lr 0.002 (Dassl: betas 0.9 / 0.999, weight decay
-5e-4), batch 32, 50 epochs, cosine, 1 constant warm-up epoch at 1e-5.
+5e-4; eps 1e-3, which TCP's README patches into Dassl), batch 32, 50 epochs, cosine, 1 constant warm-up epoch
+at 1e-5.
 Transplant: ``t_zs`` is recomputed with the model in use (its own zero-shot features of the dataset
 template), so the class-aware tokens follow the upgraded model as ContCoOp's class embeddings do, but deep
 (inside the tower) rather than at the input. ``layer=None`` picks ``round(2 L / 3)`` for an L-block tower
@@ -138,12 +139,13 @@ class TCP(ContextLearner):
     Reference: htyao89/Textual-based_Class-aware_prompt_tuning bd97bec (see the module docstring).
     """
 
-    version = "1"
+    version = "2"  # 2: Adam eps 1e-3 (TCP's README), was torch's 1e-8
     description = ("CoOp context plus class-aware tokens from the zero-shot text features, "
                    "inserted deep in the text encoder.")
     Config = TCPConfig
     module_class = TCPModule
     optimizer = "adam"
+    adam_eps = 1e-3  # TCP's README: "set the EPS in Adam as 1e-3" (patched into Dassl's optimizer.py)
 
     def network(self, source: VLM, task: Any, config: TCPConfig, seed: int) -> KnowledgeEmbedding:
         """The knowledge embedding, PyTorch's default Linear init seeded per run."""

@@ -283,3 +283,22 @@ def test_prograd_with_lambda_zero_trains_exactly_like_coop_and_projects_otherwis
     assert torch.equal(fit("prograd", {"lambda_": "0"}).ctx, coop.ctx)  # same init, same CE gradients
     projected = fit("prograd", {})
     assert (projected.ctx - coop.ctx).abs().max() > 1e-6  # lambda = 1: some step had a conflicting gradient
+
+
+def test_tcp_fits_with_adam_eps_from_its_readme(pair, tiny_dataset, monkeypatch):
+    import upgradebench.training as training
+
+    made = []
+    real_optimizer = training.dassl_optimizer
+
+    def spy(*args, **kwargs):
+        made.append(real_optimizer(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(training, "dassl_optimizer", spy)
+    source = pair[0]
+    dataset = get_dataset(tiny_dataset)
+    task = FewShotTask(dataset, load_fewshot(dataset, 2, 1), source, FeatureCache(), views=1)
+    method = get_method("tcp")
+    method().fit(source, task, method.make_config({"epochs": "1", "batch_size": "8"}), seed=1)
+    assert [type(o).__name__ for o in made] == ["Adam"] and made[0].defaults["eps"] == 1e-3
