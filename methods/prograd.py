@@ -1,8 +1,9 @@
 """ProGrad (Zhu et al., ICCV 2023; BeierZhu/Prompt-align 1b76203, ``ProGrad.public/trainers/prograd.py`` and
 ``Dassl.ProGrad.pytorch/dassl/engine/trainer.py: prograd_backward_and_update``): prompt-aligned gradients.
 
-CoOp's context (N = 16), initialised to zeros with its last k vectors set to the embeddings of the words of
-the dataset template before the class name ("a photo of a" for ``"a photo of a {}."``). Two losses per batch:
+CoOp's context (N = 16), initialised to zeros with its last k vectors set to the first k token embeddings of
+the dataset template before the class name ("a photo of a" for ``"a photo of a {}."``), k its number of words.
+Two losses per batch:
 ``L_ce`` (cross-entropy) and ``L_kl = T^2 * mean_i sum_c -softmax(z_zs / T)_c log softmax(z / T)_c`` against the
 zero-shot logits ``z_zs`` of the source with the dataset template (T = 1). Per parameter, with ``g = grad L_ce``
 and ``g_kl = grad L_kl``: if ``cos(g, g_kl) < 0``, ``g <- g - lambda (g . g_kl / ||g_kl||) g_kl / ||g_kl||``
@@ -41,13 +42,16 @@ class ProGradConfig(SGDRecipe):
 
 
 def template_context(vlm: VLM, n_ctx: int, words: str) -> torch.Tensor:
-    """ProGrad's init: zeros ``[N, D]`` whose last vectors are the token embeddings of ``words``."""
+    """ProGrad's init: zeros ``[N, D]`` whose last ``n`` vectors are the first ``n`` token embeddings of ``words``,
+    ``n`` counted in words as the reference does (``len(ctx_init.split(" "))``), not in tokens: for a phrase with
+    punctuation ("a type of pet, a photo of a", 8 words, 9 tokens) the reference keeps the first 8 tokens."""
     ctx = torch.zeros(n_ctx, vlm.text_width)
-    if words.strip():
-        emb = text_embedding(vlm, words).float()
-        if len(emb) > n_ctx:
-            raise UserError(f"ProGrad's init {words!r} has {len(emb)} tokens but n_ctx is {n_ctx}.",
-                            f"pass --config n_ctx={len(emb)} or a shorter --config ctx_init")
+    count = len(words.replace("_", " ").split())
+    if count:
+        if count > n_ctx:
+            raise UserError(f"ProGrad's init {words!r} has {count} words but n_ctx is {n_ctx}.",
+                            f"pass --config n_ctx={count} or a shorter --config ctx_init")
+        emb = text_embedding(vlm, words.replace("_", " ")).float()[:count]
         ctx[n_ctx - len(emb):] = emb.cpu()
     return ctx
 
@@ -86,7 +90,7 @@ def prograd_losses(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: t
 class ProGrad(ContextLearner):
     """Prompt-aligned Gradient (Zhu et al., 2023), reference BeierZhu/Prompt-align 1b76203."""
 
-    version = "1"
+    version = "2"  # 2: the init phrase counted in words (the reference's rule), was tokens
     description = "CoOp context whose gradient never conflicts with the zero-shot prediction's (lambda = 1)."
     Config = ProGradConfig
 

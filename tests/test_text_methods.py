@@ -15,7 +15,7 @@ from upgradebench.errors import UserError
 from upgradebench.features import FeatureCache
 from upgradebench.method import get_method, load_module
 from upgradebench.models import VLM, ModelSpec, load_vlm
-from upgradebench.prompting import clean_name
+from upgradebench.prompting import clean_name, text_embedding
 from upgradebench.task import FewShotTask
 
 from upgradebench.methods.clip_lora import CLIPLoRAConfig, CLIPLoRAModule, LoRAFactors
@@ -302,3 +302,15 @@ def test_tcp_fits_with_adam_eps_from_its_readme(pair, tiny_dataset, monkeypatch)
     method = get_method("tcp")
     method().fit(source, task, method.make_config({"epochs": "1", "batch_size": "8"}), seed=1)
     assert [type(o).__name__ for o in made] == ["Adam"] and made[0].defaults["eps"] == 1e-3
+
+
+def test_prograd_init_counts_the_phrase_in_words_not_tokens(pair):
+    vlm = pair[0]
+    phrase = "a type of pet, a photo of a"  # 8 words, 9 tokens (the comma is one)
+    tokens = text_embedding(vlm, phrase).float()
+    assert len(tokens) == 9
+    ctx = template_context(vlm, 10, phrase)
+    assert torch.equal(ctx[:2], torch.zeros(2, vlm.text_width))
+    assert torch.equal(ctx[2:], tokens[:8])  # the reference's embedding[0, 1:1 + n_words]
+    with pytest.raises(UserError, match="8 words but n_ctx is 7"):
+        template_context(vlm, 7, phrase)
