@@ -82,11 +82,11 @@ def plain_backward(loss: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Shuffled index batches; the last partial batch is dropped when there is at least one full batch (Dassl)."""
+def minibatches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True) -> Iterator[torch.Tensor]:
+    """Shuffled index batches. With ``drop_last`` (Dassl's train loader) the last partial batch is dropped when
+    there is at least one full batch; without it (CLIP-LoRA's loader) every item is in one batch of each epoch."""
     order = torch.randperm(n, generator=generator)
-    drop_last = n >= batch_size
-    stop = (n // batch_size) * batch_size if drop_last else n
+    stop = (n // batch_size) * batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
         yield order[start:start + batch_size]
 

@@ -5,22 +5,25 @@ Every selected attention projection ``W`` (q, k, v of each text block; ``--posit
 update: ``W' = W + (alpha / sqrt(r)) B A`` with ``A [r, D_in]`` (kaiming-uniform, a = sqrt(5)) and
 ``B [D_out, r]`` (zeros), r = 2, alpha = 1. Classifier: the dataset template through the LoRA-adapted text
 encoder; logits ``logit_scale * cos(f, t_c)`` (the reference hard-codes 100, OpenAI CLIP's scale; the harness
-uses the scale of the model in use). Recipe: AdamW (lr 2e-4, weight decay 1e-2, betas 0.9 / 0.999), batch 32,
-``500 * K`` iterations with a per-iteration cosine schedule down to 1e-6, cross-entropy; the text features
-are recomputed every iteration.
+uses the scale of the model in use). Recipe: AdamW (lr 2e-4, weight decay 1e-2, betas 0.9 / 0.999), batch 32
+with the last partial batch of each epoch kept (the reference's loader, ``drop_last=False``), ``500 * K``
+iterations with a per-iteration cosine schedule down to 1e-6, cross-entropy; the text features are recomputed
+every iteration. While fitting, each LoRA branch reads its input through its own dropout (p = 0.25, the
+reference's ``LinearLoRA``: ``W x + b + scaling * B A dropout(x)``), with masks drawn from a generator seeded
+by the fit's seed, so a fit is deterministic; evaluation has no dropout.
 The module holds the factors only. Plugged into a model, the deltas are added to *that model's* attention
 weights for the duration of one call (``torch.func.functional_call``: the model's own parameters are never
 written), so a LoRA trained on CLIP can be dropped into EVA-CLIP, whose text tower has the same shapes. A
 model whose text blocks or widths differ is refused with both shapes named.
-Departures (docs/methods.md): the deltas are merged into the weights, which is the reference's forward at
-evaluation but leaves out its dropout (p = 0.25) on the input of the LoRA branch during training; fp32
-instead of fp16 autocast; the harness's dataset template.
+Departures (docs/methods.md): fp32 instead of fp16 autocast; the harness's dataset template; dropout masks from
+the fit's own generator rather than the global RNG.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +43,8 @@ PROJECTIONS = "qkvo"
 
 @dataclass
 class CLIPLoRAConfig:
-    """CLIP-LoRA's defaults: r = 2, alpha = 1, q/k/v of every text block, AdamW 2e-4, 500 x K iterations."""
+    """CLIP-LoRA's defaults: r = 2, alpha = 1, q/k/v of every text block, AdamW 2e-4, 500 x K iterations, dropout
+    0.25 on the LoRA branch's input while fitting."""
 
     rank: int = 2
     alpha: float = 1.0
@@ -51,6 +55,7 @@ class CLIPLoRAConfig:
     lr: float = 2e-4
     weight_decay: float = 1e-2
     eta_min: float = 1e-6
+    dropout: float = 0.25
 
 
 def attention_blocks(vlm: VLM) -> list[nn.MultiheadAttention]:
@@ -154,6 +159,65 @@ def template_tokens(vlm: VLM, class_names: list[str], template: str) -> torch.Te
     return vlm.tokenize([template.format(clean_name(n)) for n in class_names])
 
 
+def dropped(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Inverted dropout of ``x`` (zero with probability ``p``, the rest scaled by ``1 / (1 - p)``), masks drawn
+    from ``generator`` (on ``x``'s device) so that a fit never touches the global RNG."""
+    if p == 0:
+        return x
+    keep = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) >= p
+    return x * keep / (1 - p) if p < 1 else x * 0
+
+
+def dropout_attention(attn: nn.MultiheadAttention, factors: LoRAFactors, block: int, query: torch.Tensor,
+                      key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None, p: float,
+                      generator: torch.Generator) -> torch.Tensor:
+    """The reference's LoRA attention while training (``PlainMultiheadAttentionLoRA``): separate q/k/v/o
+    projections ``W x + b + scaling * B A dropout(x)``, one dropout mask per projection, then scaled dot-product
+    attention with ``attn``'s heads and mask. Returns the attention output in ``attn``'s layout."""
+    d, heads = attn.embed_dim, attn.num_heads
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        # nn.MultiheadAttention masks out True; scaled_dot_product_attention would attend to it
+        attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill(attn_mask, float("-inf"))
+    if not attn.batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+
+    def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, name: str) -> torch.Tensor:
+        out = F.linear(x, weight, bias)
+        a = factors.tensors.get(f"{block}.{name}.A")
+        if a is not None:
+            out = out + (dropped(x, p, generator) @ a.T) @ factors.tensors[f"{block}.{name}.B"].T * factors.scaling
+        return out
+
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    q, k, v = (project(x, w[j * d:(j + 1) * d], None if b is None else b[j * d:(j + 1) * d], name)
+               for j, (x, name) in enumerate(zip((query, key, value), "qkv")))
+    batch, length = q.shape[:2]
+    q, k, v = (t.reshape(batch, -1, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask).transpose(1, 2).reshape(batch, length, d)
+    out = project(out, attn.out_proj.weight, attn.out_proj.bias, "o")
+    return out if attn.batch_first else out.transpose(0, 1)
+
+
+@contextmanager
+def training_dropout(vlm: VLM, factors: LoRAFactors, p: float, generator: torch.Generator) -> Iterator[None]:
+    """Inside the block, every text attention of ``vlm`` runs :func:`dropout_attention` (the LoRA branches with
+    dropout) instead of its own forward: a forward hook replaces the module's output, so the model itself is
+    never modified and the hooks are gone afterwards."""
+    factors.check_fits(vlm)
+    handles = []
+    for i, attn in enumerate(attention_blocks(vlm)):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any, i: int = i) -> tuple[torch.Tensor, None]:
+            query, key, value = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")[len(args):]])[:3]
+            out = dropout_attention(module, factors, i, query, key, value, kwargs.get("attn_mask"), p, generator)
+            return out, None
+        handles.append(attn.register_forward_hook(hook, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class CLIPLoRAModule(Module):
     """Low-rank factors of the text attention projections + the template; applied to the model in use.
 
@@ -189,7 +253,7 @@ class CLIPLoRAModule(Module):
 class CLIPLoRA(Method):
     """CLIP-LoRA (Zanella & Ben Ayed, 2024) on the text encoder, reference MaxZanella/CLIP-LoRA 358f0d7."""
 
-    version = "1"
+    version = "2"  # 2: dropout 0.25 on the LoRA branches and the last partial batch kept, as the reference
     description = ("Low-rank updates (r = 2) of the text encoder's q/k/v projections, "
                    "added to the weights of the model in use.")
     Config = CLIPLoRAConfig
@@ -211,19 +275,24 @@ class CLIPLoRA(Method):
         tokens = template_tokens(source, task.class_names, task.template)
         labels = task.train_labels
         generator = torch.Generator().manual_seed(seed)
+        # the dropout masks come from their own stream on the model's device (CPU masks would cost a copy per call)
+        masks = torch.Generator(device=source.device).manual_seed(
+            int(torch.randint(2**62, (1,), generator=generator)))
         step, epoch = 0, 0
-        while step < total:
-            feats = task.epoch_features(epoch, generator)
-            for idx in minibatches(len(labels), config.batch_size, generator):
-                text = with_lora(source, factors, source.encode_text, tokens)
-                loss = F.cross_entropy(source.logits(feats[idx].to(source.device), text), labels[idx].to(source.device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                if step == total:
-                    break
-            epoch += 1
+        with training_dropout(source, factors, config.dropout, masks):
+            while step < total:
+                feats = task.epoch_features(epoch, generator)
+                for idx in minibatches(len(labels), config.batch_size, generator, drop_last=False):
+                    text = source.encode_text(tokens)
+                    loss = F.cross_entropy(source.logits(feats[idx].to(source.device), text),
+                                           labels[idx].to(source.device))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    step += 1
+                    if step == total:
+                        break
+                epoch += 1
         factors.tensors = {k: v.detach().cpu() for k, v in params.items()}
         return CLIPLoRAModule(factors, task.template)

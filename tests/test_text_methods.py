@@ -18,7 +18,8 @@ from upgradebench.models import VLM, ModelSpec, load_vlm
 from upgradebench.prompting import clean_name, text_embedding
 from upgradebench.task import FewShotTask
 
-from upgradebench.methods.clip_lora import CLIPLoRAConfig, CLIPLoRAModule, LoRAFactors
+from upgradebench.methods.clip_lora import (CLIPLoRAConfig, CLIPLoRAModule, LoRAFactors, attention_blocks,
+                                            training_dropout, with_lora)
 from upgradebench.methods.coop import CoOpModule
 from upgradebench.methods.prograd import project_gradient, prograd_losses, template_context
 from upgradebench.methods.tcp import KnowledgeEmbedding, TCPModule
@@ -283,6 +284,48 @@ def test_prograd_with_lambda_zero_trains_exactly_like_coop_and_projects_otherwis
     assert torch.equal(fit("prograd", {"lambda_": "0"}).ctx, coop.ctx)  # same init, same CE gradients
     projected = fit("prograd", {})
     assert (projected.ctx - coop.ctx).abs().max() > 1e-6  # lambda = 1: some step had a conflicting gradient
+
+
+def test_lora_training_forward_without_dropout_equals_the_merged_forward_and_leaves_no_hooks(pair):
+    vlm = pair[0]
+    factors = _random_factors(vlm, params="qkvo")
+    tokens = vlm.tokenize([TEMPLATE.format(clean_name(c)) for c in NAMES])
+    merged = with_lora(vlm, factors, vlm.encode_text, tokens)
+    with training_dropout(vlm, factors, 0.0, torch.Generator()):
+        branched = vlm.encode_text(tokens)
+    assert (branched - merged).abs().max().item() <= 1e-5  # the reference's unmerged forward = the merged one
+    with training_dropout(vlm, factors, 0.25, torch.Generator().manual_seed(0)):
+        dropped_once = vlm.encode_text(tokens)
+    assert (dropped_once - merged).abs().max().item() > 1e-4  # dropout reaches the LoRA branches
+    assert torch.equal(with_lora(vlm, factors, vlm.encode_text, tokens), merged)  # hooks removed afterwards
+
+
+
+def test_lora_fit_keeps_the_last_partial_batch_and_its_dropout_changes_the_fit(pair, tiny_dataset, monkeypatch):
+    import upgradebench.methods.clip_lora as clip_lora
+
+    source = pair[0]
+    dataset = get_dataset(tiny_dataset)
+    task = FewShotTask(dataset, load_fewshot(dataset, 2, 1), source, FeatureCache(), views=2)  # 8 items
+    method = get_method("clip-lora")
+    sizes, batches = [], clip_lora.minibatches
+
+    def recorded(*args, **kwargs):
+        for idx in batches(*args, **kwargs):
+            sizes.append(len(idx))
+            yield idx
+
+    monkeypatch.setattr(clip_lora, "minibatches", recorded)
+
+    def fit(**cfg):
+        config = method.make_config({"iters_per_shot": "3", "batch_size": "3", "lr": "0.01", **cfg})
+        return method().fit(source, task, config, seed=1)
+
+    with_dropout = fit()
+    assert sizes == [3, 3, 2, 3, 3, 2]  # 6 steps over 8 items in batches of 3: the partial batch of 2 is used
+    without = fit(dropout="0")
+    assert any(not torch.equal(v, without.factors.tensors[k]) for k, v in with_dropout.factors.tensors.items())
+    assert all(not attn._forward_hooks for attn in attention_blocks(source))  # dropout only while fitting
 
 
 def test_tcp_fits_with_adam_eps_from_its_readme(pair, tiny_dataset, monkeypatch):
