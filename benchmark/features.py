@@ -12,8 +12,9 @@ and merge what the other wrote, so concurrent extractions lose no items.
 Extraction decodes each image once for all the views it needs; ``workers`` processes (a torch DataLoader)
 decode and augment, the main process encodes batches. Each view is seeded by (item, view) and the images
 of a view are encoded in the same batches as by one process, so the features do not depend on the number
-of workers. Pixels travel as uint8 (pinned, copied without blocking when the model is on CUDA) and are
-normalised on the model's device. Memory format stays as it is: the image towers here are ViTs, whose only
+of workers; every batch has the same shape (a short one is padded with blank images), so an item's features
+do not depend on which other items were missing from the cache with it. Pixels travel as uint8 (pinned,
+copied without blocking when the model is on CUDA) and are normalised on the model's device. Memory format stays as it is: the image towers here are ViTs, whose only
 convolution is the patch embedding, so channels-last has nothing to speed up.
 """
 
@@ -143,7 +144,9 @@ def encode_views(
     """Features of ``refs`` under every view, batch after batch: ``[len(views), b, D]`` on the CPU.
 
     Each image is decoded once (by one of ``workers`` processes, or here with 0); ``views`` seed the
-    augmentation of a train transform (``None`` = view 0). Batches hold ``batch_size`` items of one view.
+    augmentation of a train transform (``None`` = view 0). Batches hold ``batch_size`` items of one view; a
+    short last batch is padded to ``batch_size`` with blank images, so that an item's features are the same
+    bits whichever other items are encoded with it (the cache's history never changes a number).
     """
     cuda = vlm.device.type == "cuda"
     # starting a worker costs more than decoding a few images
@@ -161,8 +164,12 @@ def encode_views(
             pixels = torch.cat(pending)
             batch, rest = pixels[:batch_size], pixels[batch_size:]
             pending, count = ([rest] if len(rest) else []), len(rest)
+            n = len(batch)
+            if n < batch_size:
+                # kernels are chosen by shape: a short batch gives its items other bits than a full one would
+                batch = torch.cat([batch, batch.new_zeros((batch_size - n, *batch.shape[1:]))])
             with torch.no_grad(), autocast_context(vlm.device, precision):
-                feats = torch.stack([vlm.encode_images(transform.normalize(batch[:, v]).contiguous()).float().cpu()
+                feats = torch.stack([vlm.encode_images(transform.normalize(batch[:, v]).contiguous())[:n].float().cpu()
                                      for v in range(batch.shape[1])])
             yield feats  # outside the contexts, which would otherwise hold for the caller between batches
 

@@ -43,7 +43,8 @@ def vlm(micro_dirs):
 
 
 def reference_features(vlm, dataset, items, spec, view):
-    """What extraction did before workers: decode per view, seed by (item, view), full transform, batches of 128."""
+    """What extraction did before workers: decode per view, seed by (item, view), full transform, batches of 128
+    (a short one padded to 128)."""
     tf, out = spec.build(), []
     for start in range(0, len(items), 128):
         images = []
@@ -51,7 +52,9 @@ def reference_features(vlm, dataset, items, spec, view):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(feature_module._seed_of(ref, view or 0))
                 images.append(tf(dataset.load_image(ref)))
-        out.append(vlm.encode_images(torch.stack(images)).float())
+        batch = torch.stack(images)
+        padded = torch.cat([batch, torch.zeros(128 - len(batch), *batch.shape[1:])])
+        out.append(vlm.encode_images(padded)[:len(batch)].float())
     return torch.cat(out)
 
 
@@ -174,3 +177,14 @@ def test_dataset_all_is_every_dataset_found(tmp_path):
     names = {ds.name for ds in _datasets(Runner(tmp_path / "results", data_root=tmp_path), ["all"], tmp_path)}
     assert {"dtd", "eurosat", "toy-shape", "toy-shape-sketch"} <= names  # on disk, and the procedural world
     assert "oxford_pets" not in names and "imagenet" not in names  # registered but not under this root
+
+
+def test_an_items_features_do_not_depend_on_what_else_was_computed_with_it(vlm, tmp_path):
+    dataset = CountingColours(n=12)
+    items, spec = dataset.split("train"), vlm.train_transform_spec
+    together = FeatureCache(root=tmp_path / "together", workers=0).get(vlm, dataset, "train", items, spec, view=1)
+    grown = FeatureCache(root=tmp_path / "grown", workers=0)
+    for i in (5, 2, 11):  # a cache grown by a few items at a time, as few-shot seeds grow it
+        grown.get(vlm, dataset, "train", items[i:i + 1], spec, view=1)
+    grown.get(vlm, dataset, "train", items[:3], spec, view=1)
+    assert torch.equal(grown.get(vlm, dataset, "train", items, spec, view=1), together)
