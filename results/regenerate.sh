@@ -5,14 +5,16 @@
 # Runs written by an older result schema (no prediction ledger) are brought up to date on the way: each saved
 # module is re-evaluated without refitting, its top-1 checked against the stored row, its ledger written.
 #   bash results/regenerate.sh            (from the repository root, with upgradebench installed)
+#   JOBS=2 bash results/regenerate.sh     (runs of a sweep in two processes)
 set -euo pipefail
 cd "$(dirname "$0")"
-upgradebench zoo build
-upgradebench sweep --grid grids/main.yaml --results runs
-upgradebench sweep --grid grids/ablations.yaml --results runs
-upgradebench sweep --grid grids/oracle.yaml --results runs
+upgradebench zoo install  # the shipped weights (`zoo build` retrains them and compares)
+upgradebench sweep --grid grids/main.yaml --results runs --jobs "${JOBS:-1}"
+upgradebench sweep --grid grids/ablations.yaml --results runs --jobs "${JOBS:-1}"
+upgradebench sweep --grid grids/oracle.yaml --results runs --jobs "${JOBS:-1}"
+upgradebench sweep --grid grids/oracle-coop.yaml --results runs --jobs "${JOBS:-1}"
 upgradebench analyze depth --dataset toy-pattern --layers 0-3 --target toy-eva --target toy-eva-drift \
-    --seed 1 --seed 2 --seed 3 --results runs
+    --seed 1 --seed 2 --seed 3 --results runs --jobs "${JOBS:-1}"
 upgradebench analyze drift --source toy-clip --target toy-eva --target toy-eva-drift --out analysis/drift.parquet
 upgradebench figures --results runs --drift analysis/drift.parquet --out figures --force
 # Every saved module (not the oracle fits) also evaluated, without retraining, on the held-out toy target
