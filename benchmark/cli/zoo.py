@@ -48,7 +48,8 @@ def _state(row: dict) -> str:
 
 @app.command("verify")
 def verify(as_json: bool = Json) -> None:
-    """Check every built toy model's weights against the fingerprint its build recorded (exit 2 if one is damaged)."""
+    """Check every installed or built toy model's weights against the fingerprint recorded for them (for a shipped
+    model, the shipped weights' fingerprint); exit 2 if one is damaged."""
     from ..world import zoo
 
     rows = [zoo.model_status(name) for name in recipe_table()]
@@ -61,8 +62,11 @@ def verify(as_json: bool = Json) -> None:
     damaged = [r["name"] for r in rows if r["damaged"]]
     if damaged:
         problems = "; ".join(r["damaged"] for r in rows if r["damaged"])
-        raise UserError(f"{len(damaged)} toy model(s) damaged: {problems}.",
-                        f"rebuild them: upgradebench zoo build {' '.join(damaged)} --force")
+        shipped = [r["name"] for r in rows if r["damaged"] and r["ships"]]
+        built = [name for name in damaged if name not in shipped]
+        fixes = ([f"upgradebench zoo install {' '.join(shipped)} --force"] if shipped else []) + \
+                ([f"upgradebench zoo build {' '.join(built)} --force"] if built else [])
+        raise UserError(f"{len(damaged)} toy model(s) damaged: {problems}.", f"restore them: {'; '.join(fixes)}")
 
 
 @app.command("install")
