@@ -14,8 +14,9 @@ decode and augment, the main process encodes batches. Each view is seeded by (it
 of a view are encoded in the same batches as by one process, so the features do not depend on the number
 of workers; every batch has the same shape (a short one is padded with blank images), so an item's features
 do not depend on which other items were missing from the cache with it. Pixels travel as uint8 (pinned,
-copied without blocking when the model is on CUDA) and are normalised on the model's device. Memory format stays as it is: the image towers here are ViTs, whose only
-convolution is the patch embedding, so channels-last has nothing to speed up.
+copied without blocking when the model is on CUDA) and are normalised on the model's device. Memory format
+stays as it is: the image towers here are ViTs, whose only convolution is the patch embedding, so
+channels-last has nothing to speed up.
 """
 
 from __future__ import annotations

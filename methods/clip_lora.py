@@ -201,21 +201,21 @@ def dropout_attention(attn: nn.MultiheadAttention, factors: LoRAFactors, block: 
 @contextmanager
 def training_dropout(vlm: VLM, factors: LoRAFactors, p: float, generator: torch.Generator) -> Iterator[None]:
     """Inside the block, every text attention of ``vlm`` runs :func:`dropout_attention` (the LoRA branches with
-    dropout) instead of its own forward: a forward hook replaces the module's output, so the model itself is
-    never modified and the hooks are gone afterwards."""
+    dropout) instead of its own forward: an instance attribute shadows the module's ``forward`` (so its own
+    attention is not computed only to be thrown away) and is deleted afterwards; no weight is modified."""
     factors.check_fits(vlm)
-    handles = []
-    for i, attn in enumerate(attention_blocks(vlm)):
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any, i: int = i) -> tuple[torch.Tensor, None]:
-            query, key, value = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")[len(args):]])[:3]
-            out = dropout_attention(module, factors, i, query, key, value, kwargs.get("attn_mask"), p, generator)
-            return out, None
-        handles.append(attn.register_forward_hook(hook, with_kwargs=True))
+    blocks = attention_blocks(vlm)
+    for i, attn in enumerate(blocks):
+        def forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any,
+                    attn_mask: torch.Tensor | None = None, module: nn.MultiheadAttention = attn, i: int = i,
+                    **kwargs: Any) -> tuple[torch.Tensor, None]:
+            return dropout_attention(module, factors, i, query, key, value, attn_mask, p, generator), None
+        attn.forward = forward
     try:
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        for attn in blocks:
+            del attn.forward
 
 
 class CLIPLoRAModule(Module):

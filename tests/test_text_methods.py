@@ -297,7 +297,8 @@ def test_lora_training_forward_without_dropout_equals_the_merged_forward_and_lea
     with training_dropout(vlm, factors, 0.25, torch.Generator().manual_seed(0)):
         dropped_once = vlm.encode_text(tokens)
     assert (dropped_once - merged).abs().max().item() > 1e-4  # dropout reaches the LoRA branches
-    assert torch.equal(with_lora(vlm, factors, vlm.encode_text, tokens), merged)  # hooks removed afterwards
+    assert torch.equal(with_lora(vlm, factors, vlm.encode_text, tokens), merged)  # own forward restored afterwards
+    assert all("forward" not in vars(attn) for attn in attention_blocks(vlm))
 
 
 
@@ -325,7 +326,8 @@ def test_lora_fit_keeps_the_last_partial_batch_and_its_dropout_changes_the_fit(p
     assert sizes == [3, 3, 2, 3, 3, 2]  # 6 steps over 8 items in batches of 3: the partial batch of 2 is used
     without = fit(dropout="0")
     assert any(not torch.equal(v, without.factors.tensors[k]) for k, v in with_dropout.factors.tensors.items())
-    assert all(not attn._forward_hooks for attn in attention_blocks(source))  # dropout only while fitting
+    # dropout only while fitting: no module keeps the shadowing forward (or any hook) afterwards
+    assert all("forward" not in vars(attn) and not attn._forward_hooks for attn in attention_blocks(source))
 
 
 def test_tcp_fits_with_adam_eps_from_its_readme(pair, tiny_dataset, monkeypatch):
