@@ -5,8 +5,9 @@ safetensors file per key holds the features of every item computed so far (item 
 metadata); asking for new items of the same key computes only those and rewrites the file atomically
 (every few thousand items, so an interrupted extraction of a large split resumes where it stopped).
 Augmented view ``v`` of an item is seeded by (item, v), so it is the same whichever other items are
-computed with it. Files live under ``$UPGRADEBENCH_HOME/features``. Each file records a content hash
-(``integrity.py``): a damaged file is computed again, with a warning. Writers of one key take a lock file
+computed with it. Files live under ``$UPGRADEBENCH_HOME/features``. Each file records its key and a content
+hash (``integrity.py``): a damaged file, or one whose recorded key is not the key it is read for, is computed
+again, with a warning. Writers of one key take a lock file
 and merge what the other wrote, so concurrent extractions lose no items.
 
 Extraction decodes each image once for all the views it needs; ``workers`` processes (a torch DataLoader)
@@ -240,7 +241,8 @@ class FeatureCache:
 
         Views that miss the same items are computed together; each view keeps its own file.
         """
-        stored = {view: self._read(self.path(vlm, dataset, split, transform, view)) for view in views}
+        stored = {view: self._read(self.path(vlm, dataset, split, transform, view),
+                                   self._key(vlm, dataset, split, transform, view)) for view in views}
         groups: dict[tuple[str, ...], list[int | None]] = {}
         for view, (refs, _) in stored.items():
             known = set(refs)
@@ -280,9 +282,20 @@ class FeatureCache:
                                                    vlm, dataset, split, transform, view)
                     done, fresh = done + new.shape[1], []
 
+    def _key(self, vlm: VLM, dataset: Dataset, split: str, transform: TransformSpec,
+             view: int | None) -> dict[str, str]:
+        """The cache key a file records in its metadata, and is compared with when it is read."""
+        return {"model": vlm.name, "model_fingerprint": vlm.fingerprint,
+                "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "split": split,
+                "transform": transform.key, "view": str(view), "precision": self.precision}
+
     @staticmethod
-    def _read(path: Path) -> tuple[list[str], torch.Tensor | None]:
-        """The refs and features stored in ``path``; a damaged or unverifiable file counts as empty (rebuilt)."""
+    def _read(path: Path, key: dict[str, str]) -> tuple[list[str], torch.Tensor | None]:
+        """The refs and features stored in ``path``; a damaged or unverifiable file counts as empty (rebuilt).
+
+        So does a file whose recorded key is not ``key`` (one copied over another model's, split's or view's):
+        the file name holds only part of the key, and features of other weights must never be used.
+        """
         if not path.is_file():
             return [], None
         try:
@@ -298,6 +311,10 @@ class FeatureCache:
                       else "does not match its content hash")
             if problem is None and len(refs) != len(feats):
                 problem = f"lists {len(refs)} items for {len(feats)} features"
+            # the model's name is only a label: the same weights may be cached under another alias
+            wrong = [f"{k} {meta.get(k)!r} (not {v!r})" for k, v in key.items() if k != "model" and meta.get(k) != v]
+            if problem is None and wrong:
+                problem = "was computed for another key: " + ", ".join(wrong)
         except Exception as exc:  # safetensors and json raise several types for a damaged file
             problem = f"is unreadable ({type(exc).__name__})"
         if problem is not None:
@@ -314,12 +331,11 @@ class FeatureCache:
         Returns what the file now holds. Writers of one key are serialised by a lock file, and each keeps
         the other's items, so concurrent extractions lose nothing.
         """
-        meta = {"model": vlm.name, "model_fingerprint": vlm.fingerprint,
-                "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "split": split,
-                "transform": transform.key, "view": str(view), "precision": self.precision}
+        meta = self._key(vlm, dataset, split, transform, view)
         with file_lock(path.parent / f".{path.name}.lock"):
             clean_stale_tmp(path.parent)
-            disk_refs, disk_feats = self._read(path) if path.is_file() else ([], None)
+            disk_refs, disk_feats = self._read(path, self._key(vlm, dataset, split, transform, view)) \
+                if path.is_file() else ([], None)
             known = set(refs)
             extra = [i for i, ref in enumerate(disk_refs) if ref not in known]
             if extra:

@@ -184,6 +184,18 @@ def test_fewshot_is_deterministic_written_as_json_and_reused(tmp_path, monkeypat
     assert load_fewshot(get_dataset("dtd", tmp_path), 2, 2).train != split.train
 
 
+def test_a_fewshot_file_copied_over_another_seeds_is_sampled_again(tmp_path, caplog):
+    """The key a sample records (dataset, fingerprint, K, seed) is compared with the key it is read for."""
+    build(tmp_path, "dtd")
+    dataset = get_dataset("dtd", tmp_path)
+    seed1, seed2 = load_fewshot(dataset, 2, 1), load_fewshot(dataset, 2, 2)
+    folder = tmp_path / "dtd" / "split_fewshot"
+    (folder / "shot_2-seed_2.json").write_text((folder / "shot_2-seed_1.json").read_text())
+    assert seed1.train != seed2.train
+    assert load_fewshot(get_dataset("dtd", tmp_path), 2, 2) == seed2
+    assert "was drawn for seed 1 (not 2)" in caplog.text
+
+
 def test_fewshot_val_has_min_k_4_per_class(tmp_path):
     build(tmp_path, "dtd", "imagenet")
     eight = load_fewshot(get_dataset("dtd", tmp_path), 8, 1)

@@ -188,3 +188,20 @@ def test_an_items_features_do_not_depend_on_what_else_was_computed_with_it(vlm, 
         grown.get(vlm, dataset, "train", items[i:i + 1], spec, view=1)
     grown.get(vlm, dataset, "train", items[:3], spec, view=1)
     assert torch.equal(grown.get(vlm, dataset, "train", items, spec, view=1), together)
+
+
+def test_a_feature_file_copied_over_another_keys_is_computed_again(vlm, micro_dirs, tmp_path, caplog):
+    """The file name holds only part of the key: the key recorded inside is compared with the one it is read for."""
+    eva = load_vlm(f"local-dir:{micro_dirs['eva']}", device="cpu")
+    dataset = CountingColours(n=12)
+    items, cache = dataset.split("train"), FeatureCache(root=tmp_path, workers=0)
+    own = cache.get(eva, dataset, "train", items, eva.test_transform_spec)
+    other = cache.get(vlm, dataset, "train", items, vlm.test_transform_spec, view=None)
+    # another model's features (same width, same items) copied over this model's file
+    eva_file = cache.path(eva, dataset, "train", eva.test_transform_spec, None)
+    eva_file.write_bytes(cache.path(vlm, dataset, "train", vlm.test_transform_spec, None).read_bytes())
+    assert not torch.equal(own, other)
+    again = FeatureCache(root=tmp_path, workers=0)
+    assert torch.equal(again.get(eva, dataset, "train", items, eva.test_transform_spec), own)
+    assert again.computed == len(items)  # computed again, not read
+    assert "was computed for another key: model_fingerprint" in caplog.text

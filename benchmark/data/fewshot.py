@@ -2,8 +2,8 @@
 
 K items per class are drawn from ``train`` and ``min(K, 4)`` per class from ``val`` (CoOp's rule).
 Samples are stored as JSON under the dataset's ``fewshot_dir`` (``shot_{K}-seed_{seed}.json``); a
-stored file is reused only when it was drawn from the same dataset fingerprint and matches its content hash
-(a damaged file is drawn again, with a warning). Nothing is unpickled.
+stored file is reused only when the key it records (dataset, dataset fingerprint, K, seed) is the key it is read
+for and it matches its content hash (otherwise it is drawn again, with a warning). Nothing is unpickled.
 
 A class with fewer than K items gives all of them, without replacement, as Dassl's ``generate_fewshot_dataset``
 does; when every class is that short, K itself is lowered to the largest class (:func:`effective_shots`), so
@@ -91,6 +91,16 @@ def sample_fewshot(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
     return FewShotSplit(dataset.name, shots, seed, [tuple(i) for i in train], [tuple(i) for i in val])
 
 
+def _key_mismatch(data: dict, dataset: Dataset, shots: int, seed: int) -> str | None:
+    """What of the key a stored sample records differs from the key it is read for (None: all agree).
+
+    A file copied over another seed's or another dataset's would otherwise be used under the wrong name.
+    """
+    expected = {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "shots": shots, "seed": seed}
+    wrong = [f"{key} {data.get(key)!r} (not {value!r})" for key, value in expected.items() if data.get(key) != value]
+    return ", ".join(wrong) if wrong else None
+
+
 def load_fewshot(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
     """The few-shot sample of (dataset, K, seed): read from its JSON file, or drawn and written.
 
@@ -107,7 +117,9 @@ def load_fewshot(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
             if not intact:
                 log.warning("few-shot file %s %s: it is sampled again", path,
                             "has no content hash" if intact is None else "does not match its content hash")
-            elif data.get("dataset_fingerprint") == dataset.fingerprint:
+            elif (mismatch := _key_mismatch(data, dataset, shots, seed)) is not None:
+                log.warning("few-shot file %s was drawn for %s: it is sampled again", path, mismatch)
+            else:
                 return FewShotSplit(
                     dataset.name, shots, seed,
                     [(str(r), int(y)) for r, y in data["train"]],
