@@ -12,6 +12,7 @@ upgradebench zoo install  # the shipped weights (`zoo build` retrains them and c
 upgradebench sweep --grid grids/main.yaml --results runs --jobs "${JOBS:-1}"
 upgradebench sweep --grid grids/ablations.yaml --results runs --jobs "${JOBS:-1}"
 upgradebench sweep --grid grids/oracle.yaml --results runs --jobs "${JOBS:-1}"
+upgradebench sweep --grid grids/oracle-coop.yaml --results runs --jobs "${JOBS:-1}"
 upgradebench analyze depth --dataset toy-pattern --layers 0-3 --target toy-eva --target toy-eva-drift \
     --seed 1 --seed 2 --seed 3 --results runs
 upgradebench analyze drift --source toy-clip --target toy-eva --target toy-eva-drift --out analysis/drift.parquet
