@@ -162,7 +162,9 @@ class Method(Generic[ConfigT], metaclass=_Named):
     @property
     def name(self) -> str:
         """The name this method's class is registered under."""
-        return type(self).name
+        from .discovery import registered_name  # the registry imports this module
+
+        return registered_name(type(self))
 
     @abstractmethod
     def fit(self, source: VLM, task: FewShotTask, config: ConfigT, seed: int) -> Module:

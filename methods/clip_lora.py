@@ -58,10 +58,11 @@ def attention_blocks(vlm: VLM) -> list[nn.MultiheadAttention]:
     """The attention module of every text block of ``vlm``."""
     blocks = [m for name, m in vlm.text_modules.items() if name.startswith("block_")]
     attns = [getattr(b, "attn", None) for b in blocks]
-    if not all(isinstance(a, nn.MultiheadAttention) for a in attns):
+    found = [a for a in attns if isinstance(a, nn.MultiheadAttention)]
+    if len(found) != len(attns):
         raise UserError(f"{vlm.name}'s text blocks have no nn.MultiheadAttention to adapt.",
                         "CLIP-LoRA needs a CLIP-style text tower")
-    return attns
+    return found
 
 
 def parse_layers(layers: str, num_layers: int) -> list[int]:
@@ -122,7 +123,7 @@ class LoRAFactors:
         for i, attn in enumerate(attention_blocks(vlm)):
             deltas = [self.delta(i, p) for p in "qkv"]
             if any(d is not None for d in deltas):
-                w = attn.in_proj_weight
+                w: torch.Tensor = attn.in_proj_weight
                 stacked = torch.cat([d.to(w.device) if d is not None else torch.zeros_like(w[:self.width])
                                      for d in deltas])
                 out[names[id(w)]] = w + stacked
@@ -206,7 +207,7 @@ def training_dropout(vlm: VLM, factors: LoRAFactors, p: float, generator: torch.
                     attn_mask: torch.Tensor | None = None, module: nn.MultiheadAttention = attn, i: int = i,
                     **kwargs: Any) -> tuple[torch.Tensor, None]:
             return dropout_attention(module, factors, i, query, key, value, attn_mask, p, generator), None
-        attn.forward = forward
+        attn.forward = forward  # type: ignore[method-assign]  # shadowed on the instance while fitting, then deleted
     try:
         yield
     finally:
@@ -264,7 +265,7 @@ class CLIPLoRA(Method[CLIPLoRAConfig]):
     def fit(self, source: VLM, task: FewShotTask, config: CLIPLoRAConfig, seed: int) -> CLIPLoRAModule:
         factors = LoRAFactors.init(source, config, seed)
         params = {k: nn.Parameter(v.to(source.device)) for k, v in factors.tensors.items()}
-        factors.tensors = params
+        factors.tensors = dict(params)
         optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay,
                                       betas=(0.9, 0.999))
         total = self.steps(config, task.dataset.name, len(task.class_names), task.shots)

@@ -69,6 +69,8 @@ def prograd_backward(params: list[torch.nn.Parameter], lambda_: float) -> Callab
         kl_grads = torch.autograd.grad(kl, params, retain_graph=True)
         ce.backward()
         for p, g_kl in zip(params, kl_grads):
+            if p.grad is None:
+                raise RuntimeError("ProGrad: a context parameter has no gradient of the cross-entropy")
             p.grad = project_gradient(p.grad, g_kl, lambda_)
         return ce
 

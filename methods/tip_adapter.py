@@ -147,7 +147,8 @@ class TipAdapterF(Method[TipAdapterConfig]):
         template = config.template or task.template
         device, classes, scale = source.device, len(task.class_names), source.logit_scale
 
-        views = task.train_view_features(config.augment_views, crop_scale=tuple(config.crop_scale))
+        crop_scale = (config.crop_scale[0], config.crop_scale[1])  # a tuple even when a grid gave a list
+        views = task.train_view_features(config.augment_views, crop_scale=crop_scale)
         keys = torch.nn.Parameter(F.normalize(views.mean(0), dim=-1).to(device))
         labels = task.train_labels.to(device)
         values = F.one_hot(labels, classes).float()
@@ -161,7 +162,7 @@ class TipAdapterF(Method[TipAdapterConfig]):
         generator = torch.Generator().manual_seed(seed)
         best_acc, best_keys = -1.0, keys.detach().clone()
         for epoch in range(epochs):
-            feats = F.normalize(task.epoch_features(epoch, generator, tuple(config.crop_scale)).to(device), dim=-1)
+            feats = F.normalize(task.epoch_features(epoch, generator, crop_scale).to(device), dim=-1)
             for idx in torch.randperm(len(labels), generator=generator).split(config.batch_size):
                 idx = idx.to(device)
                 loss = F.cross_entropy(tip_logits(feats[idx], text, keys, values, alpha, beta, scale), labels[idx])
