@@ -24,32 +24,38 @@ RANGE = "upgradebench.range"
 
 @dataclass(frozen=True)
 class Range:
-    """Bounds of a numeric config value: ``ge`` / ``le`` included, ``gt`` / ``lt`` excluded; None is unbounded."""
+    """Bounds of a numeric config value: ``ge`` / ``le`` included, ``gt`` / ``lt`` excluded; None is unbounded.
+    ``why`` says where a bound comes from when that is not obvious (a refusal's fix shows it)."""
 
     ge: float | None = None
     gt: float | None = None
     le: float | None = None
     lt: float | None = None
+    why: str = ""
 
-    def holds(self, value: float) -> bool:
-        """Whether ``value`` is finite and within every bound."""
-        return math.isfinite(value) and all(
-            bound is None or test(value, bound) for bound, test in (
-                (self.ge, float.__ge__), (self.gt, float.__gt__), (self.le, float.__le__), (self.lt, float.__lt__)))
+    def _bounds(self) -> list[tuple[str, float, Any]]:
+        return [(op, bound, test) for op, bound, test in (
+            (">=", self.ge, float.__ge__), (">", self.gt, float.__gt__), ("<=", self.le, float.__le__),
+            ("<", self.lt, float.__lt__)) if bound is not None]
+
+    def broken(self, value: float) -> str:
+        """The bounds ``value`` breaks (``">= 1"``; every bound for a value that is not finite), or ``""``."""
+        return " and ".join(f"{op} {bound:g}" for op, bound, test in self._bounds()
+                            if not math.isfinite(value) or not test(value, float(bound)))
 
     def __str__(self) -> str:
-        return " and ".join(f"{op} {bound:g}" for op, bound in
-                            ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)) if bound is not None)
+        return " and ".join(f"{op} {bound:g}" for op, bound, _ in self._bounds())
 
 
 def ranged(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
-           le: float | None = None, lt: float | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
+           le: float | None = None, lt: float | None = None, why: str = "",
+           default_factory: Any = dataclasses.MISSING) -> Any:
     """A config field with a valid range, e.g. ``lr: float = ranged(0.002, gt=0)`` (for a tuple or list of numbers,
-    the range of each element: ``default_factory`` gives a mutable default)."""
+    the range of each element: ``default_factory`` gives a mutable default); ``why`` explains a bound."""
     if (ge, gt, le, lt) == (None, None, None, None):
         raise TypeError("ranged() needs at least one bound (ge, gt, le or lt)")
     return dataclasses.field(default=default, default_factory=default_factory,
-                             metadata={RANGE: Range(ge, gt, le, lt)})
+                             metadata={RANGE: Range(ge, gt, le, lt, why)})
 
 
 def field_range(f: dataclasses.Field) -> Range | None:
@@ -77,11 +83,16 @@ def check_ranges(what: str, config: Any) -> None:
         value = getattr(config, f.name)
         if bounds is None or value is None:
             continue
-        for item in value if isinstance(value, (tuple, list)) else [value]:
-            if isinstance(item, bool) or not isinstance(item, (int, float)) or not bounds.holds(float(item)):
-                raise UserError(f"{what}.{f.name}={value!r} is out of range (it must be {bounds}"
-                                f"{', each element' if isinstance(value, (tuple, list)) else ''}).",
-                                f"pass --config {f.name}=VALUE with a value {bounds}")
+        several = isinstance(value, (tuple, list))
+        for item in value if several else [value]:
+            numeric = isinstance(item, (int, float)) and not isinstance(item, bool)
+            broken = bounds.broken(float(item)) if numeric else str(bounds)
+            if broken:
+                why = f" ({bounds.why})" if bounds.why else ""
+                raise UserError(f"{what}.{f.name}={value!r} is out of range (it must be {broken}"
+                                f"{', each element' if several else ''}).",
+                                f"pass --config {f.name}=VALUE with {'each element' if several else 'a value'} "
+                                f"{bounds}{why}")
 
 
 def parse_config(config_class: type, what: str, overrides: dict[str, Any] | None = None, **values: Any) -> Any:

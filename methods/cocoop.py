@@ -30,7 +30,7 @@ from torch import nn
 from upgradebench import VLM, ClassPrompts, Module, SGDRecipe, class_prompts, ranged, transient
 from upgradebench.compat import check_image_width, check_text_width
 from upgradebench.memory import check_fits, encode_text_bounded
-from upgradebench.prompting import MAX_N_CTX
+from upgradebench.prompting import MAX_N_CTX, N_CTX_WHY
 
 from .coop import ContextLearner, FitInputs, FitState, Loss
 
@@ -41,7 +41,7 @@ MAX_PROMPTS = 4096  # prompt rows (images x classes) per text-encoder call at ev
 class CoCoOpConfig(SGDRecipe):
     """CoCoOp's ``vit_b16_c4_ep10_batch1_ctxv1`` recipe; ``meta_reduction`` is the meta-net's bottleneck (16)."""
 
-    n_ctx: int = ranged(4, ge=1, le=MAX_N_CTX)
+    n_ctx: int = ranged(4, ge=1, le=MAX_N_CTX, why=N_CTX_WHY)
     ctx_init: str | None = "a photo of a"
     init_std: float = ranged(0.02, ge=0)
     meta_reduction: int = ranged(16, ge=1)
@@ -127,7 +127,8 @@ class CoCoOp(ContextLearner[CoCoOpConfig, MetaNet]):
 
     def loss(self, fit: FitState[CoCoOpConfig, MetaNet]) -> Loss:
         """Cross-entropy of each image's logits against its own prompts."""
-        source, task, config, prompts, ctx, network = fit.source, fit.task, fit.config, fit.prompts, fit.ctx, fit.network
+        source, task, config = fit.source, fit.task, fit.config
+        prompts, ctx, network = fit.prompts, fit.ctx, fit.network
         check_fits(source, config.batch_size * len(task.class_names), prompts.tokens.shape[1], "CoCoOp")
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

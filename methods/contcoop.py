@@ -38,7 +38,7 @@ from upgradebench import (
 )
 from upgradebench.compat import check_text_width
 from upgradebench.memory import check_fits, encode_text_bounded
-from upgradebench.prompting import MAX_N_CTX
+from upgradebench.prompting import MAX_N_CTX, N_CTX_WHY
 
 from .coop import ContextLearner, FitInputs, FitState, Loss
 
@@ -47,7 +47,7 @@ from .coop import ContextLearner, FitInputs, FitState, Loss
 class ContCoOpConfig(SGDRecipe):
     """Paper defaults: N = 16, one head, lambda = 1, condition on the class name alone; CoOp's optimiser."""
 
-    n_ctx: int = ranged(16, ge=1, le=MAX_N_CTX)
+    n_ctx: int = ranged(16, ge=1, le=MAX_N_CTX, why=N_CTX_WHY)
     init_std: float = ranged(0.02, ge=0)
     attention: bool = True
     heads: int = ranged(1, ge=1)
@@ -145,7 +145,8 @@ class ContCoOp(ContextLearner[ContCoOpConfig, ClassConditioner | None]):
 
     def loss(self, fit: FitState[ContCoOpConfig, ClassConditioner | None]) -> Loss:
         """Cross-entropy + ``lambda * mean_i ||w_i - w_zs_i||_2`` on normalised features (without ``kd``: CE)."""
-        source, task, config, prompts, ctx, network = fit.source, fit.task, fit.config, fit.prompts, fit.ctx, fit.network
+        source, task, config = fit.source, fit.task, fit.config
+        prompts, ctx, network = fit.prompts, fit.ctx, fit.network
         names = task.class_names
         cond = condition_embeddings(source, names, config.condition) if network is not None else None
         zs = F.normalize(zeroshot_text_features(source, names, task.template), dim=-1)

@@ -32,7 +32,7 @@ from upgradebench import (
 )
 from upgradebench.compat import check_text_width
 from upgradebench.errors import UserError
-from upgradebench.prompting import MAX_DEPTH, MAX_N_CTX, check_depth
+from upgradebench.prompting import DEPTH_WHY, MAX_DEPTH, MAX_N_CTX, N_CTX_WHY, check_depth
 from upgradebench.training import Recipe, plain_backward
 
 
@@ -40,10 +40,10 @@ from upgradebench.training import Recipe, plain_backward
 class CoOpConfig(SGDRecipe):
     """CoOp's ``vit_b16`` recipe. ``epochs=None`` follows the shots (50/100/100/200/200; ImageNet 50)."""
 
-    n_ctx: int = ranged(16, ge=1, le=MAX_N_CTX)
+    n_ctx: int = ranged(16, ge=1, le=MAX_N_CTX, why=N_CTX_WHY)
     ctx_init: str | None = None
     init_std: float = ranged(0.02, ge=0)
-    depth: int = ranged(0, ge=0, le=MAX_DEPTH)
+    depth: int = ranged(0, ge=0, le=MAX_DEPTH, why=DEPTH_WHY)
 
 
 def init_context(vlm: VLM, n_ctx: int, ctx_init: str | None, init_std: float, seed: int) -> torch.Tensor:

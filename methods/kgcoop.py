@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from upgradebench import SGDRecipe, encode_prompts, ranged, zeroshot_text_features
-from upgradebench.prompting import MAX_N_CTX
+from upgradebench.prompting import MAX_N_CTX, N_CTX_WHY
 
 from .coop import ContextLearner, FitState, Loss
 
@@ -27,7 +27,7 @@ from .coop import ContextLearner, FitState, Loss
 class KgCoOpConfig(SGDRecipe):
     """KgCoOp's defaults: N = 4 from "a photo of a", W = 8.0, batch 128, 100 epochs, CoOp's optimiser."""
 
-    n_ctx: int = ranged(4, ge=1, le=MAX_N_CTX)
+    n_ctx: int = ranged(4, ge=1, le=MAX_N_CTX, why=N_CTX_WHY)
     ctx_init: str | None = "a photo of a"
     init_std: float = ranged(0.02, ge=0)
     kg_weight: float = ranged(8.0, ge=0)

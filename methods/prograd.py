@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from upgradebench import VLM, SGDRecipe, UserError, encode_prompts, ranged, text_embedding, zeroshot_text_features
-from upgradebench.prompting import MAX_N_CTX
+from upgradebench.prompting import MAX_N_CTX, N_CTX_WHY
 
 from .coop import ContextLearner, FitInputs, FitState, Loss
 
@@ -32,7 +32,7 @@ from .coop import ContextLearner, FitInputs, FitState, Loss
 class ProGradConfig(SGDRecipe):
     """ProGrad's defaults: N = 16 from the template's words (``ctx_init=None``), lambda = 1, T = 1; CoOp's recipe."""
 
-    n_ctx: int = ranged(16, ge=1, le=MAX_N_CTX)
+    n_ctx: int = ranged(16, ge=1, le=MAX_N_CTX, why=N_CTX_WHY)
     ctx_init: str | None = None
     lambda_: float = ranged(1.0, ge=0, le=1)
     temperature: float = ranged(1.0, gt=0)

@@ -37,7 +37,7 @@ from upgradebench import (
     zeroshot_text_features,
 )
 from upgradebench.compat import check_text_width
-from upgradebench.prompting import MAX_DEPTH, MAX_N_CTX
+from upgradebench.prompting import DEPTH_WHY, MAX_DEPTH, MAX_N_CTX, N_CTX_WHY
 
 from .coop import ContextLearner, FitInputs, FitState, Loss
 
@@ -46,9 +46,9 @@ from .coop import ContextLearner, FitInputs, FitState, Loss
 class TCPConfig(SGDRecipe):
     """TCP's defaults: N = 4, insertion at 2/3 of the tower, W = 8.0, Adam 0.002, batch 32, 50 epochs."""
 
-    n_ctx: int = ranged(4, ge=1, le=MAX_N_CTX)
+    n_ctx: int = ranged(4, ge=1, le=MAX_N_CTX, why=N_CTX_WHY)
     init_std: float = ranged(0.02, ge=0)
-    layer: int | None = ranged(None, ge=1, le=MAX_DEPTH)
+    layer: int | None = ranged(None, ge=1, le=MAX_DEPTH, why=DEPTH_WHY)
     kg_weight: float = ranged(8.0, ge=0)
     epochs: int | None = ranged(50, ge=1)
 
@@ -162,7 +162,8 @@ class TCP(ContextLearner[TCPConfig, KnowledgeEmbedding]):
 
     def loss(self, fit: FitState[TCPConfig, KnowledgeEmbedding]) -> Loss:
         """Cross-entropy + ``W * (1 - mean_i cos(w_i, t_zs_i))`` (KgCoOp's term)."""
-        source, task, config, prompts, ctx, network = fit.source, fit.task, fit.config, fit.prompts, fit.ctx, fit.network
+        source, task, config = fit.source, fit.task, fit.config
+        prompts, ctx, network = fit.prompts, fit.ctx, fit.network
         layer = insertion_layer(source, config)
         zs = knowledge(source, task.class_names, task.template)
 
