@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from upgradebench import Method, UserError, available_methods, get_method
+from upgradebench import Method, UserError, available_methods, get_method, ranged
 from upgradebench.discovery import METHODS, discover_methods
 from upgradebench.results import read_results
 
@@ -111,6 +112,9 @@ class _NotADataclass:
     ({"version": None}, "has no version", 'version = "1"'),
     ({"module_class": None}, "has no module_class", "@dataclass subclass of upgradebench.Module"),
     ({"fit": None}, "does not implement fit", "implement fit"),
+    ({"Config": dataclass(type("C", (), {"__annotations__": {"k": "int"}}))}, "have no default", "default"),
+    ({"Config": dataclass(type("C", (), {"__annotations__": {"k": "int"}, "k": ranged(0, ge=1)}))},
+     "out of its own range", "fix the default or the range"),
 ])
 def test_a_method_that_breaks_the_contract_is_refused_naming_the_plugin_and_the_fix(attrs, problem, fix, monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE))
