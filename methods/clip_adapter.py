@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from upgradebench import VLM, FewShotTask, Method, Module, SGDRecipe, fit_recipe, ranged, zeroshot_text_features
 from upgradebench.compat import check_image_width
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
 from upgradebench import VLM, FewShotTask, Method, Module, UserError, clean_name, ranged
 from upgradebench.training import minibatches
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from upgradebench import VLM, ClassPrompts, Module, SGDRecipe, class_prompts, ranged, transient
 from upgradebench.compat import check_image_width, check_text_width
 from upgradebench.memory import check_fits, encode_text_bounded

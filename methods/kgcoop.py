@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from upgradebench import SGDRecipe, encode_prompts, ranged, zeroshot_text_features
 from upgradebench.prompting import MAX_N_CTX, N_CTX_WHY
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from upgradebench import VLM, FewShotTask, Method, Module, UserError, ranged
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from upgradebench import VLM, SGDRecipe, UserError, encode_prompts, ranged, text_embedding, zeroshot_text_features
 from upgradebench.prompting import MAX_N_CTX, N_CTX_WHY
 

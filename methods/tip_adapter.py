@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from upgradebench import VLM, FewShotTask, Method, Module, UserError, ranged, zeroshot_text_features
 from upgradebench.compat import check_image_width
 

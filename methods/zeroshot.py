@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from upgradebench import VLM, FewShotTask, Method, Module, zeroshot_text_features
 
 
