@@ -21,7 +21,7 @@ MAX_CONTEXT = 77  # the longest text context of an open_clip model (CLIP's)
 MAX_N_CTX = MAX_CONTEXT - 4  # room left for SOS, one class-name token, "." and EOS
 MAX_DEPTH = 35  # the deepest open_clip text tower has 36 blocks; the context enters at one of them
 N_CTX_WHY = f"a {MAX_CONTEXT}-token text context holds SOS, the context, the class name, '.' and EOS"
-DEPTH_WHY = f"the context enters at one of a text tower's blocks (at most {MAX_DEPTH + 1})"
+DEPTH_WHY = f"the context enters at one of a text tower's blocks, of which open_clip's deepest has {MAX_DEPTH + 1}"
 
 
 def clean_name(name: str) -> str:
