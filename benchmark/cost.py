@@ -26,7 +26,7 @@ from typing import Any
 
 from .data.coop_spec import coop_specs
 from .errors import UserError
-from .method import get_method
+from .discovery import get_method
 from .models import parse_model
 from .runner import RunSpec
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from .defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SHOTS, DEFAULT_SOURCE, DEFAULT_TARGETS, DEFAULT_VIEWS
 from .errors import UserError
-from .method import Method, get_method
+from .contract import Method
+from .discovery import get_method
 from .provenance import stable_hash
 from .task import ONLINE
 

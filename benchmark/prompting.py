@@ -11,9 +11,17 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import UserError
 from .models.vlm import VLM
 
 PLACEHOLDER = "X"
+# Static bounds of prompt configs, checked before any model loads (``upgradebench.config.ranged``); the model in use
+# is checked again when prompts are built (:func:`class_prompts`, :func:`encode_prompts`).
+MAX_CONTEXT = 77  # the longest text context of an open_clip model (CLIP's)
+MAX_N_CTX = MAX_CONTEXT - 4  # room left for SOS, one class-name token, "." and EOS
+MAX_DEPTH = 35  # the deepest open_clip text tower has 36 blocks; the context enters at one of them
+N_CTX_WHY = f"a {MAX_CONTEXT}-token text context holds SOS, the context, the class name, '.' and EOS"
+DEPTH_WHY = f"the context enters at one of a text tower's blocks, of which open_clip's deepest has {MAX_DEPTH + 1}"
 
 
 def clean_name(name: str) -> str:
@@ -39,12 +47,32 @@ def class_prompts(vlm: VLM, class_names: list[str], n_ctx: int) -> ClassPrompts:
     texts = [" ".join([PLACEHOLDER] * n_ctx + [n]) + "." for n in names]
     tokens = vlm.tokenize(texts)
     eot = vlm.eot_index(tokens)
+    name_lengths = eot - 1 - n_ctx - 1  # minus SOS, context and "."
+    if int(eot.max()) == tokens.shape[1] - 1:  # a prompt fills the context: the tokenizer may have cut a class name
+        _check_names_fit(vlm, names, name_lengths, n_ctx)
     length = int(eot.max()) + 1
     tokens = tokens[:, :length]
     with torch.no_grad():
         emb = vlm.token_embeddings(tokens)
-    name_lengths = eot - 1 - n_ctx - 1  # minus SOS, context and "."
     return ClassPrompts(tokens, eot, emb[:, :1], emb[:, 1 + n_ctx:], name_lengths, n_ctx)
+
+
+def _check_names_fit(vlm: VLM, names: list[str], name_lengths: torch.Tensor, n_ctx: int) -> None:
+    """Refuse prompts whose class names the tokenizer cut off: the class would be invisible to the text encoder."""
+    full = vlm.eot_index(vlm.tokenize(names)) - 1  # each name's own token count
+    cut = [n for n, kept, own in zip(names, name_lengths.tolist(), full.tolist()) if kept < own]
+    if cut:
+        room = vlm.context_length - 3 - int(full.max())
+        raise UserError(f"{n_ctx} context tokens leave no room in {vlm.name}'s {vlm.context_length}-token context for "
+                        f"the class names {', '.join(map(repr, cut[:3]))}{' ...' if len(cut) > 3 else ''}.",
+                        f"pass --config n_ctx=N with N <= {max(room, 1)}")
+
+
+def check_depth(vlm: VLM, depth: int) -> None:
+    """Refuse a context depth beyond ``vlm``'s text tower (the context enters at block ``depth``)."""
+    if not 0 <= depth < vlm.num_text_layers:
+        raise UserError(f"depth {depth} is outside {vlm.name}'s text tower of {vlm.num_text_layers} blocks.",
+                        f"pass --config depth=K with 0 <= K <= {vlm.num_text_layers - 1}")
 
 
 def text_embedding(vlm: VLM, text: str) -> torch.Tensor:
@@ -72,6 +100,7 @@ def encode_prompts(vlm: VLM, prompts: ClassPrompts, ctx: torch.Tensor, depth: in
     """
     if depth == 0:
         return vlm.encode_text_embeddings(assemble(prompts, ctx), prompts.eot)
+    check_depth(vlm, depth)
     with torch.no_grad():
         hidden = vlm.hidden_states_at(prompts.tokens, depth)
     if ctx.dim() == 2:

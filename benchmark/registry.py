@@ -1,7 +1,7 @@
 """One typed registry class for methods and datasets.
 
 Targets may be objects or lazy ``"module:attr"`` strings that are imported on first use; a base-class
-check runs when a target is resolved; unknown names raise :class:`UnknownNameError` with a
+check, and the registry's own ``check`` of its contract, run when a target is resolved; unknown names raise :class:`UnknownNameError` with a
 "did you mean"; every entry remembers where it came from (built-in, a distribution, the user).
 Built-in entries may be registered from data on first use of the registry (``builtins``), so no module has to
 be imported for its registrations to exist.
@@ -45,10 +45,14 @@ class Registry(Generic[T]):
     """Names -> targets of one kind, resolved lazily and checked against ``base``."""
 
     def __init__(self, kind: str, base: type | None = None,
-                 builtins: Callable[[Registry[T]], None] | None = None) -> None:
-        """``builtins(registry)``, if given, registers the built-in entries once, before the registry is first used."""
+                 builtins: Callable[[Registry[T]], None] | None = None,
+                 check: Callable[[Entry[T], Any], None] | None = None) -> None:
+        """``builtins(registry)``, if given, registers the built-in entries once, before the registry is first used;
+        ``check(entry, target)``, if given, raises a :class:`UserError` for a target that breaks the contract of its
+        kind (it runs once per name, when the name is first resolved)."""
         self.kind = kind
         self.base = base
+        self._check = check
         self._builtins = builtins
         self._entries: dict[str, Entry[T]] = {}
         self._resolved: dict[str, T] = {}
@@ -108,8 +112,17 @@ class Registry(Generic[T]):
                 f"{self.kind} {name!r} from {entry.origin} is {target!r}, not a subclass of {self.base.__name__}.",
                 f"make it subclass {self.base.__module__}.{self.base.__name__}",
             )
+        if self._check is not None:
+            self._check(entry, target)
         self._resolved[name] = target
         return target
+
+    def names_of(self, target: Any) -> list[str]:
+        """The names registered for ``target``: resolved to it, or naming it lazily as ``"module:qualname"``."""
+        self._load_builtins()
+        ref = f"{getattr(target, '__module__', '')}:{getattr(target, '__qualname__', '')}"
+        return sorted(name for name, entry in self._entries.items()
+                      if self._resolved.get(name) is target or entry.target is target or entry.target == ref)
 
     def names(self) -> list[str]:
         """All registered names, sorted."""

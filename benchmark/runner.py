@@ -39,7 +39,9 @@ from .defaults import DEFAULT_VIEWS
 from .errors import UserError
 from .integrity import clean_stale_tmp
 from .features import FeatureCache
-from .method import MODULE_CONFIG, Module, load_module, method_entry
+from .contract import Module
+from .discovery import method_entry
+from .module_io import MODULE_CONFIG, load_module
 from .models import VLM, load_vlm, parse_model, resolve_device
 from .paths import default_results_dir
 from .plan import RunPlan, RunSpec, make_plan, safe_name

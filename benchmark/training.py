@@ -11,25 +11,38 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
+from .config import ranged
 from .features import progress_bar
 from .task import FewShotTask
+
+
+class Recipe(Protocol):
+    """What :func:`fit_recipe` reads of a config: the fields of :class:`SGDRecipe` (a config may declare its own)."""
+
+    epochs: int | None
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup_epochs: int
+    warmup_lr: float
 
 
 @dataclass
 class SGDRecipe:
     """CoOp's optimiser recipe as config fields; method configs inherit it. ``epochs=None`` follows the shots."""
 
-    epochs: int | None = None
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
+    epochs: int | None = ranged(None, ge=1)
+    batch_size: int = ranged(32, ge=1)
+    lr: float = ranged(0.002, gt=0)
+    momentum: float = ranged(0.9, ge=0, le=1)
+    weight_decay: float = ranged(5e-4, ge=0)
+    warmup_epochs: int = ranged(1, ge=0)
+    warmup_lr: float = ranged(1e-5, ge=0)
 
 
 def coop_epochs(shots: int, dataset: str = "") -> int:
@@ -138,7 +151,7 @@ def fit_epochs(
 
 def fit_recipe(task: FewShotTask, params: list[torch.nn.Parameter],
                loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
-               recipe: SGDRecipe, seed: int, optimizer: str = "sgd", adam_eps: float = 1e-8,
+               recipe: Recipe, seed: int, optimizer: str = "sgd", adam_eps: float = 1e-8,
                backward: Callable[[Any], torch.Tensor] = plain_backward) -> list[float]:
     """:func:`fit_epochs` with the fields of ``recipe`` (epochs by shots when ``recipe.epochs`` is None)."""
     return fit_epochs(task, params, loss_fn, epochs=recipe.epochs or coop_epochs(task.shots, task.dataset.name),

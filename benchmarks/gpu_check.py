@@ -42,7 +42,7 @@ from upgradebench.cost import estimate
 from upgradebench.data import load_fewshot
 from upgradebench.features import FeatureCache, autocast_context
 from upgradebench.memory import TextShape, encode_text_bounded, model_bytes, training_peak_bytes
-from upgradebench.method import available_methods, get_method
+from upgradebench.discovery import available_methods, get_method
 from upgradebench.models import VLM, ModelSpec
 from upgradebench.prompting import class_prompts
 from upgradebench.sweep import load_grid

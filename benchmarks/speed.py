@@ -29,7 +29,7 @@ from PIL import Image
 import open_clip
 from upgradebench.data import Dataset, load_fewshot, get_dataset
 from upgradebench.features import FeatureCache
-from upgradebench.method import get_method
+from upgradebench.discovery import get_method
 from upgradebench.models import VLM, ModelSpec, load_vlm
 from upgradebench.runner import Runner
 from upgradebench.task import ONLINE, FewShotTask

@@ -40,7 +40,7 @@ import torch
 from speed import SyntheticDataset, _time_epochs, random_arch_vlms  # benchmarks/speed.py, next to this script
 from upgradebench.data import load_fewshot
 from upgradebench.features import FeatureCache
-from upgradebench.method import get_method
+from upgradebench.discovery import get_method
 from upgradebench.task import FewShotTask
 from report import emit  # benchmarks/report.py, next to this script
 

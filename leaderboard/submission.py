@@ -27,7 +27,7 @@ import pandas as pd
 from safetensors import safe_open
 
 from upgradebench.errors import UnknownNameError, UserError
-from upgradebench.method import MODULE_CONFIG, MODULE_WEIGHTS, load_module
+from upgradebench.module_io import MODULE_CONFIG, MODULE_WEIGHTS, load_module
 from upgradebench.results import in_distribution, method_label, paired, read_results
 from upgradebench.sweep import load_grid
 

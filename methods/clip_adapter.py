@@ -20,19 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upgradebench import VLM, FewShotTask, Method, Module, SGDRecipe, fit_recipe, ranged, zeroshot_text_features
 from upgradebench.compat import check_image_width
-from upgradebench.method import Method, Module
-from upgradebench.models import VLM
-from upgradebench.prompting import zeroshot_text_features
-from upgradebench.training import SGDRecipe, fit_recipe
 
 
 @dataclass
 class CLIPAdapterConfig(SGDRecipe):
     """Residual ratio 0.2 and reduction 4 (reference); CoOp's optimiser recipe (no reference config)."""
 
-    ratio: float = 0.2
-    reduction: int = 4
+    ratio: float = ranged(0.2, ge=0, le=1)
+    reduction: int = ranged(4, ge=1)
     template: str | None = None
 
 
@@ -78,7 +75,7 @@ class CLIPAdapterModule(Module):
         return vlm.logits(feats, zeroshot_text_features(vlm, class_names, self.template))
 
 
-class CLIPAdapter(Method):
+class CLIPAdapter(Method[CLIPAdapterConfig]):
     """CLIP-Adapter (Gao et al., 2023), reference gaopengcuhk/CLIP-Adapter 08d07f8; see the module docstring."""
 
     version = "1"
@@ -86,7 +83,7 @@ class CLIPAdapter(Method):
     Config = CLIPAdapterConfig
     module_class = CLIPAdapterModule
 
-    def fit(self, source: VLM, task: Any, config: CLIPAdapterConfig, seed: int) -> CLIPAdapterModule:
+    def fit(self, source: VLM, task: FewShotTask, config: CLIPAdapterConfig, seed: int) -> CLIPAdapterModule:
         template = config.template or task.template
         torch.manual_seed(seed)  # the adapter's default (Kaiming-uniform) init, reproducible per seed
         adapter = VisualAdapter(source.embed_dim, source.embed_dim // config.reduction).to(source.device)

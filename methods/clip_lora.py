@@ -32,10 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from upgradebench.errors import UserError
-from upgradebench.method import Method, Module
-from upgradebench.models import VLM
-from upgradebench.prompting import clean_name
+from upgradebench import VLM, FewShotTask, Method, Module, UserError, clean_name, ranged
 from upgradebench.training import minibatches
 
 PROJECTIONS = "qkvo"
@@ -46,26 +43,27 @@ class CLIPLoRAConfig:
     """CLIP-LoRA's defaults: r = 2, alpha = 1, q/k/v of every text block, AdamW 2e-4, 500 x K iterations, dropout
     0.25 on the LoRA branch's input while fitting."""
 
-    rank: int = 2
-    alpha: float = 1.0
+    rank: int = ranged(2, ge=1)
+    alpha: float = ranged(1.0, ge=0)
     params: str = "qkv"
     layers: str = "all"
-    iters_per_shot: int = 500
-    batch_size: int = 32
-    lr: float = 2e-4
-    weight_decay: float = 1e-2
-    eta_min: float = 1e-6
-    dropout: float = 0.25
+    iters_per_shot: int = ranged(500, ge=1)
+    batch_size: int = ranged(32, ge=1)
+    lr: float = ranged(2e-4, gt=0)
+    weight_decay: float = ranged(1e-2, ge=0)
+    eta_min: float = ranged(1e-6, ge=0)
+    dropout: float = ranged(0.25, ge=0, le=1)
 
 
 def attention_blocks(vlm: VLM) -> list[nn.MultiheadAttention]:
     """The attention module of every text block of ``vlm``."""
     blocks = [m for name, m in vlm.text_modules.items() if name.startswith("block_")]
     attns = [getattr(b, "attn", None) for b in blocks]
-    if not all(isinstance(a, nn.MultiheadAttention) for a in attns):
+    found = [a for a in attns if isinstance(a, nn.MultiheadAttention)]
+    if len(found) != len(attns):
         raise UserError(f"{vlm.name}'s text blocks have no nn.MultiheadAttention to adapt.",
                         "CLIP-LoRA needs a CLIP-style text tower")
-    return attns
+    return found
 
 
 def parse_layers(layers: str, num_layers: int) -> list[int]:
@@ -126,7 +124,7 @@ class LoRAFactors:
         for i, attn in enumerate(attention_blocks(vlm)):
             deltas = [self.delta(i, p) for p in "qkv"]
             if any(d is not None for d in deltas):
-                w = attn.in_proj_weight
+                w: torch.Tensor = attn.in_proj_weight
                 stacked = torch.cat([d.to(w.device) if d is not None else torch.zeros_like(w[:self.width])
                                      for d in deltas])
                 out[names[id(w)]] = w + stacked
@@ -210,7 +208,7 @@ def training_dropout(vlm: VLM, factors: LoRAFactors, p: float, generator: torch.
                     attn_mask: torch.Tensor | None = None, module: nn.MultiheadAttention = attn, i: int = i,
                     **kwargs: Any) -> tuple[torch.Tensor, None]:
             return dropout_attention(module, factors, i, query, key, value, attn_mask, p, generator), None
-        attn.forward = forward
+        attn.forward = forward  # type: ignore[method-assign]  # shadowed on the instance while fitting, then deleted
     try:
         yield
     finally:
@@ -218,15 +216,16 @@ def training_dropout(vlm: VLM, factors: LoRAFactors, p: float, generator: torch.
             del attn.forward
 
 
+@dataclass
 class CLIPLoRAModule(Module):
     """Low-rank factors of the text attention projections + the template; applied to the model in use.
 
-    Not a dataclass: its saved form predates derived state (factors at the top level of the safetensors file,
+    Its saved form predates the form derived from fields (factors at the top level of the safetensors file,
     their shapes in the JSON), so it keeps its own ``tensors`` / ``meta`` / ``from_state``.
     """
 
-    def __init__(self, factors: LoRAFactors, template: str) -> None:
-        self.factors, self.template = factors, template
+    factors: LoRAFactors
+    template: str
 
     def text_features(self, vlm: VLM, class_names: list[str]) -> torch.Tensor:
         """Class text features of ``vlm`` with the LoRA deltas added to its text weights."""
@@ -250,7 +249,7 @@ class CLIPLoRAModule(Module):
         return cls(factors, meta["template"])
 
 
-class CLIPLoRA(Method):
+class CLIPLoRA(Method[CLIPLoRAConfig]):
     """CLIP-LoRA (Zanella & Ben Ayed, 2024) on the text encoder, reference MaxZanella/CLIP-LoRA 358f0d7."""
 
     version = "2"  # 2: dropout 0.25 on the LoRA branches and the last partial batch kept, as the reference
@@ -264,10 +263,10 @@ class CLIPLoRA(Method):
         """The reference counts iterations, not epochs: ``iters_per_shot x K`` steps whatever the classes."""
         return config.iters_per_shot * shots
 
-    def fit(self, source: VLM, task: Any, config: CLIPLoRAConfig, seed: int) -> CLIPLoRAModule:
+    def fit(self, source: VLM, task: FewShotTask, config: CLIPLoRAConfig, seed: int) -> CLIPLoRAModule:
         factors = LoRAFactors.init(source, config, seed)
         params = {k: nn.Parameter(v.to(source.device)) for k, v in factors.tensors.items()}
-        factors.tensors = params
+        factors.tensors = dict(params)
         optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay,
                                       betas=(0.9, 0.999))
         total = self.steps(config, task.dataset.name, len(task.class_names), task.shots)

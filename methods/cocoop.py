@@ -28,14 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upgradebench import VLM, ClassPrompts, Module, SGDRecipe, class_prompts, ranged, transient
 from upgradebench.compat import check_image_width, check_text_width
 from upgradebench.memory import check_fits, encode_text_bounded
-from upgradebench.method import Module, transient
-from upgradebench.models import VLM
-from upgradebench.prompting import ClassPrompts, class_prompts
-from upgradebench.training import SGDRecipe
+from upgradebench.prompting import MAX_N_CTX, N_CTX_WHY
 
-from .coop import ContextLearner, Loss
+from .coop import ContextLearner, FitInputs, FitState, Loss
 
 MAX_PROMPTS = 4096  # prompt rows (images x classes) per text-encoder call at evaluation
 
@@ -44,12 +42,12 @@ MAX_PROMPTS = 4096  # prompt rows (images x classes) per text-encoder call at ev
 class CoCoOpConfig(SGDRecipe):
     """CoCoOp's ``vit_b16_c4_ep10_batch1_ctxv1`` recipe; ``meta_reduction`` is the meta-net's bottleneck (16)."""
 
-    n_ctx: int = 4
+    n_ctx: int = ranged(4, ge=1, le=MAX_N_CTX, why=N_CTX_WHY)
     ctx_init: str | None = "a photo of a"
-    init_std: float = 0.02
-    meta_reduction: int = 16
-    epochs: int | None = 10
-    batch_size: int = 1
+    init_std: float = ranged(0.02, ge=0)
+    meta_reduction: int = ranged(16, ge=1)
+    epochs: int | None = ranged(10, ge=1)
+    batch_size: int = ranged(1, ge=1)
 
 
 class MetaNet(nn.Module):
@@ -113,7 +111,7 @@ class CoCoOpModule(Module):
                           for f in feats.split(chunk)])
 
 
-class CoCoOp(ContextLearner):
+class CoCoOp(ContextLearner[CoCoOpConfig, MetaNet]):
     """Conditional Context Optimization (Zhou et al., 2022), reference KaiyangZhou/CoOp ff61507."""
 
     version = "1"
@@ -121,15 +119,17 @@ class CoCoOp(ContextLearner):
     Config = CoCoOpConfig
     module_class = CoCoOpModule
 
-    def network(self, source: VLM, task: Any, config: CoCoOpConfig, seed: int) -> MetaNet:
+    def network(self, fit: FitInputs[CoCoOpConfig]) -> MetaNet:
         """The meta-net, PyTorch's default init seeded per run."""
-        torch.manual_seed(seed)  # the meta-net's default init, reproducible per seed
+        source, config = fit.source, fit.config
+        torch.manual_seed(fit.seed)  # the meta-net's default init, reproducible per seed
         width = source.embed_dim
         return MetaNet(width, width // config.meta_reduction, source.text_width).to(source.device)
 
-    def loss(self, source: VLM, task: Any, config: CoCoOpConfig, prompts: ClassPrompts, ctx: torch.Tensor,
-             network: MetaNet) -> Loss:
+    def loss(self, fit: FitState[CoCoOpConfig, MetaNet]) -> Loss:
         """Cross-entropy of each image's logits against its own prompts."""
+        source, task, config = fit.source, fit.task, fit.config
+        prompts, ctx, network = fit.prompts, fit.ctx, fit.network
         check_fits(source, config.batch_size * len(task.class_names), prompts.tokens.shape[1], "CoCoOp")
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -138,7 +138,6 @@ class CoCoOp(ContextLearner):
 
         return loss_fn
 
-    def module(self, source: VLM, task: Any, config: CoCoOpConfig, ctx: torch.Tensor,
-               network: MetaNet) -> CoCoOpModule:
+    def module(self, fit: FitState[CoCoOpConfig, MetaNet]) -> CoCoOpModule:
         """The context and the meta-net."""
-        return CoCoOpModule(ctx, network)
+        return CoCoOpModule(fit.ctx, fit.network)

@@ -26,27 +26,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upgradebench import (VLM, Module, SGDRecipe, UserError, assemble, class_prompts, condition_embeddings, ranged,
+                          zeroshot_text_features)
 from upgradebench.compat import check_text_width
-from upgradebench.errors import UserError
 from upgradebench.memory import check_fits, encode_text_bounded
-from upgradebench.method import Module
-from upgradebench.models import VLM
-from upgradebench.prompting import ClassPrompts, assemble, class_prompts, condition_embeddings, zeroshot_text_features
-from upgradebench.training import SGDRecipe
+from upgradebench.prompting import MAX_N_CTX, N_CTX_WHY
 
-from .coop import ContextLearner, Loss
+from .coop import ContextLearner, FitInputs, FitState, Loss
 
 
 @dataclass
 class ContCoOpConfig(SGDRecipe):
     """Paper defaults: N = 16, one head, lambda = 1, condition on the class name alone; CoOp's optimiser."""
 
-    n_ctx: int = 16
-    init_std: float = 0.02
+    n_ctx: int = ranged(16, ge=1, le=MAX_N_CTX, why=N_CTX_WHY)
+    init_std: float = ranged(0.02, ge=0)
     attention: bool = True
-    heads: int = 1
+    heads: int = ranged(1, ge=1)
     kd: bool = True
-    kd_weight: float = 1.0
+    kd_weight: float = ranged(1.0, ge=0)
     condition: str = "{}"
 
 
@@ -121,7 +119,7 @@ class ContCoOpModule(Module):
         return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
 
 
-class ContCoOp(ContextLearner):
+class ContCoOp(ContextLearner[ContCoOpConfig, ClassConditioner | None]):
     """Class-conditioned Context Optimization (the paper's method), see the module docstring."""
 
     version = "1"
@@ -129,16 +127,18 @@ class ContCoOp(ContextLearner):
     Config = ContCoOpConfig
     module_class = ContCoOpModule
 
-    def network(self, source: VLM, task: Any, config: ContCoOpConfig, seed: int) -> ClassConditioner | None:
+    def network(self, fit: FitInputs[ContCoOpConfig]) -> ClassConditioner | None:
         """The attention of Eq. (1) (None with ``attention=False``)."""
+        source, config = fit.source, fit.config
         if not config.attention:
             return None
-        torch.manual_seed(seed)  # Kaiming init of W_Q, W_K, W_V, W_O, reproducible per seed
+        torch.manual_seed(fit.seed)  # Kaiming init of W_Q, W_K, W_V, W_O, reproducible per seed
         return ClassConditioner(source.text_width, config.heads).to(source.device)
 
-    def loss(self, source: VLM, task: Any, config: ContCoOpConfig, prompts: ClassPrompts, ctx: torch.Tensor,
-             network: ClassConditioner | None) -> Loss:
+    def loss(self, fit: FitState[ContCoOpConfig, ClassConditioner | None]) -> Loss:
         """Cross-entropy + ``lambda * mean_i ||w_i - w_zs_i||_2`` on normalised features (without ``kd``: CE)."""
+        source, task, config = fit.source, fit.task, fit.config
+        prompts, ctx, network = fit.prompts, fit.ctx, fit.network
         names = task.class_names
         cond = condition_embeddings(source, names, config.condition) if network is not None else None
         zs = F.normalize(zeroshot_text_features(source, names, task.template), dim=-1)
@@ -146,7 +146,7 @@ class ContCoOp(ContextLearner):
         check_fits(source, len(names), prompts.tokens.shape[1], "ContCoOp")
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            pc = network(ctx, *cond) if network is not None else ctx
+            pc = network(ctx, *cond) if network is not None and cond is not None else ctx
             text = encode_text_bounded(source, assemble(prompts, pc), prompts.eot)
             loss = F.cross_entropy(source.logits(feats, text), labels)
             if kd_weight:
@@ -155,7 +155,6 @@ class ContCoOp(ContextLearner):
 
         return loss_fn
 
-    def module(self, source: VLM, task: Any, config: ContCoOpConfig, ctx: torch.Tensor,
-               network: ClassConditioner | None) -> ContCoOpModule:
+    def module(self, fit: FitState[ContCoOpConfig, ClassConditioner | None]) -> ContCoOpModule:
         """The context, the attention and the condition text."""
-        return ContCoOpModule(ctx, network, config.condition)
+        return ContCoOpModule(fit.ctx, fit.network, fit.config.condition)

@@ -14,40 +14,38 @@ the method name ``kgcoop``; the knowledge-guidance term only shapes training (th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from upgradebench.models import VLM
-from upgradebench.prompting import ClassPrompts, encode_prompts, zeroshot_text_features
-from upgradebench.training import SGDRecipe
+from upgradebench import SGDRecipe, encode_prompts, ranged, zeroshot_text_features
+from upgradebench.prompting import MAX_N_CTX, N_CTX_WHY
 
-from .coop import ContextLearner, Loss
+from .coop import ContextLearner, FitState, Loss
 
 
 @dataclass
 class KgCoOpConfig(SGDRecipe):
     """KgCoOp's defaults: N = 4 from "a photo of a", W = 8.0, batch 128, 100 epochs, CoOp's optimiser."""
 
-    n_ctx: int = 4
+    n_ctx: int = ranged(4, ge=1, le=MAX_N_CTX, why=N_CTX_WHY)
     ctx_init: str | None = "a photo of a"
-    init_std: float = 0.02
-    kg_weight: float = 8.0
-    epochs: int | None = 100
-    batch_size: int = 128
+    init_std: float = ranged(0.02, ge=0)
+    kg_weight: float = ranged(8.0, ge=0)
+    epochs: int | None = ranged(100, ge=1)
+    batch_size: int = ranged(128, ge=1)
 
 
-class KgCoOp(ContextLearner):
+class KgCoOp(ContextLearner[KgCoOpConfig, None]):
     """Knowledge-guided Context Optimization (Yao et al., 2023), reference htyao89/KgCoOp c43ccc3."""
 
     version = "1"
     description = "CoOp context kept close to the zero-shot text features (W = 8)."
     Config = KgCoOpConfig
 
-    def loss(self, source: VLM, task: Any, config: KgCoOpConfig, prompts: ClassPrompts, ctx: torch.Tensor,
-             network: None) -> Loss:
+    def loss(self, fit: FitState[KgCoOpConfig, None]) -> Loss:
         """Cross-entropy + ``W * (1 - mean_i cos(t_i, t_zs_i))``."""
+        source, task, config, prompts, ctx = fit.source, fit.task, fit.config, fit.prompts, fit.ctx
         zs = F.normalize(zeroshot_text_features(source, task.class_names, task.template), dim=-1)
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

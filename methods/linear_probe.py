@@ -11,24 +11,21 @@ the probe is applied to the target's image features, as the paper measures (it c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from upgradebench.errors import UserError
-from upgradebench.method import Method, Module
-from upgradebench.models import VLM
+from upgradebench import VLM, FewShotTask, Method, Module, UserError, ranged
 
 
 @dataclass
 class LinearProbeConfig:
     """C grid and bisection steps of CoOp's lpclip; ``max_iter`` of L-BFGS."""
 
-    c_grid: list[float] = field(default_factory=lambda: [1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6])
-    search_steps: int = 8
-    max_iter: int = 1000
+    c_grid: list[float] = ranged(gt=0, default_factory=lambda: [1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6])
+    search_steps: int = ranged(8, ge=1)
+    max_iter: int = ranged(1000, ge=1)
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, c: float, max_iter: int = 1000):
@@ -90,7 +87,7 @@ class LinearProbeModule(Module):
         return (x @ self.weight.T + self.bias).float()
 
 
-class LinearProbe(Method):
+class LinearProbe(Method[LinearProbeConfig]):
     """Linear probe of CLIP (Radford et al., 2021), following CoOp's ``lpclip`` (C searched on validation shots)."""
 
     version = "1"
@@ -99,7 +96,7 @@ class LinearProbe(Method):
     module_class = LinearProbeModule
     uses_train_views = False
 
-    def fit(self, source: VLM, task: Any, config: LinearProbeConfig, seed: int) -> LinearProbeModule:
+    def fit(self, source: VLM, task: FewShotTask, config: LinearProbeConfig, seed: int) -> LinearProbeModule:
         x, y = task.train_plain_features(), task.train_labels
         classes = len(task.class_names)
         if len(task.val_labels):

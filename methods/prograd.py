@@ -23,22 +23,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from upgradebench.errors import UserError
-from upgradebench.models import VLM
-from upgradebench.prompting import ClassPrompts, encode_prompts, text_embedding, zeroshot_text_features
-from upgradebench.training import SGDRecipe
+from upgradebench import VLM, SGDRecipe, UserError, encode_prompts, ranged, text_embedding, zeroshot_text_features
+from upgradebench.prompting import MAX_N_CTX, N_CTX_WHY
 
-from .coop import ContextLearner, Loss
+from .coop import ContextLearner, FitInputs, FitState, Loss
 
 
 @dataclass
 class ProGradConfig(SGDRecipe):
     """ProGrad's defaults: N = 16 from the template's words (``ctx_init=None``), lambda = 1, T = 1; CoOp's recipe."""
 
-    n_ctx: int = 16
+    n_ctx: int = ranged(16, ge=1, le=MAX_N_CTX, why=N_CTX_WHY)
     ctx_init: str | None = None
-    lambda_: float = 1.0
-    temperature: float = 1.0
+    lambda_: float = ranged(1.0, ge=0, le=1)
+    temperature: float = ranged(1.0, gt=0)
 
 
 def template_context(vlm: VLM, n_ctx: int, words: str) -> torch.Tensor:
@@ -72,6 +70,8 @@ def prograd_backward(params: list[torch.nn.Parameter], lambda_: float) -> Callab
         kl_grads = torch.autograd.grad(kl, params, retain_graph=True)
         ce.backward()
         for p, g_kl in zip(params, kl_grads):
+            if p.grad is None:
+                raise RuntimeError("ProGrad: a context parameter has no gradient of the cross-entropy")
             p.grad = project_gradient(p.grad, g_kl, lambda_)
         return ce
 
@@ -87,21 +87,22 @@ def prograd_losses(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: t
     return ce, kl
 
 
-class ProGrad(ContextLearner):
+class ProGrad(ContextLearner[ProGradConfig, None]):
     """Prompt-aligned Gradient (Zhu et al., 2023), reference BeierZhu/Prompt-align 1b76203."""
 
     version = "2"  # 2: the init phrase counted in words (the reference's rule), was tokens
     description = "CoOp context whose gradient never conflicts with the zero-shot prediction's (lambda = 1)."
     Config = ProGradConfig
 
-    def initial_context(self, source: VLM, task: Any, config: ProGradConfig, seed: int) -> torch.Tensor:
+    def initial_context(self, fit: FitInputs[ProGradConfig]) -> torch.Tensor:
         """Zeros whose last vectors are the template's words before the class name (or ``ctx_init``'s)."""
-        words = config.ctx_init if config.ctx_init is not None else task.template.split("{}")[0]
-        return template_context(source, config.n_ctx, words)
+        config = fit.config
+        words = config.ctx_init if config.ctx_init is not None else fit.task.template.split("{}")[0]
+        return template_context(fit.source, config.n_ctx, words)
 
-    def loss(self, source: VLM, task: Any, config: ProGradConfig, prompts: ClassPrompts, ctx: torch.Tensor,
-             network: None) -> Loss:
+    def loss(self, fit: FitState[ProGradConfig, None]) -> Loss:
         """``(L_ce, L_kl)`` against the source's zero-shot logits with the dataset template."""
+        source, task, config, prompts, ctx = fit.source, fit.task, fit.config, fit.prompts, fit.ctx
         zs = zeroshot_text_features(source, task.class_names, task.template)
 
         def loss_fn(feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,6 +111,6 @@ class ProGrad(ContextLearner):
 
         return loss_fn
 
-    def backward(self, params: list[torch.nn.Parameter], config: ProGradConfig) -> Callable[[Any], torch.Tensor]:
+    def backward(self, fit: FitState[ProGradConfig, None]) -> Callable[[Any], torch.Tensor]:
         """``grad L_ce`` projected away from a conflict with ``grad L_kl`` (:func:`prograd_backward`)."""
-        return prograd_backward(params, config.lambda_)
+        return prograd_backward(fit.params, fit.config.lambda_)

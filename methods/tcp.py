@@ -26,25 +26,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upgradebench import (VLM, ClassPrompts, Module, SGDRecipe, UserError, assemble, class_prompts, ranged,
+                          zeroshot_text_features)
 from upgradebench.compat import check_text_width
-from upgradebench.errors import UserError
-from upgradebench.method import Module
-from upgradebench.models import VLM
-from upgradebench.prompting import ClassPrompts, assemble, class_prompts, zeroshot_text_features
-from upgradebench.training import SGDRecipe
+from upgradebench.prompting import DEPTH_WHY, MAX_DEPTH, MAX_N_CTX, N_CTX_WHY
 
-from .coop import ContextLearner, Loss
+from .coop import ContextLearner, FitInputs, FitState, Loss
 
 
 @dataclass
 class TCPConfig(SGDRecipe):
     """TCP's defaults: N = 4, insertion at 2/3 of the tower, W = 8.0, Adam 0.002, batch 32, 50 epochs."""
 
-    n_ctx: int = 4
-    init_std: float = 0.02
-    layer: int | None = None
-    kg_weight: float = 8.0
-    epochs: int | None = 50
+    n_ctx: int = ranged(4, ge=1, le=MAX_N_CTX, why=N_CTX_WHY)
+    init_std: float = ranged(0.02, ge=0)
+    layer: int | None = ranged(None, ge=1, le=MAX_DEPTH, why=DEPTH_WHY)
+    kg_weight: float = ranged(8.0, ge=0)
+    epochs: int | None = ranged(50, ge=1)
 
 
 class QuickGELU(nn.Module):
@@ -133,7 +131,7 @@ class TCPModule(Module):
         return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
 
 
-class TCP(ContextLearner):
+class TCP(ContextLearner[TCPConfig, KnowledgeEmbedding]):
     """Textual-based Class-aware Prompt tuning (Yao et al., 2024).
 
     Reference: htyao89/Textual-based_Class-aware_prompt_tuning bd97bec (see the module docstring).
@@ -147,15 +145,17 @@ class TCP(ContextLearner):
     optimizer = "adam"
     adam_eps = 1e-3  # TCP's README: "set the EPS in Adam as 1e-3" (patched into Dassl's optimizer.py)
 
-    def network(self, source: VLM, task: Any, config: TCPConfig, seed: int) -> KnowledgeEmbedding:
+    def network(self, fit: FitInputs[TCPConfig]) -> KnowledgeEmbedding:
         """The knowledge embedding, PyTorch's default Linear init seeded per run."""
+        source, config = fit.source, fit.config
         insertion_layer(source, config)  # refused before anything trains
-        torch.manual_seed(seed)  # PyTorch's default Linear init of the meta-net, reproducible per seed
+        torch.manual_seed(fit.seed)  # PyTorch's default Linear init of the meta-net, reproducible per seed
         return KnowledgeEmbedding(source.embed_dim, config.n_ctx, source.text_width).to(source.device)
 
-    def loss(self, source: VLM, task: Any, config: TCPConfig, prompts: ClassPrompts, ctx: torch.Tensor,
-             network: KnowledgeEmbedding) -> Loss:
+    def loss(self, fit: FitState[TCPConfig, KnowledgeEmbedding]) -> Loss:
         """Cross-entropy + ``W * (1 - mean_i cos(w_i, t_zs_i))`` (KgCoOp's term)."""
+        source, task, config = fit.source, fit.task, fit.config
+        prompts, ctx, network = fit.prompts, fit.ctx, fit.network
         layer = insertion_layer(source, config)
         zs = knowledge(source, task.class_names, task.template)
 
@@ -166,7 +166,6 @@ class TCP(ContextLearner):
 
         return loss_fn
 
-    def module(self, source: VLM, task: Any, config: TCPConfig, ctx: torch.Tensor,
-               network: KnowledgeEmbedding) -> TCPModule:
+    def module(self, fit: FitState[TCPConfig, KnowledgeEmbedding]) -> TCPModule:
         """Context, knowledge embedding, the layer it was trained at, and the template of the knowledge."""
-        return TCPModule(ctx, network, insertion_layer(source, config), task.template)
+        return TCPModule(fit.ctx, fit.network, insertion_layer(fit.source, fit.config), fit.task.template)

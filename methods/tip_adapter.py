@@ -30,17 +30,12 @@ Departures, with the reason:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from upgradebench.errors import UserError
+from upgradebench import VLM, FewShotTask, Method, Module, UserError, ranged, zeroshot_text_features
 from upgradebench.compat import check_image_width
-from upgradebench.method import Method, Module
-from upgradebench.models import VLM
-from upgradebench.prompting import zeroshot_text_features
-
 
 # (init_alpha, init_beta, (beta scale, alpha scale)) of the reference's configs/<dataset>.yaml (16 shots)
 REFERENCE_HP: dict[str, tuple[float, float, tuple[float, float]]] = {
@@ -67,18 +62,18 @@ class TipAdapterConfig:
     ``crop_scale`` and ``search_scale`` are given on the command line as JSON, e.g. ``[0.5,1.0]``.
     """
 
-    augment_views: int = 10
-    crop_scale: tuple[float, float] = (0.5, 1.0)
+    augment_views: int = ranged(10, ge=1)
+    crop_scale: tuple[float, float] = ranged((0.5, 1.0), gt=0, le=1)
     template: str | None = None
-    epochs: int | None = None
-    batch_size: int = 256
-    lr: float = 1e-3
-    eps: float = 1e-4
-    init_alpha: float | None = None
-    init_beta: float | None = None
+    epochs: int | None = ranged(None, ge=1)
+    batch_size: int = ranged(256, ge=1)
+    lr: float = ranged(1e-3, gt=0)
+    eps: float = ranged(1e-4, ge=0)
+    init_alpha: float | None = ranged(None, ge=0)
+    init_beta: float | None = ranged(None, ge=0)
     search: bool = True
-    search_scale: tuple[float, float] | None = None
-    search_steps: tuple[int, int] = (200, 20)
+    search_scale: tuple[float, float] | None = ranged(None, gt=0)
+    search_steps: tuple[int, int] = ranged((200, 20), ge=1)
 
 
 def tip_logits(feats: torch.Tensor, text: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -132,7 +127,7 @@ class TipAdapterModule(Module):
 
 
 
-class TipAdapterF(Method):
+class TipAdapterF(Method[TipAdapterConfig]):
     """Tip-Adapter-F (Zhang et al., 2022), reference gaopengcuhk/Tip-Adapter d0e2d6f; see the module docstring."""
 
     version = "1"
@@ -145,7 +140,7 @@ class TipAdapterF(Method):
         """The reference's epochs: 20, EuroSAT 100 (unless the config sets them)."""
         return config.epochs or EPOCHS.get(dataset, 20)
 
-    def fit(self, source: VLM, task: Any, config: TipAdapterConfig, seed: int) -> TipAdapterModule:
+    def fit(self, source: VLM, task: FewShotTask, config: TipAdapterConfig, seed: int) -> TipAdapterModule:
         ref_alpha, ref_beta, ref_scales = REFERENCE_HP.get(task.dataset.name, REFERENCE_HP["imagenet"])
         alpha = ref_alpha if config.init_alpha is None else config.init_alpha
         beta = ref_beta if config.init_beta is None else config.init_beta
@@ -153,7 +148,8 @@ class TipAdapterF(Method):
         template = config.template or task.template
         device, classes, scale = source.device, len(task.class_names), source.logit_scale
 
-        views = task.train_view_features(config.augment_views, crop_scale=tuple(config.crop_scale))
+        crop_scale = (config.crop_scale[0], config.crop_scale[1])  # a tuple even when a grid gave a list
+        views = task.train_view_features(config.augment_views, crop_scale=crop_scale)
         keys = torch.nn.Parameter(F.normalize(views.mean(0), dim=-1).to(device))
         labels = task.train_labels.to(device)
         values = F.one_hot(labels, classes).float()
@@ -167,7 +163,7 @@ class TipAdapterF(Method):
         generator = torch.Generator().manual_seed(seed)
         best_acc, best_keys = -1.0, keys.detach().clone()
         for epoch in range(epochs):
-            feats = F.normalize(task.epoch_features(epoch, generator, tuple(config.crop_scale)).to(device), dim=-1)
+            feats = F.normalize(task.epoch_features(epoch, generator, crop_scale).to(device), dim=-1)
             for idx in torch.randperm(len(labels), generator=generator).split(config.batch_size):
                 idx = idx.to(device)
                 loss = F.cross_entropy(tip_logits(feats[idx], text, keys, values, alpha, beta, scale), labels[idx])

@@ -7,13 +7,10 @@ is why zero-shot transfers perfectly to an upgraded model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from upgradebench.method import Method, Module
-from upgradebench.models import VLM
-from upgradebench.prompting import zeroshot_text_features
+from upgradebench import VLM, FewShotTask, Method, Module, zeroshot_text_features
 
 
 @dataclass
@@ -33,7 +30,7 @@ class ZeroShotModule(Module):
         return vlm.logits(image_features.to(vlm.device), zeroshot_text_features(vlm, class_names, self.template))
 
 
-class ZeroShot(Method):
+class ZeroShot(Method[ZeroShotConfig]):
     """Zero-shot CLIP with the dataset's hand-written template (Radford et al., 2021; CoOp's zsclip)."""
 
     version = "1"
@@ -42,5 +39,5 @@ class ZeroShot(Method):
     module_class = ZeroShotModule
     uses_train_views = False
 
-    def fit(self, source: VLM, task: Any, config: ZeroShotConfig, seed: int) -> ZeroShotModule:
+    def fit(self, source: VLM, task: FewShotTask, config: ZeroShotConfig, seed: int) -> ZeroShotModule:
         return ZeroShotModule(config.template or task.template)

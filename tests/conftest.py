@@ -61,3 +61,35 @@ def tiny_dataset():
     DATASETS.register("tiny-colours", lambda root: TinyColours(root), num_classes=4, kind="test", replace=True)
     yield "tiny-colours"
     DATASETS.unregister("tiny-colours")
+
+
+@pytest.fixture(scope="module", params=["clip", "eva"])
+def vlm(request, micro_dirs):
+    """Each micro model in turn: the micro CLIP, then the micro EVA-style CustomTextCLIP."""
+    from upgradebench.models import load_vlm
+
+    return load_vlm(f"local-dir:{micro_dirs[request.param]}", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pair(micro_dirs):
+    """(source, target): the micro CLIP and the micro EVA-style CustomTextCLIP (same widths, same text architecture)."""
+    from upgradebench.models import load_vlm
+
+    return (load_vlm(f"local-dir:{micro_dirs['clip']}", device="cpu"),
+            load_vlm(f"local-dir:{micro_dirs['eva']}", device="cpu"))
+
+
+def random_features(vlm, n: int = 7, seed: int = 3) -> torch.Tensor:
+    """``n`` random image features of ``vlm``'s width (deterministic in ``seed``)."""
+    return torch.randn(n, vlm.embed_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def fewshot_task(vlm, dataset_name: str, shots: int = 2, seed: int = 1, views: int = 2):
+    """A ``shots``-shot task of a registered dataset on ``vlm``, with a fresh feature cache."""
+    from upgradebench import FewShotTask
+    from upgradebench.data import get_dataset, load_fewshot
+    from upgradebench.features import FeatureCache
+
+    dataset = get_dataset(dataset_name)
+    return FewShotTask(dataset, load_fewshot(dataset, shots, seed), vlm, FeatureCache(), views=views)

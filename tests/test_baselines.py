@@ -9,50 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from upgradebench.data import load_fewshot, get_dataset
-from upgradebench.features import FeatureCache
-from upgradebench.method import get_method, load_module
-from upgradebench.models import load_vlm
-from upgradebench.prompting import class_prompts, encode_prompts, text_embedding, zeroshot_text_features
-from upgradebench.task import FewShotTask
-
+from upgradebench import class_prompts, encode_prompts, get_method, load_module, text_embedding, zeroshot_text_features
+from upgradebench.data import get_dataset
 from upgradebench.methods.clip_adapter import CLIPAdapterModule, VisualAdapter
 from upgradebench.methods.cocoop import CoCoOpModule, MetaNet
 from upgradebench.methods.coop import CoOpModule
 from upgradebench.methods.tip_adapter import TipAdapterModule, search_alpha_beta, tip_logits
 from upgradebench.methods.zeroshot import ZeroShotModule
 
+from .conftest import fewshot_task as _task
+from .conftest import random_features as _feats
+
 NAMES = ["red", "green", "blue", "yellow", "sea_lion", "annual crop land"]
 TEMPLATE = "a photo of a {}."
-TINY = {  # a few epochs of each method, enough to move every parameter
-    "clip-adapter": {"epochs": "3"},
-    "tip-adapter-f": {"epochs": "3", "search_steps": "[20,10]"},
-    "cocoop": {"epochs": "2"},
-    "kgcoop": {"epochs": "3", "batch_size": "4"},
-}
-
-
-@pytest.fixture(scope="module", params=["clip", "eva"])
-def vlm(request, micro_dirs):
-    return load_vlm(f"local-dir:{micro_dirs[request.param]}", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def pair(micro_dirs):
-    """(source, target): the micro CLIP and the micro EVA-style CustomTextCLIP."""
-    return (load_vlm(f"local-dir:{micro_dirs['clip']}", device="cpu"),
-            load_vlm(f"local-dir:{micro_dirs['eva']}", device="cpu"))
-
-
-def _feats(vlm, n=7, seed=3):
-    return torch.randn(n, vlm.embed_dim, generator=torch.Generator().manual_seed(seed))
-
-
-def _task(vlm, dataset_name, shots=2, seed=1):
-    dataset = get_dataset(dataset_name)
-    return FewShotTask(dataset, load_fewshot(dataset, shots, seed), vlm, FeatureCache(), views=2)
-
-
 def _zeroshot(vlm, feats):
     return ZeroShotModule(TEMPLATE).logits(vlm, feats, NAMES)
 
@@ -155,23 +124,7 @@ def test_kgcoop_with_zero_weight_trains_exactly_like_coop(pair, tiny_dataset):
     assert closeness(c.ctx) > closeness(b.ctx)
 
 
-# ---- fit, save / load, transplant ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_fit_save_load_and_transplant(name, pair, tiny_dataset, tmp_path):
-    source, target = pair
-    method = get_method(name)
-    module = method().fit(source, _task(source, tiny_dataset), method.make_config(TINY[name]), seed=1)
-    dataset = get_dataset(tiny_dataset)
-    loaded = load_module(module.save(tmp_path / "module", name))
-    assert type(loaded) is method.module_class and loaded.meta() == module.meta()
-    for vlm in (source, target):  # Base and the transplant onto the EVA-style CustomTextCLIP
-        items = dataset.split("test")[:24]
-        feats = FeatureCache().get(vlm, dataset, "test", items, vlm.test_transform_spec)
-        logits = module.logits(vlm, feats, dataset.classnames)
-        assert logits.shape == (24, 4) and torch.isfinite(logits).all()
-        assert torch.equal(loaded.logits(vlm, feats, dataset.classnames), logits)
-
-
+# ---- save / load of a module shared by two methods; Tip-Adapter's selection ------------------------------------------
 def test_kgcoop_module_is_coop_context_under_its_own_name(pair, tmp_path):
     ctx = torch.randn(4, pair[0].text_width)
     folder = CoOpModule(ctx).save(tmp_path / "m", "kgcoop")
@@ -186,7 +139,7 @@ def test_tip_adapter_selects_on_validation_and_keeps_the_source_cache(pair, tiny
     source = pair[0]
     task = _task(source, tiny_dataset, shots=4)
     method = get_method("tip-adapter-f")
-    module = method().fit(source, task, method.make_config(TINY["tip-adapter-f"]), seed=1)
+    module = method().fit(source, task, method.make_config({"epochs": "3", "search_steps": "[20,10]"}), seed=1)
     alphas = [0.1 + j * (3.0 - 0.1) / 10 for j in range(10)]  # ImageNet's scales for a dataset without a config
     betas = [0.1 + i * (7.0 - 0.1) / 20 for i in range(20)]
     assert module.alpha in alphas and module.beta in betas

@@ -164,6 +164,31 @@ def test_registries_never_import_what_they_register() -> None:
     assert wrong == []
 
 
+def test_the_harness_never_imports_a_concrete_method() -> None:
+    """Methods use the public API; the harness finds them through their entry points only (even lazily)."""
+    graph = import_graph(package_modules(project_packages()), lazy=True)
+    assert "upgradebench.methods.coop" in graph["upgradebench.methods.kgcoop"]  # the check sees method imports
+    wrong = sorted((a, b) for a, targets in graph.items() for b in targets
+                   if b.startswith("upgradebench.methods") and not a.startswith("upgradebench.methods"))
+    assert wrong == []
+
+
+_PUBLIC_SCRIPT = r"""
+import json, sys
+import upgradebench
+before = "torch" in sys.modules
+names = {name: type(getattr(upgradebench, name)).__name__ for name in upgradebench.__all__}
+print(json.dumps([before, names]))
+"""
+
+
+def test_the_public_api_resolves_lazily() -> None:
+    out = subprocess.run([sys.executable, "-c", _PUBLIC_SCRIPT], capture_output=True, text=True, check=True)
+    torch_at_import, names = json.loads(out.stdout.strip().splitlines()[-1])
+    assert torch_at_import is False  # `import upgradebench` (and so `upgradebench --help`) does not load torch
+    assert {"Method", "Module", "FewShotTask", "VLM", "ranged", "check_method", "fit_recipe"} <= set(names)
+
+
 def _plant(tmp_path: Path, files: dict[str, str]) -> dict[str, Path]:
     for rel, text in files.items():
         path = tmp_path / "pkg" / rel

@@ -10,7 +10,7 @@ from upgradebench import memory
 from upgradebench.data import get_dataset, load_fewshot
 from upgradebench.features import FeatureCache
 from upgradebench.memory import TextShape, encode_text_bounded, saved_activation_bytes
-from upgradebench.method import get_method
+from upgradebench.discovery import get_method
 from upgradebench.models import load_vlm
 from upgradebench.prompting import class_prompts
 from upgradebench.task import FewShotTask

@@ -5,27 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from upgradebench.data import load_fewshot, get_dataset
+from upgradebench import get_method, load_vlm, text_embedding
+from upgradebench.data import get_dataset
 from upgradebench.features import FeatureCache
-from upgradebench.method import get_method
-from upgradebench.models import load_vlm
-from upgradebench.prompting import text_embedding
-from upgradebench.task import FewShotTask
-
 from upgradebench.methods.contcoop import ClassConditioner, ContCoOpModule
 from upgradebench.methods.coop import CoOpModule
 from upgradebench.methods.zeroshot import ZeroShotModule
 
+from .conftest import fewshot_task
+from .conftest import random_features as _feats
+
 NAMES = ["red", "green", "blue", "yellow", "sea_lion", "annual crop land"]
-
-
-@pytest.fixture(scope="module", params=["clip", "eva"])
-def vlm(request, micro_dirs):
-    return load_vlm(f"local-dir:{micro_dirs[request.param]}", device="cpu")
-
-
-def _feats(vlm, n=7):
-    return torch.randn(n, vlm.embed_dim, generator=torch.Generator().manual_seed(3))
 
 
 def test_coop_with_photo_context_equals_zeroshot(vlm):
@@ -80,14 +70,10 @@ def test_multi_head_conditioner_shapes_and_padding_mask(vlm):
     assert torch.allclose(cond(ctx, garbage, mask), out, atol=1e-5)
 
 
-def _task(vlm, dataset, shots=4, seed=1):
-    return FewShotTask(dataset, load_fewshot(dataset, shots, seed), vlm, FeatureCache(), views=2)
-
-
 def test_linear_probe_collapses_on_a_rotated_feature_space(micro_dirs, tiny_dataset):
     source = load_vlm(f"local-dir:{micro_dirs['clip']}", device="cpu")
     dataset = get_dataset(tiny_dataset)
-    module = get_method("linear-probe")().fit(source, _task(source, dataset, 8), get_method("linear-probe").Config(), 1)
+    module = get_method("linear-probe")().fit(source, fewshot_task(source, tiny_dataset, 8), get_method("linear-probe").Config(), 1)
     test = dataset.split("test")
     feats = FeatureCache().get(source, dataset, "test", test, source.test_transform_spec)
     labels = torch.tensor([y for _, y in test])
@@ -96,3 +82,82 @@ def test_linear_probe_collapses_on_a_rotated_feature_space(micro_dirs, tiny_data
     new = (module.logits(source, feats @ q, dataset.classnames).argmax(1) == labels).float().mean().item()
     assert base >= 0.9  # colours are separable even in a random network's features
     assert new <= 0.25 + 0.2  # about chance (4 classes) on a rotated feature space
+
+
+# ---- the contract, for every registered method (as timm parametrises over its registry) ---------------------------
+def _registered() -> list[str]:
+    from upgradebench.discovery import METHODS, discover_methods
+
+    discover_methods()
+    return METHODS.names()
+
+
+@pytest.mark.parametrize("name", _registered())
+def test_every_registered_method_keeps_the_contract(name, pair, tiny_dataset):
+    from upgradebench.testing import check_method
+
+    check_method(name, *pair, tiny_dataset)
+
+
+def test_the_contract_check_catches_a_method_that_reads_the_test_split(pair, tiny_dataset, monkeypatch):
+    from upgradebench.methods.zeroshot import ZeroShot
+    from upgradebench.testing import check_method
+
+    def peeking(self, source, task, config, seed):
+        task.dataset.split("test")  # e.g. to pick a hyper-parameter on test accuracy
+        return original(self, source, task, config, seed)
+
+    original = ZeroShot.fit
+    monkeypatch.setattr(ZeroShot, "fit", peeking)
+    with pytest.raises(AssertionError, match="read the test split"):
+        check_method("zeroshot", *pair, tiny_dataset)
+
+
+# ---- config ranges live on each config's fields --------------------------------------------------------------------
+def test_every_numeric_field_of_every_builtin_config_has_a_range():
+    import dataclasses
+    import typing
+
+    from upgradebench.config import field_range, is_numeric
+    from upgradebench.discovery import METHODS
+
+    unranged = [f"{name}.{f.name}" for name in _registered() if METHODS.entry(name).builtin
+                for f in dataclasses.fields(get_method(name).Config)
+                if is_numeric(typing.get_type_hints(get_method(name).Config)[f.name]) and field_range(f) is None]
+    assert unranged == []
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"n_ctx": "100"}, "coop.n_ctx=100 is out of range"),  # class names would be cut out of a 77-token context
+    ({"depth": "100"}, "coop.depth=100 is out of range"),
+    ({"n_ctx": "-3"}, ">= 1"),
+    ({"lr": "nan"}, "coop.lr=nan"),
+    ({"momentum": "1.5"}, "<= 1"),
+])
+def test_config_values_out_of_range_are_refused_before_any_model_loads(override, message):
+    from upgradebench import UserError
+
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        get_method("coop").make_config(override)
+
+
+def test_tuple_fields_are_read_and_checked_element_by_element():
+    from upgradebench import UserError
+
+    tip = get_method("tip-adapter-f")
+    assert tip.make_config({"search_steps": "20,10"}).search_steps == (20, 10)
+    assert tip.make_config({"crop_scale": "[0.3, 1.0]"}).crop_scale == (0.3, 1.0)
+    with pytest.raises(UserError, match="each element"):
+        tip.make_config({"crop_scale": "[0.5, 2.0]"})
+
+
+def test_prompts_that_cut_a_class_name_and_depths_beyond_the_tower_are_refused(vlm):
+    from upgradebench import UserError, class_prompts, encode_prompts
+    from upgradebench.prompting import MAX_N_CTX
+
+    prompts = class_prompts(vlm, ["red"], MAX_N_CTX)  # the longest context that a one-token name fits beside
+    assert int(prompts.name_lengths[0]) == 1
+    with pytest.raises(UserError, match="no room"):
+        class_prompts(vlm, ["red", "annual crop land"], MAX_N_CTX)
+    with pytest.raises(UserError, match="text tower"):
+        encode_prompts(vlm, prompts, torch.zeros(MAX_N_CTX, vlm.text_width), depth=vlm.num_text_layers)

@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 
 from upgradebench.errors import UserError
 from upgradebench.integrity import tensors_digest
-from upgradebench.method import METHODS, Method, Module, get_method, load_module
+from upgradebench.contract import Method, Module
+from upgradebench.discovery import METHODS, get_method
+from upgradebench.module_io import load_module
 
 RUNS = Path(__file__).resolve().parents[1] / "results" / "runs"
 BUILTINS = sorted(ep.name for ep in entry_points(group="upgradebench.methods") if ep.dist.name == "upgradebench")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from upgradebench.errors import UserError
-from upgradebench.method import get_method
+from upgradebench.discovery import get_method
 from upgradebench.sweep import load_grid, missing_inputs, paper_grids
 
 from .cli_helpers import run_cli, run_json

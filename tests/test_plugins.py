@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from upgradebench.method import METHODS, discover_methods, get_method
+from upgradebench import Method, UserError, available_methods, get_method, ranged
+from upgradebench.discovery import METHODS, discover_methods
 from upgradebench.results import read_results
 
 from .cli_helpers import run_cli, run_json
@@ -58,6 +61,11 @@ def test_readme_example_package_installs_and_runs_end_to_end(capsys, plugin_path
     assert set(rows.role) == {"base", "new"}
     assert rows.method_origin.iloc[0] == "upgradebench-example-method==0.1.0"
     assert rows[rows.role == "base"].top1.iloc[0] > 50  # colour prototypes work on the source
+    # and the plugin's own test, upgradebench's method test kit, passes on the installed plugin
+    tests = EXAMPLE / "tests" / "test_prototype.py"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(plugin_path)})
+    assert run.returncode == 0, run.stdout[-2000:]
 
 
 def test_broken_plugin_is_skipped_with_a_warning(capsys, plugin_path):
@@ -82,3 +90,53 @@ def test_plugins_can_be_switched_off(plugin_path, monkeypatch):
     monkeypatch.setenv("UPGRADEBENCH_NO_PLUGINS", "1")
     discover_methods(force=True)
     assert "other" not in METHODS
+
+
+# ---- the contract is checked when a method is loaded -------------------------------------------------------------
+def _plugin_class(**attrs):
+    """A method class in the shape of the example plugin, with ``attrs`` replaced (None: attribute removed)."""
+    from ub_example_method import Prototype
+
+    body = {"version": "0.1.0", "Config": Prototype.Config, "module_class": Prototype.module_class,
+            "fit": Prototype.fit, **attrs}
+    return type("Broken", (Method,), {k: v for k, v in body.items() if v is not None})
+
+
+class _NotADataclass:
+    pass
+
+
+@pytest.mark.parametrize("attrs,problem,fix", [
+    ({"Config": None}, "has no dataclass Config", "add a class attribute Config"),
+    ({"Config": _NotADataclass}, "has no dataclass Config", "@dataclass"),
+    ({"version": None}, "has no version", 'version = "1"'),
+    ({"module_class": None}, "has no module_class", "@dataclass subclass of upgradebench.Module"),
+    ({"fit": None}, "does not implement fit", "implement fit"),
+    ({"Config": dataclass(type("C", (), {"__annotations__": {"k": "int"}}))}, "have no default", "default"),
+    ({"Config": dataclass(type("C", (), {"__annotations__": {"k": "int"}, "k": ranged(0, ge=1)}))},
+     "out of its own range", "fix the default or the range"),
+])
+def test_a_method_that_breaks_the_contract_is_refused_naming_the_plugin_and_the_fix(attrs, problem, fix, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    METHODS.register("broken", _plugin_class(**attrs), origin="ub-broken", origin_version="1.2", replace=True)
+    try:
+        with pytest.raises(UserError) as err:
+            get_method("broken")
+        assert problem in err.value.message and "'broken'" in err.value.message
+        assert "ub-broken 1.2" in err.value.message and fix in err.value.fix
+        assert "broken" in available_methods()[1]  # listed as broken, not a traceback
+    finally:
+        METHODS.unregister("broken")
+
+
+def test_the_registry_names_a_method_and_never_writes_the_class(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    cls = _plugin_class()
+    METHODS.register("proto-a", cls, origin="tests", replace=True)
+    try:
+        assert get_method("proto-a") is cls and cls.name == "proto-a" and cls().name == "proto-a"
+        assert "name" not in vars(cls)
+    finally:
+        METHODS.unregister("proto-a")
+    with pytest.raises(UserError, match="not a registered method"):
+        cls.name  # noqa: B018

@@ -10,20 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from upgradebench.data import get_dataset, load_fewshot
-from upgradebench.errors import UserError
-from upgradebench.features import FeatureCache
-from upgradebench.method import get_method, load_module
-from upgradebench.models import VLM, ModelSpec, load_vlm
-from upgradebench.prompting import clean_name, text_embedding
-from upgradebench.task import FewShotTask
-
+from upgradebench import VLM, ModelSpec, UserError, clean_name, get_method, load_module, text_embedding
 from upgradebench.methods.clip_lora import (CLIPLoRAConfig, CLIPLoRAModule, LoRAFactors, attention_blocks,
                                             training_dropout, with_lora)
 from upgradebench.methods.coop import CoOpModule
 from upgradebench.methods.prograd import project_gradient, prograd_losses, template_context
 from upgradebench.methods.tcp import KnowledgeEmbedding, TCPModule
 from upgradebench.methods.zeroshot import ZeroShotModule
+
+from .conftest import fewshot_task
+from .conftest import random_features as _feats_seeded
 
 NAMES = ["red", "green", "blue", "sea_lion", "annual crop land"]
 TEMPLATE = "a photo of a {}."
@@ -41,15 +37,8 @@ def real(request):
     return _real(request.param)
 
 
-@pytest.fixture(scope="module")
-def pair(micro_dirs):
-    """(source, target): the micro CLIP and the micro EVA-style CustomTextCLIP (same text architecture)."""
-    return (load_vlm(f"local-dir:{micro_dirs['clip']}", device="cpu"),
-            load_vlm(f"local-dir:{micro_dirs['eva']}", device="cpu"))
-
-
 def _feats(vlm, n=6, seed=3):
-    return torch.randn(n, vlm.embed_dim, generator=torch.Generator().manual_seed(seed))
+    return _feats_seeded(vlm, n, seed)
 
 
 def _tower(vlm):
@@ -244,38 +233,12 @@ def test_lora_refuses_a_text_tower_of_another_shape(pair):
     assert "12 blocks x width 512" in message
 
 
-# ---- fit, save / load, transplant -------------------------------------------------------------------------------
-TINY = {"tcp": {"epochs": "3", "batch_size": "4"}, "prograd": {"epochs": "3", "batch_size": "4"},
-        "clip-lora": {"iters_per_shot": "4", "batch_size": "4"}}
-
-
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_fit_moves_the_parameters_and_transplants(name, pair, tiny_dataset, tmp_path):
-    source, target = pair
-    dataset = get_dataset(tiny_dataset)
-    task = FewShotTask(dataset, load_fewshot(dataset, 2, 1), source, FeatureCache(), views=2)
-    method = get_method(name)
-    module = method().fit(source, task, method.make_config(TINY[name]), seed=1)
-    again = method().fit(source, task, method.make_config(TINY[name]), seed=1)
-    assert all(torch.equal(v, again.tensors()[k]) for k, v in module.tensors().items())  # deterministic per seed
-    loaded = load_module(module.save(tmp_path / "module", name))
-    assert type(loaded) is method.module_class and loaded.tensors().keys() == module.tensors().keys()
-    items = dataset.split("test")[:12]
-    for vlm in (source, target):
-        feats = FeatureCache().get(vlm, dataset, "test", items, vlm.test_transform_spec)
-        logits = module.logits(vlm, feats, dataset.classnames)
-        assert logits.shape == (12, len(dataset.classnames)) and torch.isfinite(logits).all()
-        assert torch.equal(loaded.logits(vlm, feats, dataset.classnames), logits)
-        zs = ZeroShotModule(dataset.template).logits(vlm, feats, dataset.classnames)
-        assert (logits - zs).abs().max() > 1e-4  # training did something
-
-
+# ---- fits ------------------------------------------------------------------------------------------------------------
 def test_prograd_with_lambda_zero_trains_exactly_like_coop_and_projects_otherwise(pair, tiny_dataset):
     source = pair[0]
-    dataset = get_dataset(tiny_dataset)
 
     def fit(name, overrides):
-        task = FewShotTask(dataset, load_fewshot(dataset, 2, 1), source, FeatureCache(), views=2)
+        task = fewshot_task(source, tiny_dataset)
         method = get_method(name)
         return method().fit(source, task, method.make_config({"epochs": "3", "batch_size": "4", "n_ctx": "4",
                                                               "ctx_init": "a photo of a", **overrides}), seed=1)
@@ -306,8 +269,7 @@ def test_lora_fit_keeps_the_last_partial_batch_and_its_dropout_changes_the_fit(p
     import upgradebench.methods.clip_lora as clip_lora
 
     source = pair[0]
-    dataset = get_dataset(tiny_dataset)
-    task = FewShotTask(dataset, load_fewshot(dataset, 2, 1), source, FeatureCache(), views=2)  # 8 items
+    task = fewshot_task(source, tiny_dataset)  # 8 items
     method = get_method("clip-lora")
     sizes, batches = [], clip_lora.minibatches
 
@@ -342,8 +304,7 @@ def test_tcp_fits_with_adam_eps_from_its_readme(pair, tiny_dataset, monkeypatch)
 
     monkeypatch.setattr(training, "dassl_optimizer", spy)
     source = pair[0]
-    dataset = get_dataset(tiny_dataset)
-    task = FewShotTask(dataset, load_fewshot(dataset, 2, 1), source, FeatureCache(), views=1)
+    task = fewshot_task(source, tiny_dataset, views=1)
     method = get_method("tcp")
     method().fit(source, task, method.make_config({"epochs": "1", "batch_size": "8"}), seed=1)
     assert [type(o).__name__ for o in made] == ["Adam"] and made[0].defaults["eps"] == 1e-3

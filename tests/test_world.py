@@ -498,7 +498,7 @@ def test_committed_modules_re_evaluate_item_by_item_to_their_ledgers(in_default_
     import pandas as pd
 
     from upgradebench.ledger import ledger_path, read_ledger
-    from upgradebench.method import load_module
+    from upgradebench.module_io import load_module
     from upgradebench.runner import Runner
 
     from .test_module_state import BUILTINS
@@ -538,7 +538,7 @@ def test_the_context_learners_refit_their_committed_modules(method, in_default_w
     from upgradebench.data import load_fewshot
     from upgradebench.features import FeatureCache
     from upgradebench.ledger import ledger_path, read_ledger
-    from upgradebench.method import get_method
+    from upgradebench.discovery import get_method
     from upgradebench.task import FewShotTask
 
     run = _committed_run(method, "toy-background")

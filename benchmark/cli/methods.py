@@ -17,7 +17,7 @@ app = typer.Typer(help="Methods (built-in and plugins of the upgradebench.method
 @app.command("list")
 def list_methods(as_json: bool = Json) -> None:
     """List the methods that load; plugins that fail to import are reported and skipped."""
-    from ..method import available_methods
+    from ..discovery import available_methods
 
     ok, broken = available_methods()
     rows = [{"name": e.name, "version": cls.version, "origin": e.origin, "origin_version": e.origin_version,

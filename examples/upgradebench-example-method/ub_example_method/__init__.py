@@ -1,26 +1,25 @@
 """Nearest class prototype: a complete third-party upgradebench method in one file.
 
 The module stores the mean normalised source image feature of each class and classifies by cosine
-similarity. It uses only upgradebench's public API, like any plugin.
+similarity. It uses only upgradebench's public API (``from upgradebench import ...``), like any plugin; its test
+(``tests/test_prototype.py``) runs upgradebench's method test kit on it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from upgradebench.method import Method, Module
-from upgradebench.models import VLM
+from upgradebench import VLM, FewShotTask, Method, Module, ranged
 
 
 @dataclass
 class PrototypeConfig:
     """``scale`` multiplies the cosine similarities."""
 
-    scale: float = 100.0
+    scale: float = ranged(100.0, gt=0)
 
 
 @dataclass
@@ -36,7 +35,7 @@ class PrototypeModule(Module):
         return self.scale * f @ self.prototypes.T
 
 
-class Prototype(Method):
+class Prototype(Method[PrototypeConfig]):
     """Nearest class mean of the source's image features (a deep-layer method: it cannot follow an upgrade)."""
 
     version = "0.1.0"
@@ -44,7 +43,7 @@ class Prototype(Method):
     Config = PrototypeConfig
     module_class = PrototypeModule
 
-    def fit(self, source: VLM, task: Any, config: PrototypeConfig, seed: int) -> PrototypeModule:
+    def fit(self, source: VLM, task: FewShotTask, config: PrototypeConfig, seed: int) -> PrototypeModule:
         feats = F.normalize(task.train_view_features().mean(0), dim=-1)  # [N, D], averaged over cached views
         labels = task.train_labels
         protos = torch.stack([feats[labels == c].mean(0) for c in range(len(task.class_names))])
