@@ -39,29 +39,51 @@ def test_sweep_resumes_and_reports_failures(capsys, micro_dirs, tiny_dataset, tm
                     f"datasets: [{tiny_dataset}]\nseeds: [1, 2]\nshots: [1]\n")
     code, text, err = run_cli(capsys, "sweep", "--grid", str(grid), "--results", str(tmp_path / "r"), "--json")
     out = json.loads(text)
+    # coop's zero-shot reference is the grid's zero-shot run: planned once
     assert code == 0 and out["total"] == 4 and len(out["completed"]) == 4 and not out["failed"]
-    # stderr is not a terminal here (a log file): a line per finished run, no blank lines from hidden bars
+    assert out["fitted"] == 4 and out["reused"] == 0
+    # stderr is not a terminal here (a log file): a line per finished run saying what it did, no blank lines
     assert [line for line in err.splitlines() if line.startswith("[")] == [
-        f"[{i}/4] {name}: done" for i, name in enumerate(out["completed"], 1)]
+        f"[{i}/4] {name}: done (fitted, 2 rows written)" for i, name in enumerate(out["completed"], 1)]
     assert "" not in err.splitlines()
     first = read_results(tmp_path / "r")
     assert set(first.method) == {"zeroshot", "coop"} and set(first.seed) == {1, 2}
-    run_json(capsys, "sweep", "--grid", str(grid), "--results", str(tmp_path / "r"))
+    assert {o["folder"] for o in out["outcomes"].values()} == {str(tmp_path / "r" / r) for r in set(first.run_id)}
+    code, text, err = run_cli(capsys, "sweep", "--grid", str(grid), "--results", str(tmp_path / "r"), "--json")
+    again = json.loads(text)
     assert read_results(tmp_path / "r").created_at.tolist() == first.created_at.tolist()  # resumed, nothing redone
+    # a reused run is never just "done": it says it was reused and that nothing was written
+    assert code == 0 and again["reused"] == 4 and again["fitted"] == again["evaluated"] == 0
+    assert [line for line in err.splitlines() if line.startswith("[")] == [
+        f"[{i}/4] {name}: done (reused, nothing written (2 rows already there))"
+        for i, name in enumerate(again["completed"], 1)]
     code, out, err = run_cli(capsys, "sweep", "--method", "nope", "--dataset", tiny_dataset)
     assert code == 2 and "Unknown method" in err
 
 
 def test_dry_run_lists_runs(capsys, tiny_dataset):
     out = run_json(capsys, "sweep", "--method", "coop", "--dataset", tiny_dataset, "--seed", "1", "--dry-run")
-    assert out["runs"] == [f"coop {tiny_dataset} k=16 seed=1"] and out["missing"] == []
+    assert out["runs"] == [f"coop {tiny_dataset} k=16 seed=1", f"zeroshot {tiny_dataset} k=16 seed=1"]
+    assert out["missing"] == []
+
+
+def test_dry_run_lists_the_zeroshot_and_oracle_runs_once_each(capsys, tmp_path):
+    """The planner's list is the sweep: each method's oracle run per target, one zero-shot run per cell."""
+    path = tmp_path / "g.yaml"
+    path.write_text("source: toy-clip\ntargets: [toy-eva, toy-eva-drift]\nmethods: [coop, zeroshot, kgcoop]\n"
+                    "datasets: [toy-shape]\nseeds: [1, 2]\noracle: true\n")
+    out = run_json(capsys, "sweep", "--grid", str(path), "--dry-run")
+    cell = ["coop {} seed={}", "coop {} seed={} oracle on toy-eva", "coop {} seed={} oracle on toy-eva-drift",
+            "zeroshot {} seed={}", "kgcoop {} seed={}", "kgcoop {} seed={} oracle on toy-eva",
+            "kgcoop {} seed={} oracle on toy-eva-drift"]
+    assert out["runs"] == [run.format("toy-shape k=16", seed) for seed in (1, 2) for run in cell]
 
 
 def test_options_slice_a_grid(capsys, tmp_path):
     path = tmp_path / "g.yaml"
     path.write_text("methods: [coop, contcoop]\ndatasets: [toy-shape, toy-pattern]\nseeds: [1]\n")
     out = run_json(capsys, "sweep", "--grid", str(path), "--dataset", "toy-pattern", "--method", "coop", "--dry-run")
-    assert out["runs"] == ["coop toy-pattern k=16 seed=1"]
+    assert out["runs"] == ["coop toy-pattern k=16 seed=1", "zeroshot toy-pattern k=16 seed=1"]
 
 
 def test_grid_values_plan_typed_as_their_text_would_and_wrong_types_are_refused():
