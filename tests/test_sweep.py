@@ -112,3 +112,32 @@ def test_a_plan_unpickled_in_a_fresh_process_keeps_its_method():
     out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(plan), capture_output=True, check=True)
     assert out.stdout.decode().split() == ["kgcoop", *plan.describe().split()]
     assert plan.describe().startswith("kgcoop[n_ctx=2] ")
+
+
+@pytest.mark.parametrize("executor", [["--jobs", "2"], ["--executor", "submitit-local"]])
+def test_every_executor_gets_the_planned_list_oracle_runs_included(capsys, monkeypatch, tmp_path, executor):
+    """`--jobs` and submitit receive each oracle and zero-shot run as a run of its own (so they run in parallel)."""
+    from upgradebench import sweep
+    from upgradebench.plan import RunSpec, plan_runs
+
+    given = []
+
+    def parallel(plans, runner_kwargs, jobs, keep_going=True):
+        given.extend(plans)
+        return sweep.SweepReport(len(plans))
+
+    def slurm(plans, runner_kwargs, folder, options, cluster=None):
+        given.extend(plans)
+        return []
+
+    monkeypatch.setattr(sweep, "run_parallel", parallel)
+    monkeypatch.setattr(sweep, "run_slurm", slurm)
+    path = tmp_path / "g.yaml"
+    path.write_text("source: toy-clip\ntargets: [toy-eva]\nmethods: [coop]\ndatasets: [toy-shape]\nseeds: [1, 2]\n"
+                    "shots: [2]\noracle: true\n")
+    code, _, err = run_cli(capsys, "sweep", "--grid", str(path), "--results", str(tmp_path / "r"), *executor)
+    assert code == 0, err
+    specs = [RunSpec(method="coop", source="toy-clip", targets=["toy-eva"], dataset="toy-shape", shots=2, seed=s,
+                     oracle=True) for s in (1, 2)]
+    assert [p.describe() for p in given] == [p.describe() for p in plan_runs(specs)]
+    assert sum(p.role == "oracle" for p in given) == 2 and sum(p.method.name == "zeroshot" for p in given) == 2

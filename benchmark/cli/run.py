@@ -66,7 +66,12 @@ def run(
     df = pd.concat([outcome.rows for outcome in outcomes], ignore_index=True)
     rows = _summary_rows(df, method, source, list(target))
     written = sum(outcome.written for outcome in outcomes)
+    fitted = sum(outcome.fitted for outcome in outcomes)
+    said = (f"{len(outcomes)} runs ({fitted} fitted, {len(outcomes) - fitted} with a saved module): "
+            + (f"{written} rows written under {runner.results}" if written else
+               f"nothing written, every row was already under {runner.results}"))
     if as_json:
+        print_text(said, err=True)
         print_json({"results": str(runner.results), "runs": [outcome.as_dict() for outcome in outcomes],
                     "rows_written": written, "rows": rows})
         return
@@ -74,10 +79,7 @@ def run(
            [f"ZS {m}" for m in [source, *target]]
     cells = [[f"{r[c]:.2f}" if isinstance(r.get(c), float) else r.get(c, "") for c in cols] for r in rows]
     print_table(f"{method}: {source} -> {', '.join(target)}", cols, cells)
-    fitted = sum(outcome.fitted for outcome in outcomes)
-    print_text(f"{len(outcomes)} runs ({fitted} fitted, {len(outcomes) - fitted} reused a saved module): "
-               + (f"{written} rows written under {runner.results}" if written else
-                  f"nothing written, every row was already under {runner.results}"), err=True)
+    print_text(said, err=True)
 
 
 def _summary_rows(df, method: str, source: str, targets: list[str]) -> list[dict]:
