@@ -112,8 +112,8 @@ def _method_code(method: str, step: str) -> Iterator[None]:
         detail = str(exc).strip().splitlines()
         raise MethodFailed(f"Method {method!r} failed while {step}: {type(exc).__name__}"
                            f"{': ' + detail[0] if detail else ''}",
-                           f"this is an error in {method!r}'s code or config: fix it, or report it to the "
-                           "method's authors with this message") from exc
+                           f"this is an error in the code or config of method {method!r}: fix it, or report it "
+                           "to the method's authors with this message") from exc
 
 
 def check_logits(logits: Any, items: int, classes: int, method: str, model: str) -> None:
@@ -123,10 +123,11 @@ def check_logits(logits: Any, items: int, classes: int, method: str, model: str)
     if not isinstance(logits, torch.Tensor) or shape != [items, classes]:
         raise MethodFailed(f"Method {method!r} gave logits of shape {shape} on {model}; expected [{items}, {classes}] "
                            "(one row per test image, one column per class).",
-                           f"fix {method!r}'s Module.logits to return one score per class for each image")
+                           f"make Module.logits of method {method!r} return one score per class for each image")
     if not torch.isfinite(logits).all():
         raise MethodFailed(f"Method {method!r} gave logits with NaN or infinite values on {model}.",
-                           f"fix {method!r}'s Module.logits (or its fit, if its saved tensors hold NaN)")
+                           f"find where Module.logits of method {method!r} (or the tensors its fit saved) give "
+                           "NaN or infinity")
 
 
 class Runner:
