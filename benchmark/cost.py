@@ -105,8 +105,9 @@ def estimate(plans: Sequence[RunPlan], table: dict[str, Any] | None = None) -> C
     for plan in plans:
         name = plan.describe()
         models = [plan.source, *plan.targets]
-        model_archs = [_arch(m, plan.pretrained.get(m)) for m in models]
-        unknown = [m for m, a in zip(models, model_archs) if a not in archs]
+        found = [_arch(m, plan.pretrained.get(m)) for m in models]
+        unknown = [m for m, a in zip(models, found) if a not in archs]
+        model_archs = [a for a in found if a is not None]  # every one of them, unless some are unknown
         missing_data = [d for d in (plan.dataset, *plan.ood) if d not in datasets]
         if unknown or missing_data or plan.views == ONLINE:
             why = (f"no throughput measured for {', '.join(unknown)}" if unknown else

@@ -170,7 +170,8 @@ def _check_models(spec: RunSpec) -> None:
                         "drop it from the targets (--target, or the grid's targets)")
     twice = sorted({t for t in spec.targets if list(spec.targets).count(t) > 1})
     if twice:
-        raise UserError(f"Target {', '.join(map(repr, twice))} is given more than once.", "give each target once")
+        raise UserError(f"Target {', '.join(map(repr, twice))} is given more than once.",
+                        "give each target once (--target, or the grid's targets)")
     for name in [spec.source, *spec.targets]:
         parse_model(name, spec.pretrained.get(name))
 

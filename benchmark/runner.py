@@ -64,6 +64,10 @@ def check_writable(folder: Path) -> None:
                         "pass --results DIR with a folder you can write to") from None
 
 
+STATUSES = ("fitted", "evaluated", "reused")
+"""What executing a plan did (:attr:`RunOutcome.status`)."""
+
+
 @dataclass
 class RunOutcome:
     """What executing one plan did: its run folder, whether its module was fitted now (else the saved one was
@@ -79,8 +83,10 @@ class RunOutcome:
 
     @property
     def status(self) -> str:
-        """``fitted`` (module fitted now), ``evaluated`` (saved module, rows written) or ``reused`` (nothing written)."""
-        return "fitted" if self.fitted else "evaluated" if self.written else "reused"
+        """One of :data:`STATUSES`: ``fitted`` (module fitted now), ``evaluated`` (saved module, rows written) or
+        ``reused`` (nothing written)."""
+        fitted, evaluated, reused = STATUSES
+        return fitted if self.fitted else evaluated if self.written else reused
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (the ``runs`` of ``run --json``, a sweep's outcomes), without the rows."""

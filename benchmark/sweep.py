@@ -48,7 +48,7 @@ from .errors import UserError
 from .features import progress_bar
 from .models import resolve_device, weights_problem
 from .plan import RunPlan, RunSpec, check_seed, check_shots, parse_views
-from .runner import Runner, outcome_text
+from .runner import STATUSES, Runner, outcome_text
 
 
 @dataclass
@@ -244,7 +244,7 @@ class SweepReport:
 
     def counts(self) -> dict[str, int]:
         """How many completed runs were fitted, evaluated from a saved module, or reused with nothing written."""
-        out = dict.fromkeys(("fitted", "evaluated", "reused"), 0)
+        out = dict.fromkeys(STATUSES, 0)
         for outcome in self.outcomes.values():
             out[outcome["status"]] += 1
         return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -79,7 +79,7 @@ def sweep(
         specs = g.specs()
         if executor == "slurm":
             check_slurm()  # before any planning: without SLURM, submitit would run the jobs here in the background
-        runner_kwargs = {"results": results, "device": device, "data_root": data_root, "workers": workers,
+        runner_kwargs: dict[str, Any] = {"results": results, "device": device, "data_root": data_root, "workers": workers,
                          "replace": replace}
         # every user mistake is reported before the first fit or submission; a submitting machine may have no GPU
         serial = executor == "local" and jobs == 1
