@@ -98,8 +98,13 @@ def outcome_text(outcome: dict[str, Any]) -> str:
     """One line saying what a run did (from :meth:`RunOutcome.as_dict`): fitted, evaluated or reused, and its rows."""
     written, reused = outcome["rows_written"], outcome["rows_reused"]
     if not written:
-        return f"{outcome['status']}, nothing written ({reused} rows already there)"
-    return f"{outcome['status']}, {written} rows written" + (f", {reused} reused" if reused else "")
+        return f"{outcome['status']}, nothing written ({count_rows(reused)} already there)"
+    return f"{outcome['status']}, {count_rows(written)} written" + (f", {reused} reused" if reused else "")
+
+
+def count_rows(n: int) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{n} row{'' if n == 1 else 's'}"
 
 
 class MethodFailed(UserError):

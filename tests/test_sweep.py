@@ -141,3 +141,10 @@ def test_every_executor_gets_the_planned_list_oracle_runs_included(capsys, monke
                      oracle=True) for s in (1, 2)]
     assert [p.describe() for p in given] == [p.describe() for p in plan_runs(specs)]
     assert sum(p.role == "oracle" for p in given) == 2 and sum(p.method.name == "zeroshot" for p in given) == 2
+
+
+def test_dry_run_table_shows_variant_labels_as_written(capsys, tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("methods: [coop]\ndatasets: [toy-shape]\nseeds: [1]\nvariants: {coop: [{n_ctx: 4}]}\n")
+    code, out, _ = run_cli(capsys, "sweep", "--grid", str(path), "--dry-run")
+    assert code == 0 and "coop[n_ctx=4] toy-shape k=16 seed=1" in out and "\\[" not in out  # escaped once, not twice

@@ -39,7 +39,7 @@ def run(
 ) -> None:
     """Fit METHOD once on SOURCE and evaluate the module unchanged on SOURCE (Base) and each TARGET (New)."""
     from ..roles import ORACLE
-    from ..runner import Runner, RunSpec, outcome_text
+    from ..runner import Runner, RunSpec, count_rows, outcome_text
 
     weights = {}
     for item in pretrained or []:
@@ -68,7 +68,7 @@ def run(
     written = sum(outcome.written for outcome in outcomes)
     fitted = sum(outcome.fitted for outcome in outcomes)
     said = (f"{len(outcomes)} runs ({fitted} fitted, {len(outcomes) - fitted} with a saved module): "
-            + (f"{written} rows written under {runner.results}" if written else
+            + (f"{count_rows(written)} written under {runner.results}" if written else
                f"nothing written, every row was already under {runner.results}"))
     if as_json:
         print_text(said, err=True)

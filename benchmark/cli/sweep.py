@@ -131,10 +131,10 @@ def _dry_run(grid: Grid, data_root: Path | None, as_json: bool) -> None:
     if as_json:
         print_json({"runs": runs, "missing": missing, "cost": cost, "paper_grids": paper_grids()})
         return
-    print_table(f"{len(runs)} runs", ["run"], [[escape(r)] for r in runs])
+    print_table(f"{len(runs)} runs", ["run"], [[r] for r in runs])  # print_table escapes its cells
     if missing:
         print_table("missing on this machine", ["kind", "name", "problem"],
-                    [[m["kind"], escape(m["name"]), escape(m["problem"])] for m in missing])
+                    [[m["kind"], m["name"], m["problem"]] for m in missing])
     else:
         err_console.print("every model and dataset of the grid is on this machine")
     if "total_hours" in cost:
