@@ -50,7 +50,9 @@ def run(
              for d in dataset for s in seed]
 
     def announce(plan) -> None:
-        what = plan.describe() if plan.role == ORACLE else f"{plan.describe()}: {plan.source} -> {', '.join(plan.targets)}"
+        models = f"fitted on {plan.source}" if plan.role == ORACLE else f"{plan.source} -> {', '.join(plan.targets)}"
+        what = f"{plan.method.name}{' (oracle)' if plan.role == ORACLE else ''} on {plan.dataset}, {plan.shots} " \
+               f"shots, seed {plan.seed}: {models}"
         err_console.print(f"[bold]run[/] {escape(what)}", highlight=False)
 
     def report(plan, outcome, error) -> None:
