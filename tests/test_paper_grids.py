@@ -8,6 +8,7 @@ import pytest
 
 from upgradebench.errors import UserError
 from upgradebench.method import get_method
+from upgradebench.plan import plan_runs
 from upgradebench.sweep import load_grid, missing_inputs, paper_grids
 
 from .cli_helpers import run_cli, run_json
@@ -33,6 +34,8 @@ def test_paper_grid_resolves_methods_configs_models_and_datasets(name, coop_root
     specs = grid.specs()
     for spec in specs:
         get_method(spec.method).make_config(spec.config)  # every variant is a valid config of its method
+    plans = plan_runs(specs)  # and plans, loading nothing: models, shots, seeds, views
+    assert sum(p.method.name == "zeroshot" for p in plans) == len(grid.datasets) * len(grid.shots) * len(grid.seeds)
     # on the miniature folders every dataset is found; only the real weights are missing here
     missing = missing_inputs(grid, coop_root)
     assert {m["kind"] for m in missing} <= {"model"}

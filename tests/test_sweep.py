@@ -148,3 +148,23 @@ def test_dry_run_table_shows_variant_labels_as_written(capsys, tmp_path):
     path.write_text("methods: [coop]\ndatasets: [toy-shape]\nseeds: [1]\nvariants: {coop: [{n_ctx: 4}]}\n")
     code, out, _ = run_cli(capsys, "sweep", "--grid", str(path), "--dry-run")
     assert code == 0 and "coop[n_ctx=4] toy-shape k=16 seed=1" in out and "\\[" not in out  # escaped once, not twice
+
+
+def test_the_planner_gives_exactly_the_committed_reference_runs():
+    """Planning results/grids/*.yaml and regenerate.sh's depth study names every committed run folder and no other:
+    the plan list (zero-shot and oracle runs included) and the run ids are those the reference results came from."""
+    from pathlib import Path
+
+    from upgradebench.analysis.depth import depth_specs
+    from upgradebench.plan import plan_runs
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    rows = read_results(root / "runs")
+    datasets = dict(zip(rows.dataset, rows.dataset_fingerprint))
+    models = dict(zip(rows.eval_model, rows.eval_fingerprint))
+    specs = [spec for grid in sorted((root / "grids").glob("*.yaml")) for spec in load_grid(grid).specs()]
+    specs += depth_specs("toy-pattern", range(4), [1, 2, 3], source="toy-clip", targets=["toy-eva", "toy-eva-drift"])
+    planned = [plan.identify(datasets[plan.dataset], plan.dataset, models[plan.source], "fp32")[1]
+               for plan in plan_runs(specs)]
+    assert len(planned) == len(set(planned))  # a run asked for twice is planned once
+    assert set(planned) == {run.name for run in (root / "runs").iterdir()}
