@@ -34,8 +34,9 @@ def sweep(
                                  help="local | slurm (submitit) | submitit-local (submitit's jobs as local processes, "
                                       "to try a SLURM setup without a cluster)."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1,
-                             help="With --executor local: runs in parallel, each in its own process with its own GPU "
-                                  "where GPUs exist (so at most one per GPU)."),
+                             help="With --executor local: runs in parallel (oracle and zero-shot runs are runs of their "
+                                  "own), each in its own process with its own GPU where GPUs exist (so at most one "
+                                  "per GPU)."),
     wait: bool = typer.Option(False, "--wait", help="With --executor slurm: wait for the jobs and report them."),
     slurm_partition: str = typer.Option(None, "--slurm-partition", help="SLURM partition."),
     slurm_gpus: int = typer.Option(1, "--slurm-gpus", min=0, help="GPUs per SLURM job."),
