@@ -46,10 +46,12 @@ def depth_specs(dataset: str, layers: Sequence[int], seeds: Sequence[int], **spe
 
 
 def plan_depths(runner: Runner, specs: Sequence[RunSpec]) -> list[RunPlan]:
-    """The validated plans of ``specs``; every depth must be a block of the source's text encoder
-    (0 .. blocks - 1), checked before any fit."""
-    plans = [runner.plan(spec) for spec in specs]
+    """Every run of ``specs`` (:meth:`Runner.plan`: the CoOp runs and their zero-shot reference); every depth must
+    be a block of the source's text encoder (0 .. blocks - 1), checked before any fit."""
+    plans = runner.plan(specs)
     for plan in plans:
+        if plan.method.name != DEPTH_METHOD:
+            continue
         blocks = runner.model(plan.source, plan.pretrained.get(plan.source)).num_text_layers
         depth = getattr(plan.config, DEPTH_KEY)
         if not 0 <= depth < blocks:
@@ -61,8 +63,13 @@ def plan_depths(runner: Runner, specs: Sequence[RunSpec]) -> list[RunPlan]:
 def run_depth_study(runner: Runner, specs: Sequence[RunSpec],
                     on_start: Callable[[RunPlan], None] | None = None) -> pd.DataFrame:
     """Plan every spec (:func:`plan_depths`), then run each (fit or resume, evaluate); returns all rows, zero-shot
-    included. ``on_start`` is called before each run (progress output)."""
-    return pd.concat(runner.run_all(plan_depths(runner, specs), on_start), ignore_index=True)
+    included. ``on_start`` is called before each depth's run (progress output), not before the zero-shot run."""
+    def start(plan: RunPlan) -> None:
+        if on_start is not None and plan.method.name == DEPTH_METHOD:
+            on_start(plan)
+
+    outcomes = runner.run_all(plan_depths(runner, specs), start)
+    return pd.concat([outcome.rows for outcome in outcomes], ignore_index=True)
 
 
 def depth_summary(df: pd.DataFrame) -> pd.DataFrame:

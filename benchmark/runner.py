@@ -20,21 +20,22 @@ run folder are removed when the run starts again.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
 from .data import DATASETS, Dataset, class_columns, get_dataset, load_fewshot
-from .data.fewshot import effective_shots
 from .defaults import DEFAULT_VIEWS
 from .errors import UserError
 from .integrity import clean_stale_tmp
@@ -42,12 +43,13 @@ from .features import FeatureCache
 from .contract import Module
 from .discovery import method_entry
 from .module_io import MODULE_CONFIG, load_module
-from .models import VLM, load_vlm, parse_model, resolve_device
+from .models import VLM, load_vlm, resolve_device
 from .paths import default_results_dir
-from .plan import RunPlan, RunSpec, make_plan, safe_name
+from .plan import RunPlan, RunSpec, plan_runs, safe_name
 from .provenance import now, stable_hash, versions
 from .ledger import ledger_path, predictions, top1_of, write_ledger
 from .results import SCHEMA_VERSION, has_row_hash, read_results, write_rows
+from .roles import NEW
 from .task import ONLINE, FewShotTask
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,83 @@ def check_writable(folder: Path) -> None:
     except OSError as exc:
         raise UserError(f"Results folder {folder} is not writable ({exc.strerror or exc}).",
                         "pass --results DIR with a folder you can write to") from None
+
+
+STATUSES = ("fitted", "evaluated", "reused")
+"""What executing a plan did (:attr:`RunOutcome.status`)."""
+
+
+@dataclass
+class RunOutcome:
+    """What executing one plan did: its run folder, whether its module was fitted now (else the saved one was
+    reused), how many row files were written (evaluated, or brought up to date) and how many reused as they were,
+    and the run's rows."""
+
+    name: str
+    folder: Path
+    fitted: bool
+    written: int
+    reused: int
+    rows: pd.DataFrame
+
+    @property
+    def status(self) -> str:
+        """One of :data:`STATUSES`: ``fitted`` (module fitted now), ``evaluated`` (saved module, rows written) or
+        ``reused`` (nothing written)."""
+        fitted, evaluated, reused = STATUSES
+        return fitted if self.fitted else evaluated if self.written else reused
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (the ``runs`` of ``run --json``, a sweep's outcomes), without the rows."""
+        return {"run": self.name, "folder": str(self.folder), "status": self.status, "rows_written": self.written,
+                "rows_reused": self.reused}
+
+
+def outcome_text(outcome: dict[str, Any]) -> str:
+    """One line saying what a run did (from :meth:`RunOutcome.as_dict`): fitted, evaluated or reused, and its rows."""
+    written, reused = outcome["rows_written"], outcome["rows_reused"]
+    if not written:
+        return f"{outcome['status']}, nothing written ({count_rows(reused)} already there)"
+    return f"{outcome['status']}, {count_rows(written)} written" + (f", {reused} reused" if reused else "")
+
+
+def count_rows(n: int) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{n} row{'' if n == 1 else 's'}"
+
+
+class MethodFailed(UserError):
+    """A method's own code (its ``fit``, or its module's ``logits``) raised or returned something unusable."""
+
+
+@contextmanager
+def _method_code(method: str, step: str) -> Iterator[None]:
+    """Turns an exception raised by a method's own code into a :class:`MethodFailed` naming the method and the
+    step (one line in the CLI and in a sweep's report); the original is kept as its ``__cause__`` for debugging."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()
+        raise MethodFailed(f"Method {method!r} failed while {step}: {type(exc).__name__}"
+                           f"{': ' + detail[0] if detail else ''}",
+                           f"this is an error in the code or config of method {method!r}: fix it, or report it "
+                           "to the method's authors with this message") from exc
+
+
+def check_logits(logits: Any, items: int, classes: int, method: str, model: str) -> None:
+    """Refuse logits that are not a finite ``[items, classes]`` tensor (a plugin's wrong shape or NaN would
+    otherwise be scored as a number: a wrong column count as 0 %, NaN as chance)."""
+    shape = list(getattr(logits, "shape", []))
+    if not isinstance(logits, torch.Tensor) or shape != [items, classes]:
+        raise MethodFailed(f"Method {method!r} gave logits of shape {shape} on {model}; expected [{items}, {classes}] "
+                           "(one row per test image, one column per class).",
+                           f"make Module.logits of method {method!r} return one score per class for each image")
+    if not torch.isfinite(logits).all():
+        raise MethodFailed(f"Method {method!r} gave logits with NaN or infinite values on {model}.",
+                           f"find where Module.logits of method {method!r} (or the tensors its fit saved) give "
+                           "NaN or infinity")
 
 
 class Runner:
@@ -97,75 +176,60 @@ class Runner:
             self._datasets[name] = get_dataset(name, self.data_root)
         return self._datasets[name]
 
-    # ---- one run -----------------------------------------------------------------------------------------------
-    def plan(self, spec: RunSpec) -> RunPlan:
-        """The validated plan of ``spec``: names, config and the results folder are checked and the shots capped to
-        what the dataset gives, before anything slow happens (:func:`upgradebench.plan.make_plan`, then what
-        needs the datasets)."""
-        plan = make_plan(spec)
-        for name in [plan.source, *plan.targets]:
-            parse_model(name, plan.pretrained.get(name))
-        train = self.dataset(plan.dataset)
-        for name in plan.ood:  # a test set of other classes would give chance-level rows
-            class_columns(train.classnames, self.dataset(name), train.name)
-        if plan.source in plan.targets:
-            raise UserError(f"{plan.source!r} is both the source and a target.", "drop it from --target")
+    # ---- planning and running ----------------------------------------------------------------------------------
+    def plan(self, specs: RunSpec | Iterable[RunSpec]) -> list[RunPlan]:
+        """Every run of ``specs``, zero-shot and oracle runs included (:func:`upgradebench.plan.plan_runs`), with
+        the datasets checked and the shots capped against this runner's data, and the results folder checked
+        writable: every mistake is reported before anything slow happens."""
+        plans = plan_runs([specs] if isinstance(specs, RunSpec) else specs, self.dataset)
         check_writable(self.results)
-        return dataclasses.replace(plan, shots=effective_shots(train, plan.shots))
+        return plans
 
     def run_all(self, plans: Sequence[RunPlan], on_start: Callable[[RunPlan], None] | None = None,
-                on_end: Callable[[RunPlan, Exception | None], None] | None = None,
-                keep_going: bool = False) -> list[pd.DataFrame]:
-        """Run ``plans`` one after the other (``upgradebench run``, a local sweep, the depth study); returns the
-        rows of each finished run. ``on_start`` is called before each run, ``on_end`` after it with its error
-        (None when it finished); with ``keep_going`` a failed run is reported to ``on_end`` and the rest go on,
-        else its error is raised."""
-        frames = []
+                on_end: Callable[[RunPlan, RunOutcome | None, Exception | None], None] | None = None,
+                keep_going: bool = False) -> list[RunOutcome]:
+        """Execute ``plans`` one after the other (``upgradebench run``, a local sweep, the depth study); returns
+        what each finished run did. ``on_start`` is called before each run, ``on_end`` after it with its outcome
+        and its error (one of them None); with ``keep_going`` a failed run is reported to ``on_end`` and the rest
+        go on, else its error is raised."""
+        outcomes = []
         for plan in plans:
             if on_start is not None:
                 on_start(plan)
+            outcome: RunOutcome | None = None
+            error: Exception | None = None
             try:
-                frames.append(self.run(plan))
+                outcome = self.execute(plan)
             except Exception as exc:  # a bug in one method must not lose the rest of a sweep
                 if not keep_going:
                     raise
-                error: Exception | None = exc
+                error = exc
             else:
-                error = None
+                outcomes.append(outcome)
             if on_end is not None:
-                on_end(plan, error)
-        return frames
+                on_end(plan, outcome, error)
+        return outcomes
 
     def run(self, plan: RunPlan | RunSpec) -> pd.DataFrame:
-        """Fit (or reuse) the module of ``plan`` and evaluate it; returns this run's rows (and zero-shot rows).
-        A :class:`RunSpec` is planned first (:meth:`plan`).
+        """The rows of one run: a plan is executed (:meth:`execute`); a :class:`RunSpec` is planned first
+        (:meth:`plan`) and every run it gives executed (its own, its oracle and zero-shot runs)."""
+        plans = self.plan(plan) if isinstance(plan, RunSpec) else [plan]
+        return pd.concat([outcome.rows for outcome in self.run_all(plans)], ignore_index=True)
 
-        With ``plan.oracle`` the same method and config is also fitted on each target and evaluated there
-        (role ``oracle``): one more fit per target, the ceiling of the recovery ratio.
-        """
-        if isinstance(plan, RunSpec):
-            plan = self.plan(plan)
-        out = self._run(plan)
-        for oracle in plan.oracles():
-            out = pd.concat([out, self._run(oracle)], ignore_index=True)
-        zeroshot = plan.zeroshot()
-        if zeroshot is not None:
-            out = pd.concat([out, self._run(zeroshot)], ignore_index=True)
-        return out
-
-    def _run(self, plan: RunPlan) -> pd.DataFrame:
+    def execute(self, plan: RunPlan) -> RunOutcome:
+        """Fit (or reuse) the module of ``plan`` and evaluate it on its source (role ``plan.role``) and each target
+        (role ``new``), on its dataset and each OOD test set; rows still valid are reused as they are."""
         method, config, views = plan.method, plan.config, plan.views
         source = self.model(plan.source, plan.pretrained.get(plan.source))
         targets = [self.model(t, plan.pretrained.get(t)) for t in plan.targets]
         dataset = self.dataset(plan.dataset)
         config_json = method.config_dict(config)
-        identity = plan.identity(dataset.fingerprint, source.fingerprint, self.cache.precision)
+        identity, run_id = plan.identify(dataset.fingerprint, dataset.name, source.fingerprint, self.cache.precision)
         variant = plan.variant()
-        run_id = plan.run_id(identity, dataset.name)
         run_dir = self.results / run_id
         self._check_source_unchanged(run_dir, identity, source)
         clean_stale_tmp(run_dir, recursive=True)
-        module, fit_seconds = self._fit_or_load(plan, source, dataset, run_dir, identity)
+        module, fit_seconds, fitted = self._fit_or_load(plan, source, dataset, run_dir, identity)
 
         entry = method_entry(method.name)
         common = {
@@ -178,8 +242,8 @@ class Runner:
         }
         cost = {"trainable_params": sum(t.numel() for t in module.tensors().values()),
                 "needs_image_encoder": bool(method.needs_image_encoder or views == ONLINE)}
-        rows = []
-        for role, vlm in [(plan.role, source)] + [("new", t) for t in targets]:
+        rows, written = [], 0
+        for role, vlm in [(plan.role, source)] + [(NEW, t) for t in targets]:
             for eval_ds in [dataset] + [self.dataset(d) for d in plan.ood]:
                 path = run_dir / f"{safe_name(vlm.name)}--{safe_name(eval_ds.name)}.parquet"
                 existing = self._reusable(path, vlm, eval_ds)
@@ -187,19 +251,24 @@ class Runner:
                     if ledger_path(path).is_file() and not existing.trainable_params.isna().any():
                         if not has_row_hash(path):  # schema 2: the same values, now written with their hash
                             write_rows(existing.to_dict("records"), path)
+                            written += 1
                         rows.append(existing)
                         continue
-                    row = self._backfill(existing.iloc[0].to_dict(), module, vlm, eval_ds, path, cost, dataset)
+                    row = self._backfill(existing.iloc[0].to_dict(), module, vlm, eval_ds, path, cost, dataset,
+                                         method.name)
                 else:
-                    preds, top1, seconds = self.predict(module, vlm, eval_ds, dataset.classnames, dataset.name)
+                    preds, top1, seconds = self.predict(module, vlm, eval_ds, dataset.classnames, dataset.name,
+                                                        method=method.name)
                     write_ledger(preds, ledger_path(path), run_id, vlm.name, eval_ds.name)
                     row = {**common, **cost, "created_at": now(), "dataset": eval_ds.name,
                            "dataset_fingerprint": eval_ds.fingerprint, "eval_model": vlm.name,
                            "eval_fingerprint": vlm.fingerprint, "role": role, "top1": top1, "n_test": len(preds),
                            "fit_seconds": fit_seconds, "eval_seconds": seconds}
                 write_rows([row], path)
+                written += 1
                 rows.append(read_results(path))
-        return pd.concat(rows, ignore_index=True)
+        frame = pd.concat(rows, ignore_index=True)
+        return RunOutcome(plan.describe(), run_dir, fitted, written, len(rows) - written, frame)
 
     def _reusable(self, path: Path, vlm: VLM, dataset: Dataset) -> pd.DataFrame | None:
         """The row already in ``path`` when it still holds: it was written by this run (the run id covers the
@@ -256,14 +325,14 @@ class Runner:
                         "re-run with --replace")
 
     def _backfill(self, row: dict, module: Module, vlm: VLM, dataset: Dataset, path: Path, cost: dict,
-                  train: Dataset) -> dict:
+                  train: Dataset, method: str) -> dict:
         """Bring a row of an older schema up to date from its saved module, without refitting.
 
         The module is evaluated again and its ledger written; the row keeps what cannot be recomputed
         (created_at, fit_seconds, eval_seconds, versions) and gains the cost columns. A different top-1 means
         the stored row came from other weights or features: that is reported, never overwritten.
         """
-        preds, top1, _ = self.predict(module, vlm, dataset, train.classnames, train.name)
+        preds, top1, _ = self.predict(module, vlm, dataset, train.classnames, train.name, method=method)
         if top1 != row["top1"] or len(preds) != row["n_test"]:
             raise UserError(f"{path} says top-1 {row['top1']!r} on {row['n_test']} items, but its saved module now "
                             f"gives {top1!r} on {len(preds)} (different features or code).",
@@ -272,26 +341,30 @@ class Runner:
         return {**row, **cost, "schema_version": SCHEMA_VERSION}
 
     def _fit_or_load(self, plan: RunPlan, source: VLM, dataset: Dataset, run_dir: Path,
-                     identity: dict) -> tuple[Module, float]:
+                     identity: dict) -> tuple[Module, float, bool]:
+        """(module, seconds its fit took, whether it was fitted now): the saved module when there is one."""
         module_dir = run_dir / "module"
         if (module_dir / MODULE_CONFIG).is_file():
-            return load_module(module_dir), 0.0
+            return load_module(module_dir), 0.0, False
         split = load_fewshot(dataset, plan.shots, plan.seed)
         task = FewShotTask(dataset, split, source, self.cache, views=plan.views or DEFAULT_VIEWS)
         torch.manual_seed(plan.seed)
         start = time.perf_counter()
-        module = plan.method().fit(source, task, plan.config, plan.seed)
+        with _method_code(plan.method.name, f"fitting on {source.name}"):
+            module = plan.method().fit(source, task, plan.config, plan.seed)
         seconds = time.perf_counter() - start
         provenance = {"run_identity": identity, "created_at": now(), **versions()}
         module.save(module_dir, plan.method.name, provenance=provenance)
-        return module, seconds
+        return module, seconds, True
 
     def predict(self, module: Module, vlm: VLM, dataset: Dataset, module_classes: list[str] | None = None,
-                trained_on: str = "") -> tuple[pd.DataFrame, float, float]:
+                trained_on: str = "", method: str = "") -> tuple[pd.DataFrame, float, float]:
         """Per-item predictions of ``module`` plugged into ``vlm`` on ``dataset``'s test split, top-1 (%), seconds.
 
         ``module_classes`` are the classes the module was fitted for (default: ``dataset``'s); a test set
         that holds a subset of them is scored on its columns (:func:`upgradebench.data.class_columns`).
+        The module's logits must be finite, one row per test item and one column per class: anything else is a
+        :class:`UserError` naming ``method`` (default: the module's class), never a number.
         """
         start = time.perf_counter()
         classes = dataset.classnames if module_classes is None else module_classes
@@ -299,17 +372,20 @@ class Runner:
         items = dataset.split("test")
         feats = self.cache.get(vlm, dataset, "test", items, vlm.test_transform_spec)
         labels = torch.tensor([y for _, y in items])
-        with torch.no_grad():
-            logits = module.logits(vlm, feats, dataset.classnames if columns is None else classes)
+        names = dataset.classnames if columns is None else classes
+        method = method or type(module).__name__
+        with torch.no_grad(), _method_code(method, f"computing logits on {vlm.name}"):
+            logits = module.logits(vlm, feats, names)
+        check_logits(logits, len(items), len(names), method, vlm.name)
         if columns is not None:
             logits = logits[:, columns]
         preds = predictions(logits, labels, [ref for ref, _ in items])
         return preds, top1_of(logits, labels), time.perf_counter() - start
 
     def evaluate(self, module: Module, vlm: VLM, dataset: Dataset, module_classes: list[str] | None = None,
-                 trained_on: str = "") -> tuple[float, int, float]:
+                 trained_on: str = "", method: str = "") -> tuple[float, int, float]:
         """Top-1 (%) of ``module`` plugged into ``vlm`` on ``dataset``'s test split, number of items, seconds."""
-        preds, top1, seconds = self.predict(module, vlm, dataset, module_classes, trained_on)
+        preds, top1, seconds = self.predict(module, vlm, dataset, module_classes, trained_on, method)
         return top1, len(preds), seconds
 
 
@@ -341,7 +417,7 @@ def evaluate_module(folder: str | Path, model: str, dataset: str, device: str = 
     test = runner.dataset(dataset)
     trained_on, classes = fitted_dataset(folder, test, runner)  # before any model loads
     vlm = runner.model(model, pretrained)
-    top1, n_test, seconds = runner.evaluate(module, vlm, test, classes, trained_on)
     method = json.loads((Path(folder) / MODULE_CONFIG).read_text())["method"]  # load_module checked it
+    top1, n_test, seconds = runner.evaluate(module, vlm, test, classes, trained_on, method)
     return {"module": str(folder), "method": method, "model": vlm.name, "model_fingerprint": vlm.fingerprint,
             "dataset": dataset, "top1": top1, "n_test": n_test, "eval_seconds": seconds}

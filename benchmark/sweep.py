@@ -16,14 +16,19 @@ A grid is a YAML file (or the same keys given on the command line)::
 The paper's own grids (Tables 2-8, Fig. 2d, Fig. 4 on the real models and datasets) ship with the package
 and are named ``paper:table2``, ``paper:fig2d``, ... (:func:`paper_grids`).
 
-Every run is resumed "only missing" by the runner (its run id covers everything it depends on), and each
-finished run is on disk before the next starts, so an interrupted sweep continues where it stopped.
+A grid's requests become the complete list of runs once (:func:`upgradebench.plan.plan_runs`: the zero-shot
+reference and oracle runs are runs of that list), which the dry run lists, the cost estimate prices and every
+executor (local, ``--jobs N``, SLURM through submitit) runs as it is. Every run is resumed "only missing" by the
+runner (its run id covers everything it depends on), and each finished run is on disk before the next starts, so
+an interrupted sweep continues where it stopped.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import stat
+import sys
 import threading
 import time
 import traceback
@@ -42,8 +47,8 @@ from .defaults import DEFAULT_SEEDS, DEFAULT_SHOTS, DEFAULT_SOURCE, DEFAULT_TARG
 from .errors import UserError
 from .features import progress_bar
 from .models import resolve_device, weights_problem
-from .plan import RunPlan, RunSpec
-from .runner import Runner
+from .plan import RunPlan, RunSpec, check_seed, check_shots, parse_views
+from .runner import STATUSES, Runner, outcome_text
 
 
 @dataclass
@@ -61,9 +66,18 @@ class Grid:
     views: int | str = DEFAULT_VIEWS
     oracle: bool = False
 
+    def size(self) -> int:
+        """How many requests :meth:`specs` gives, counted without listing them."""
+        per_cell = sum(1 + len(self.variants.get(method, [])) for method in self.methods)
+        return len(self.datasets) * len(self.shots) * len(self.seeds) * per_cell
+
     def specs(self) -> list[RunSpec]:
-        """Every run of the grid, in a stable order (dataset, shots, seed, method, variant); a variant's values
-        stay as the grid typed them (:func:`~upgradebench.plan.make_plan` checks them against the config's types)."""
+        """Every request of the grid, in a stable order (dataset, shots, seed, method, variant); a variant's values
+        stay as the grid typed them (:func:`~upgradebench.plan.make_plan` checks them against the config's types).
+        A grid of more than :data:`MAX_RUNS` requests is refused before any is listed."""
+        if self.size() > MAX_RUNS:
+            raise UserError(f"This grid asks for {self.size()} runs, more than {MAX_RUNS}.",
+                            "split it into smaller grids (fewer datasets, seeds, shots or variants per file)")
         out = []
         for dataset in self.datasets:
             for shots in self.shots:
@@ -78,6 +92,10 @@ class Grid:
 
 
 PAPER_PREFIX = "paper:"
+MAX_GRID_BYTES = 1 << 20
+"""The largest grid file read (a grid is a few hundred bytes; ``/dev/zero`` or a huge file is refused unread)."""
+MAX_RUNS = 100_000
+"""The most requests one grid may expand to (the paper's largest grid has 264)."""
 # key -> (type the grid file must give, what to say) for the keys whose values are checked before anything runs
 _LIST_KEYS = {"methods": str, "datasets": str, "targets": str, "seeds": int, "shots": int}
 
@@ -104,18 +122,32 @@ def _grid_text(ref: str | Path) -> tuple[str, str]:
                             f"use one of: {', '.join(PAPER_PREFIX + n for n in known)}")
         return text, resources.files(__package__).joinpath("grids", f"{name}.yaml").read_text(encoding="utf-8")
     path = Path(ref)
-    if path.is_dir():
-        raise UserError(f"Grid {path} is a folder, not a YAML file.", "pass --grid FILE.yaml or --grid paper:NAME")
+    fix = "pass --grid FILE.yaml or --grid paper:NAME"
     try:
-        return str(path), path.read_text(encoding="utf-8")
+        info = path.stat()
     except FileNotFoundError:
-        raise UserError(f"Grid file {path} does not exist.", "pass --grid FILE.yaml or --grid paper:NAME") from None
+        raise UserError(f"Grid file {path} does not exist.", fix) from None
+    except OSError as exc:
+        raise UserError(f"Grid file {path} cannot be read ({exc.strerror or exc}).", fix) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"Grid {path} is a folder, not a YAML file.", fix)
+    if not stat.S_ISREG(info.st_mode):  # a device or a pipe could be read forever
+        raise UserError(f"Grid {path} is not a regular file (a device, pipe or socket).", fix)
+    if info.st_size > MAX_GRID_BYTES:
+        raise UserError(f"Grid file {path} is {info.st_size} bytes, more than a grid's {MAX_GRID_BYTES}.", fix)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_GRID_BYTES + 1)  # bounded even if the file grew since stat
+        if len(data) > MAX_GRID_BYTES:
+            raise UserError(f"Grid file {path} is more than a grid's {MAX_GRID_BYTES} bytes.", fix)
+        return str(path), data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"Grid file {path} cannot be read ({exc}).") from None
+        raise UserError(f"Grid file {path} cannot be read ({exc}).", fix) from None
 
 
 def _check_types(data: dict[str, Any], where: str) -> None:
-    """Refuse values of the wrong type (``methods: coop`` is a string, not a list) before anything runs."""
+    """Refuse values of the wrong type or range (``methods: coop`` is a string, not a list; ``shots: [0]``;
+    ``oracle: "false"`` is a string, not a boolean) before anything runs."""
     for key, kind in _LIST_KEYS.items():
         if key not in data:
             continue
@@ -124,8 +156,22 @@ def _check_types(data: dict[str, Any], where: str) -> None:
             example = "[1, 2, 3]" if kind is int else "[a, b]"
             raise UserError(f"Grid {where}: {key!r} must be a list of {kind.__name__}s, got {values!r}.",
                             f"write it as a YAML list, e.g. {key}: {example}")
+        if not values:
+            raise UserError(f"Grid {where} needs a non-empty {key!r} list.")
+    for seed in data.get("seeds", []):
+        check_seed(seed, f"Grid {where}: seeds")
+    for shots in data.get("shots", []):
+        check_shots(shots, f"Grid {where}: shots")
     if "source" in data and not isinstance(data["source"], str):
         raise UserError(f"Grid {where}: 'source' must be one model name, got {data['source']!r}.")
+    if "oracle" in data and not isinstance(data["oracle"], bool):
+        raise UserError(f"Grid {where}: 'oracle' must be true or false, got {data['oracle']!r}.",
+                        "write oracle: true or oracle: false, without quotes")
+    if "views" in data:
+        try:
+            parse_views(data["views"])
+        except UserError as exc:
+            raise UserError(f"Grid {where}: {exc.message}", exc.fix) from None
     for key in ("variants", "ood"):
         value = data.get(key, {})
         if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
@@ -135,6 +181,10 @@ def _check_types(data: dict[str, Any], where: str) -> None:
         if not all(isinstance(v, dict) for v in variants):
             raise UserError(f"Grid {where}: every variant of {method!r} must be a mapping of config keys, "
                             f"got {variants!r}.", f"e.g. variants: {{{method}: [{{n_ctx: 4}}]}}")
+    for dataset, tests in data.get("ood", {}).items():
+        if not isinstance(dataset, str) or not all(isinstance(t, str) for t in tests):
+            raise UserError(f"Grid {where}: 'ood' must map a dataset name to a list of dataset names, got "
+                            f"{dataset!r}: {tests!r}.", "e.g. ood: {toy-shape: [toy-shape-sketch]}")
 
 
 def load_grid(ref: str | Path) -> Grid:
@@ -175,11 +225,34 @@ def missing_inputs(grid: Grid, data_root: str | Path | None = None) -> list[dict
 
 @dataclass
 class SweepReport:
-    """What a sweep did: runs completed, and the failures with their messages."""
+    """What a sweep did: runs completed (with what each did: :meth:`upgradebench.runner.RunOutcome.as_dict`), and
+    the failures with their messages."""
 
     total: int
     completed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def record(self, name: str, outcome: dict[str, Any] | None, problem: str | None) -> None:
+        """One finished run: its outcome, or why it failed."""
+        if problem is None:
+            self.completed.append(name)
+            if outcome is not None:
+                self.outcomes[name] = outcome
+        else:
+            self.failed[name] = problem
+
+    def counts(self) -> dict[str, int]:
+        """How many completed runs were fitted, evaluated from a saved module, or reused with nothing written."""
+        out = dict.fromkeys(STATUSES, 0)
+        for outcome in self.outcomes.values():
+            out[outcome["status"]] += 1
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``sweep --json``)."""
+        return {"total": self.total, "completed": self.completed, "failed": self.failed, "outcomes": self.outcomes,
+                **self.counts()}
 
 
 def _failure(exc: BaseException) -> str:
@@ -189,11 +262,14 @@ def _failure(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
-def _log_end(bar: Progress, done: int, total: int, name: str, problem: str | None) -> None:
-    """Where stderr is a log file (the bar shows only at the end there), one line per finished run."""
+def _log_end(bar: Progress, report: SweepReport, name: str) -> None:
+    """Where stderr is a log file (the bar shows only at the end there), one line per finished run saying what it
+    did (fitted, evaluated or reused) or why it failed."""
     if not bar.console.is_terminal:
-        bar.console.print(f"[{done}/{total}] {name}: " + ("done" if problem is None else f"FAILED: {problem}"),
-                          markup=False, highlight=False, soft_wrap=True)
+        done = len(report.completed) + len(report.failed)
+        what = (f"FAILED: {report.failed[name]}" if name in report.failed else
+                f"done ({outcome_text(report.outcomes[name])})" if name in report.outcomes else "done")
+        bar.console.print(f"[{done}/{report.total}] {name}: {what}", markup=False, highlight=False, soft_wrap=True)
 
 
 def run_local(plans: list[RunPlan], runner: Runner, keep_going: bool = True) -> SweepReport:
@@ -205,14 +281,11 @@ def run_local(plans: list[RunPlan], runner: Runner, keep_going: bool = True) -> 
         def start(plan: RunPlan) -> None:
             bar.update(task, description=f"sweep: {plan.describe()}")
 
-        def end(plan: RunPlan, error: Exception | None) -> None:
-            if error is None:
-                report.completed.append(plan.describe())
-            else:
-                report.failed[plan.describe()] = _failure(error)
+        def end(plan: RunPlan, outcome: Any, error: Exception | None) -> None:
+            report.record(plan.describe(), None if outcome is None else outcome.as_dict(),
+                          None if error is None else _failure(error))
             bar.advance(task)
-            _log_end(bar, len(report.completed) + len(report.failed), len(plans), plan.describe(),
-                     None if error is None else _failure(error))
+            _log_end(bar, report, plan.describe())
 
         runner.run_all(plans, start, end, keep_going=keep_going)
     return report
@@ -242,6 +315,9 @@ def _exit_with_parent(parent: int) -> None:
 def _start_worker(gpus: Any, runner_kwargs: dict, threads: int) -> None:
     """Set up one worker process of :func:`run_parallel`: its own GPU (before torch touches CUDA) and runner."""
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    # a worker reports through its return values: what a plugin prints goes to the sweep's stderr, never into the
+    # stdout that carries `sweep --json`
+    sys.stdout = sys.stderr
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get()
     import torch
@@ -250,18 +326,26 @@ def _start_worker(gpus: Any, runner_kwargs: dict, threads: int) -> None:
     _WORKER["runner"] = Runner(**runner_kwargs)
 
 
-def _run_in_worker(plan: RunPlan) -> str | None:
-    """Run one plan in a worker; None when done, else why it failed (exceptions of plugins may not pickle)."""
+JobResult = tuple[dict[str, Any] | None, str | None]
+"""What a worker or a submitit job sends back of one run: (its outcome, None) or (None, why it failed)."""
+
+
+def _execute(runner: Runner, plan: RunPlan) -> JobResult:
+    """Execute ``plan``; exceptions become their message (those of plugins may not pickle)."""
     try:
-        _WORKER["runner"].run(plan)
+        return runner.execute(plan).as_dict(), None
     except Exception as exc:
-        return _failure(exc)
-    return None
+        return None, _failure(exc)
+
+
+def _run_in_worker(plan: RunPlan) -> JobResult:
+    """Run one plan in a worker of :func:`run_parallel`."""
+    return _execute(_WORKER["runner"], plan)
 
 
 def run_parallel(plans: list[RunPlan], runner_kwargs: dict, jobs: int, keep_going: bool = True) -> SweepReport:
-    """Run the plans (validated by :meth:`Runner.plan`) in ``jobs`` worker processes on this machine
-    (``--executor local --jobs N``).
+    """Run the plans (of :meth:`Runner.plan`: oracle and zero-shot runs are plans of their own, so they run in
+    parallel too) in ``jobs`` worker processes on this machine (``--executor local --jobs N``).
 
     Where GPUs exist each worker is given one of them (``CUDA_VISIBLE_DEVICES``), so there must be at least
     ``jobs`` of them; on CPU the cores are shared out. Every finished run is on disk as in a serial sweep, so a
@@ -290,33 +374,51 @@ def run_parallel(plans: list[RunPlan], runner_kwargs: dict, jobs: int, keep_goin
         for future in as_completed(futures):
             name = futures[future]
             try:
-                problem = future.result()
+                outcome, problem = future.result()
             except BrokenProcessPool:
-                problem = "its worker process died (killed, or out of memory); run the sweep again to resume"
-            if problem is None:
-                report.completed.append(name)
-            else:
-                report.failed[name] = problem
-                if not keep_going:
-                    pool.shutdown(cancel_futures=True)
-                    raise UserError(f"Run {name} failed: {problem}", "fix it and run the sweep again to resume")
+                outcome, problem = None, "its worker process died (killed, or out of memory); run the sweep again to resume"
+            report.record(name, outcome, problem)
+            if problem is not None and not keep_going:
+                pool.shutdown(cancel_futures=True)
+                raise UserError(f"Run {name} failed: {problem}", "fix it and run the sweep again to resume")
             bar.advance(task)
-            _log_end(bar, len(report.completed) + len(report.failed), len(plans), name, problem)
+            _log_end(bar, report, name)
     return report
 
 
-def run_slurm(plans: list[RunPlan], runner_kwargs: dict, folder: str | Path, slurm: dict[str, Any],
-              cluster: str | None = None) -> list[Any]:
-    """Submit one job per plan (validated by :meth:`Runner.plan`) through submitit
-    (``pip install 'upgradebench[slurm]'``); returns the jobs.
-
-    ``cluster`` is submitit's: None picks SLURM where it exists, ``"local"`` runs the jobs as local processes.
-    """
+def _submitit() -> Any:
+    """The submitit module, or the fix when it is not installed."""
     try:
         import submitit
     except ImportError:
         raise UserError("The SLURM executor needs submitit.", "pip install 'upgradebench[slurm]'") from None
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    return submitit
+
+
+def check_slurm() -> None:
+    """Refuse ``--executor slurm`` where submitit is missing or finds no SLURM (no ``sbatch``): submitit would
+    otherwise fall back to running the jobs as local background processes."""
+    try:
+        cluster = _submitit().AutoExecutor.which()
+    except RuntimeError:
+        cluster = None
+    if cluster != "slurm":
+        raise UserError("--executor slurm: SLURM is not available on this machine (submitit finds no sbatch).",
+                        "run the sweep on a SLURM login node, or use --executor local (add --jobs N to run in "
+                        "parallel) or --executor submitit-local")
+
+
+def run_slurm(plans: list[RunPlan], runner_kwargs: dict, folder: str | Path, slurm: dict[str, Any],
+              cluster: str | None = None) -> list[Any]:
+    """Submit one job per plan (of :meth:`Runner.plan`) through submitit (``pip install 'upgradebench[slurm]'``);
+    returns the jobs.
+
+    ``cluster``: None submits to SLURM (refused where there is none, :func:`check_slurm`), ``"local"`` runs the
+    jobs as submitit's local processes.
+    """
+    if cluster is None:
+        check_slurm()
+    executor = _submitit().AutoExecutor(folder=str(folder), cluster=cluster or "slurm")
     executor.update_parameters(**slurm)
     with executor.batch():
         jobs = [executor.submit(_run_one, plan, runner_kwargs) for plan in plans]
@@ -331,21 +433,16 @@ def wait_jobs(plans: list[RunPlan], jobs: list[Any]) -> SweepReport:
         task = bar.add_task("sweep (submitit)", total=len(plans))
         for plan, job in zip(plans, jobs):
             try:
-                problem = job.result()
+                outcome, problem = job.result()
             except Exception as exc:  # the job did not finish (killed, cancelled, timed out): submitit says how
+                outcome = None
                 problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if problem is None:
-                report.completed.append(plan.describe())
-            else:
-                report.failed[plan.describe()] = problem
+            report.record(plan.describe(), outcome, problem)
             bar.advance(task)
+            _log_end(bar, report, plan.describe())
     return report
 
 
-def _run_one(plan: RunPlan, runner_kwargs: dict) -> str | None:
-    """One submitit job: run ``plan``; None when done, else why it failed (as the local executor reports it)."""
-    try:
-        Runner(**runner_kwargs).run(plan)
-    except Exception as exc:
-        return _failure(exc)
-    return None
+def _run_one(plan: RunPlan, runner_kwargs: dict) -> JobResult:
+    """One submitit job: run ``plan`` as a local sweep's worker does."""
+    return _execute(Runner(**runner_kwargs), plan)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 import open_clip
 from speed import SyntheticDataset  # benchmarks/speed.py, next to this script
 from upgradebench.cost import estimate
+from upgradebench.plan import plan_runs
 from upgradebench.data import load_fewshot
 from upgradebench.features import FeatureCache, autocast_context
 from upgradebench.memory import TextShape, encode_text_bounded, model_bytes, training_peak_bytes
@@ -287,11 +288,11 @@ def main() -> None:
         table["archs"][target_arch] = {"images_per_s": pair["target_images_per_s"]["best"]}
         pair["fit"] = fits
         specs = load_grid(f"paper:{grid}").specs()
-        pair["estimate_paper_grid"] = estimate(specs, table).as_dict()
+        pair["estimate_paper_grid"] = estimate(plan_runs(specs), table).as_dict()
         # the same grid for the methods added since the paper (one run per coop run of the grid)
         added = [dataclasses.replace(s, method=m) for s in specs if s.method == "coop"
                  for m in names if m not in PAPER_METHODS]
-        pair["estimate_added_methods"] = estimate(added, table).as_dict()
+        pair["estimate_added_methods"] = estimate(plan_runs(added), table).as_dict()
         if key == "l14":
             # peak memory per step does not depend on the number of steps: 2 shots keep the epoch short
             pair["memory_gib"] = memory_sweep(source, args.memory_classes, 2,

@@ -329,3 +329,43 @@ def test_a_changed_ood_test_set_is_evaluated_again_and_the_other_rows_reused(cap
     assert set(before[ood].dataset_fingerprint) == {Ood().fingerprint}
     assert set(after[ood].dataset_fingerprint) == {ChangedOod().fingerprint} != {Ood().fingerprint}  # evaluated again
     assert len(read_results(tmp_path / "res")) == len(before)  # replaced, not added beside the stale rows
+
+
+def test_run_says_what_it_did_fitted_then_reused(capsys, models, tiny_dataset, tmp_path):
+    """`run` names each run folder and says fitted vs reused and whether rows were written (a resumed run that
+    wrote nothing never says "rows written")."""
+    src, tgt = models
+    args = ["run", "--method", "coop", "--source", src, "--target", tgt, "--dataset", tiny_dataset, "--shots", "2",
+            "--views", "2", "--config", "epochs=3", "--results", str(tmp_path / "res"), "--json"]
+    code, out, err = run_cli(capsys, *args)
+    first = json.loads(out)
+    assert code == 0 and [(r["run"].split()[0], r["status"], r["rows_written"]) for r in first["runs"]] == [
+        ("coop[epochs=3]", "fitted", 2), ("zeroshot", "fitted", 2)]
+    assert first["rows_written"] == 4 and all((tmp_path / "res").joinpath(r["folder"]).is_dir() for r in first["runs"])
+    assert all(f"{r['folder']}" in err for r in first["runs"])  # the run folders are named on stderr
+    assert f"4 rows written under {tmp_path / 'res'}" in err
+    code, out, err = run_cli(capsys, *args)
+    again = json.loads(out)
+    assert code == 0 and [r["status"] for r in again["runs"]] == ["reused", "reused"] and again["rows_written"] == 0
+    assert "rows written" not in err and "nothing written" in err
+    assert again["rows"] == first["rows"]
+
+
+def test_the_planner_lists_every_run_and_the_runner_executes_only_the_plan_it_is_given(models, tiny_dataset,
+                                                                                       tmp_path):
+    from upgradebench.runner import Runner, RunSpec
+
+    runner = Runner(tmp_path / "res", device="cpu")
+    spec = RunSpec(method="coop", source=models[0], targets=[models[1]], dataset=tiny_dataset, shots=1000, views=2,
+                   config={"epochs": "1", "n_ctx": "4"}, oracle=True)
+    plans = runner.plan(spec)
+    assert [(p.method.name, p.role, p.source, p.targets) for p in plans] == [
+        ("coop", "base", models[0], (models[1],)), ("coop", "oracle", models[1], ()),
+        ("zeroshot", "base", models[0], (models[1],))]
+    largest = max(sum(y == c for _, y in get_dataset(tiny_dataset).split("train")) for c in range(4))
+    assert largest < 1000 and {p.shots for p in plans} == {largest}  # capped once, by the planner, for every run of the list
+    outcome = runner.execute(plans[0])
+    assert outcome.status == "fitted" and outcome.written == 2
+    df = read_results(tmp_path / "res")
+    assert set(df.method) == {"coop"} and set(df.role) == {"base", "new"}  # no zero-shot or oracle run added
+    assert [p.name for p in (tmp_path / "res").iterdir()] == [outcome.folder.name]

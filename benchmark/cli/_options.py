@@ -1,11 +1,18 @@
-"""Options shared by several commands, and parsing of repeated ``key=value`` options."""
+"""Options shared by several commands, their checks (``--workers`` capped to the cores, stdout kept for ``--json``),
+and parsing of repeated ``key=value`` options."""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 
 import typer
 
 from ..defaults import DEFAULT_SHOTS, DEFAULT_VIEWS
 from ..errors import UserError
+from ._common import err_console
 
 DataRoot = typer.Option(None, "--data-root", envvar="UPGRADEBENCH_DATA",
                         help="Root of the real datasets in the CoOp layout.")
@@ -19,9 +26,33 @@ Views = typer.Option(str(DEFAULT_VIEWS), "--views", help="Cached augmented views
 Replace = typer.Option(False, "--replace",
                        help="Replace the rows of a model whose weights changed since they were written (default: "
                             "refuse; give the new weights another name to keep both).")
-Workers = typer.Option(None, "--workers", min=0,
+
+
+def _cap_workers(value: int | None) -> int | None:
+    """``--workers`` above the CPU cores is capped to them (1000 decoding processes on 2 cores would exhaust the
+    machine, not speed anything up), with a warning."""
+    cores = os.cpu_count() or 1
+    if value is not None and value > cores:
+        err_console.print(f"warning: --workers {value} is more than the {cores} CPU cores; using {cores}",
+                          highlight=False)
+        return cores
+    return value
+
+
+Workers = typer.Option(None, "--workers", min=0, callback=_cap_workers,
                        help="Processes that decode images for feature extraction (default: one per CPU core but one, "
-                            "at most 16; 0 = decode in the main process).")
+                            "at most 16; 0 = decode in the main process; at most the CPU cores).")
+
+
+@contextlib.contextmanager
+def plugin_output_to_stderr(active: bool) -> Iterator[None]:
+    """With ``--json`` (``active``), whatever a method's code prints while it is imported or runs goes to stderr, so
+    that stdout holds the JSON alone; otherwise nothing changes."""
+    if not active:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def parse_pairs(values: list[str] | None, what: str) -> dict[str, str]:

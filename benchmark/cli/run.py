@@ -9,7 +9,8 @@ from rich.markup import escape
 
 from ..defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SOURCE, DEFAULT_TARGETS
 from ._common import err_console, print_json, print_table, print_text
-from ._options import DataRoot, Device, Download, Json, Precision, Replace, Shots, Views, Workers, parse_pairs
+from ._options import (DataRoot, Device, Download, Json, Precision, Replace, Shots, Views, Workers, parse_pairs,
+                       plugin_output_to_stderr)
 
 
 def run(
@@ -37,49 +38,64 @@ def run(
     as_json: bool = Json,
 ) -> None:
     """Fit METHOD once on SOURCE and evaluate the module unchanged on SOURCE (Base) and each TARGET (New)."""
-    from ..runner import Runner, RunSpec
+    from ..roles import ORACLE
+    from ..runner import Runner, RunSpec, count_rows, outcome_text
 
     weights = {}
     for item in pretrained or []:
         weights.update(parse_pairs([item], "--pretrained") if "=" in item else {source: item})
-    runner = Runner(results, device, precision, data_root, download, workers, replace=replace)
     specs = [RunSpec(method=method, source=source, targets=list(target), dataset=d, shots=shots, seed=s,
                      config=parse_pairs(config, "--config"), views=views, ood=list(ood or []), pretrained=weights,
                      oracle=oracle)
              for d in dataset for s in seed]
-    plans = [runner.plan(spec) for spec in specs]  # every mistake is reported before the first fit
 
     def announce(plan) -> None:
-        what = f"{plan.method.name} on {plan.dataset}, {plan.shots} shots, seed {plan.seed}: {plan.source} -> " \
-               f"{', '.join(plan.targets)}"
+        models = f"fitted on {plan.source}" if plan.role == ORACLE else f"{plan.source} -> {', '.join(plan.targets)}"
+        what = f"{plan.method.name}{' (oracle)' if plan.role == ORACLE else ''} on {plan.dataset}, {plan.shots} " \
+               f"shots, seed {plan.seed}: {models}"
         err_console.print(f"[bold]run[/] {escape(what)}", highlight=False)
 
-    frames = runner.run_all(plans, announce)
+    def report(plan, outcome, error) -> None:
+        if outcome is not None:
+            print_text(f"  {outcome_text(outcome.as_dict())}: {outcome.folder}", err=True)
+
+    with plugin_output_to_stderr(as_json):  # a plugin's prints must not break the JSON on stdout
+        runner = Runner(results, device, precision, data_root, download, workers, replace=replace)
+        plans = runner.plan(specs)  # every mistake is reported before the first fit
+        outcomes = runner.run_all(plans, announce, report)
     import pandas as pd
 
-    df = pd.concat(frames, ignore_index=True)
+    df = pd.concat([outcome.rows for outcome in outcomes], ignore_index=True)
     rows = _summary_rows(df, method, source, list(target))
+    written = sum(outcome.written for outcome in outcomes)
+    fitted = sum(outcome.fitted for outcome in outcomes)
+    said = (f"{len(outcomes)} runs ({fitted} fitted, {len(outcomes) - fitted} with a saved module): "
+            + (f"{count_rows(written)} written under {runner.results}" if written else
+               f"nothing written, every row was already under {runner.results}"))
     if as_json:
-        print_json({"results": str(runner.results), "rows": rows})
+        print_text(said, err=True)
+        print_json({"results": str(runner.results), "runs": [outcome.as_dict() for outcome in outcomes],
+                    "rows_written": written, "rows": rows})
         return
     cols = ["dataset", "seed", "Base"] + [c for t in target for c in (f"New {t}", f"H {t}")] + \
            [f"ZS {m}" for m in [source, *target]]
     cells = [[f"{r[c]:.2f}" if isinstance(r.get(c), float) else r.get(c, "") for c in cols] for r in rows]
     print_table(f"{method}: {source} -> {', '.join(target)}", cols, cells)
-    print_text(f"rows written under {runner.results}", err=True)
+    print_text(said, err=True)
 
 
 def _summary_rows(df, method: str, source: str, targets: list[str]) -> list[dict]:
     from ..results import harmonic
+    from ..roles import BASE, NEW, REFERENCE_METHOD
 
     out = []
     mine = df[df.method == method]
-    zs = df[df.method == "zeroshot"]
+    zs = df[df.method == REFERENCE_METHOD]
     for (dataset, seed), g in mine.groupby(["dataset", "seed"], sort=False):
-        base = float(g[g.role == "base"].top1.iloc[0])
+        base = float(g[g.role == BASE].top1.iloc[0])
         row = {"dataset": dataset, "seed": int(seed), "Base": round(base, 2)}
         for t in targets:
-            new = float(g[(g.eval_model == t) & (g.role == "new")].top1.iloc[0])
+            new = float(g[(g.eval_model == t) & (g.role == NEW)].top1.iloc[0])
             row[f"New {t}"], row[f"H {t}"] = round(new, 2), round(harmonic(base, new), 2)
         for m in [source, *targets]:
             z = zs[(zs.dataset == dataset) & (zs.eval_model == m)]
@@ -101,7 +117,8 @@ def evaluate(
     """Evaluate a saved module on any compatible model, without retraining."""
     from ..runner import evaluate_module
 
-    out = evaluate_module(module, model, dataset, device, data_root, pretrained, workers)
+    with plugin_output_to_stderr(as_json):  # a plugin's prints must not break the JSON on stdout
+        out = evaluate_module(module, model, dataset, device, data_root, pretrained, workers)
     if as_json:
         print_json(out)
         return

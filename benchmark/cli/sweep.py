@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -11,7 +11,7 @@ from rich.markup import escape
 from ..defaults import DEFAULT_SEEDS, DEFAULT_SHOTS, DEFAULT_SOURCE, DEFAULT_TARGETS
 from ..errors import UserError
 from ._common import err_console, print_json, print_table
-from ._options import DataRoot, Device, Json, Replace, Workers
+from ._options import DataRoot, Device, Json, Replace, Workers, plugin_output_to_stderr
 
 if TYPE_CHECKING:
     from ..sweep import Grid
@@ -34,13 +34,15 @@ def sweep(
                                  help="local | slurm (submitit) | submitit-local (submitit's jobs as local processes, "
                                       "to try a SLURM setup without a cluster)."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1,
-                             help="With --executor local: runs in parallel, each in its own process with its own GPU "
-                                  "where GPUs exist (so at most one per GPU)."),
+                             help="With --executor local: runs in parallel (oracle and zero-shot runs are runs of their "
+                                  "own), each in its own process with its own GPU where GPUs exist (so at most one "
+                                  "per GPU)."),
     wait: bool = typer.Option(False, "--wait", help="With --executor slurm: wait for the jobs and report them."),
     slurm_partition: str = typer.Option(None, "--slurm-partition", help="SLURM partition."),
-    slurm_gpus: int = typer.Option(1, "--slurm-gpus", help="GPUs per SLURM job."),
-    slurm_minutes: int = typer.Option(60, "--slurm-minutes", help="Time limit per SLURM job."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and exit."),
+    slurm_gpus: int = typer.Option(1, "--slurm-gpus", min=0, help="GPUs per SLURM job."),
+    slurm_minutes: int = typer.Option(60, "--slurm-minutes", min=1, help="Time limit per SLURM job, in minutes."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs (zero-shot and oracle runs included), what "
+                                                          "is missing and the estimated cost, and exit."),
     stop_on_error: bool = typer.Option(False, "--stop-on-error", help="Stop at the first failed run."),
     device: str = Device,
     data_root: Path = DataRoot,
@@ -48,11 +50,11 @@ def sweep(
     replace: bool = Replace,
     as_json: bool = Json,
 ) -> None:
-    """Run every (method, dataset, shots, seed, variant) of a grid; finished runs are skipped (resume)."""
+    """Run every (method, dataset, shots, seed, variant) of a grid, with the zero-shot run beside each (and each
+    method fitted on each target with the grid's `oracle: true`); finished runs are reused (resume)."""
     from ..paths import default_results_dir
     from ..runner import Runner
-    from ..plan import make_plan
-    from ..sweep import Grid, load_grid, run_local, run_parallel, run_slurm, wait_jobs
+    from ..sweep import Grid, check_slurm, load_grid, run_local, run_parallel, run_slurm, wait_jobs
 
     if grid is not None:
         g = load_grid(grid)
@@ -71,59 +73,69 @@ def sweep(
         raise UserError(f"Unknown executor {executor!r}.", f"use one of: {', '.join(EXECUTORS)}")
     if jobs > 1 and executor != "local":
         raise UserError(f"--jobs is for --executor local; {executor} runs one job per run.", "drop --jobs")
-    specs = g.specs()
-    if dry_run:  # method names, config values and views are checked here too, loading nothing
-        _dry_run(g, specs, [make_plan(spec) for spec in specs], data_root, as_json)
+    if dry_run:  # method names, config values, views, shots, seeds and models are checked, loading nothing
+        _dry_run(g, data_root, as_json)
         return
-    runner_kwargs = {"results": results, "device": device, "data_root": data_root, "workers": workers, "replace": replace}
-    # every user mistake is reported before the first fit or submission; a submitting machine may have no GPU
-    serial = executor == "local" and jobs == 1
-    runner = Runner(**runner_kwargs) if serial else Runner(**{**runner_kwargs, "device": "cpu"})
-    plans = [runner.plan(spec) for spec in specs]
-    if executor == "local":
-        report = (run_parallel(plans, runner_kwargs, jobs, keep_going=not stop_on_error) if jobs > 1
-                  else run_local(plans, runner, keep_going=not stop_on_error))
-    else:
-        slurm = {"slurm_partition": slurm_partition, "gpus_per_node": slurm_gpus, "timeout_min": slurm_minutes}
-        folder = Path(results) if results is not None else default_results_dir()
-        submitted = run_slurm(plans, runner_kwargs, folder / "slurm", {k: v for k, v in slurm.items() if v},
-                              cluster="local" if executor == "submitit-local" else None)
-        if executor == "slurm" and not wait:
-            err_console.print(f"submitted {len(submitted)} jobs (logs under {escape(str(folder / 'slurm'))})",
-                              highlight=False)
-            return
-        report = wait_jobs(plans, submitted)
+    with plugin_output_to_stderr(as_json):  # a plugin's prints must not break the JSON on stdout
+        specs = g.specs()
+        if executor == "slurm":
+            check_slurm()  # before any planning: without SLURM, submitit would run the jobs here in the background
+        runner_kwargs: dict[str, Any] = {"results": results, "device": device, "data_root": data_root, "workers": workers,
+                         "replace": replace}
+        # every user mistake is reported before the first fit or submission; a submitting machine may have no GPU
+        serial = executor == "local" and jobs == 1
+        runner = Runner(**runner_kwargs) if serial else Runner(**{**runner_kwargs, "device": "cpu"})
+        plans = runner.plan(specs)
+        if executor == "local":
+            report = (run_parallel(plans, runner_kwargs, jobs, keep_going=not stop_on_error) if jobs > 1
+                      else run_local(plans, runner, keep_going=not stop_on_error))
+        else:
+            slurm = {"slurm_partition": slurm_partition, "gpus_per_node": slurm_gpus, "timeout_min": slurm_minutes}
+            folder = Path(results) if results is not None else default_results_dir()
+            submitted = run_slurm(plans, runner_kwargs, folder / "slurm", {k: v for k, v in slurm.items() if v},
+                                  cluster="local" if executor == "submitit-local" else None)
+            if executor == "slurm" and not wait:
+                err_console.print(f"submitted {len(submitted)} SLURM jobs, one per run (logs under "
+                                  f"{escape(str(folder / 'slurm'))}); run the sweep again with --wait to wait for "
+                                  "them, or later to resume", highlight=False)
+                return
+            report = wait_jobs(plans, submitted)
+    counts = report.counts()
+    done = (f"{len(report.completed)}/{report.total} runs done ({counts['fitted']} fitted, {counts['evaluated']} "
+            f"evaluated from a saved module, {counts['reused']} reused with nothing written)")
     if as_json:
-        print_json({"total": report.total, "completed": report.completed, "failed": report.failed})
+        print_json(report.as_dict())
     elif report.failed:
-        print_table(f"sweep: {len(report.completed)}/{report.total} runs done", ["failed run", "why"],
-                    list(report.failed.items()))
+        print_table(f"sweep: {done}", ["failed run", "why"], list(report.failed.items()))
     else:
-        err_console.print(f"sweep: {len(report.completed)}/{report.total} runs done, none failed")
+        err_console.print(f"sweep: {escape(done)}, none failed", highlight=False)
     if report.failed:
         raise typer.Exit(1)
 
 
-def _dry_run(grid: Grid, specs: list, plans: list, data_root: Path | None, as_json: bool) -> None:
-    """List the runs, what the grid needs that is not on this machine, its estimated GPU cost, and the
-    shipped grids."""
+def _dry_run(grid: Grid, data_root: Path | None, as_json: bool) -> None:
+    """List the runs (the planner's, zero-shot and oracle runs included), what the grid needs that is not on this
+    machine, its estimated GPU cost, and the shipped grids."""
+    from ..plan import plan_runs
     from ..sweep import missing_inputs, paper_grids
 
     from ..cost import estimate  # imports the methods: only a dry run needs it
 
-    runs = [plan.describe() for plan in plans]
-    missing = missing_inputs(grid, data_root)
-    try:
-        cost = estimate(specs).as_dict()
-    except UserError as exc:
-        cost = {"not_estimated": exc.message}
+    with plugin_output_to_stderr(as_json):  # a plugin's prints must not break the JSON on stdout
+        plans = plan_runs(grid.specs())
+        runs = [plan.describe() for plan in plans]
+        missing = missing_inputs(grid, data_root)
+        try:
+            cost = estimate(plans).as_dict()
+        except UserError as exc:
+            cost = {"not_estimated": exc.message}
     if as_json:
         print_json({"runs": runs, "missing": missing, "cost": cost, "paper_grids": paper_grids()})
         return
-    print_table(f"{len(runs)} runs", ["run"], [[escape(r)] for r in runs])
+    print_table(f"{len(runs)} runs", ["run"], [[r] for r in runs])  # print_table escapes its cells
     if missing:
         print_table("missing on this machine", ["kind", "name", "problem"],
-                    [[m["kind"], escape(m["name"]), escape(m["problem"])] for m in missing])
+                    [[m["kind"], m["name"], m["problem"]] for m in missing])
     else:
         err_console.print("every model and dataset of the grid is on this machine")
     if "total_hours" in cost:

@@ -269,7 +269,7 @@ def test_submitit_local_executor_rows_kill_and_resume(capsys, tmp_path):
     # a job killed with -9 is reported as failed; running the sweep again completes its rows
     spec = RunSpec(method="zeroshot", source="toy-clip", targets=["toy-eva"], dataset="toy-shape", shots=2, seed=1)
     runner_kwargs = {"results": tmp_path / "killed", "workers": 0}
-    plan = Runner(**runner_kwargs).plan(spec)
+    [plan] = Runner(**runner_kwargs).plan(spec)  # a zero-shot run: the one run of its list
     [job] = run_slurm([plan], runner_kwargs, tmp_path / "killed" / "slurm", {}, cluster="local")
     assert isinstance(job, submitit.local.local.LocalJob)
     os.kill(int(job.job_id), signal.SIGKILL)  # a local job's id is its process id

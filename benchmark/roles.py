@@ -1,0 +1,22 @@
+"""The roles of runs and of result rows, and the reference method, named in one place.
+
+A result row's ``role`` says how the module it scores relates to the model it was evaluated on:
+
+- :data:`BASE`: fitted on this model (the source) and evaluated on it;
+- :data:`NEW`: fitted on the source and evaluated unchanged on this model (a target);
+- :data:`ORACLE`: fitted on this model, a target, and evaluated there: the ceiling of the recovery ratio.
+
+A planned run (:class:`upgradebench.plan.RunPlan`) has role :data:`BASE` (fitted on its source, evaluated on the
+source and each target) or :data:`ORACLE`. Every run also writes the rows of :data:`REFERENCE_METHOD` beside its
+own, the zero-shot accuracy its numbers are read against. This module imports nothing, so any layer can use it.
+"""
+
+from __future__ import annotations
+
+BASE = "base"
+NEW = "new"
+ORACLE = "oracle"
+ROLES = (BASE, NEW, ORACLE)
+
+REFERENCE_METHOD = "zeroshot"
+"""The method whose run every run is planned with (``RunSpec.zeroshot_reference``)."""
