@@ -119,10 +119,16 @@ class RunPlan:
         return identity, run_id
 
     def key(self) -> tuple:
-        """What makes two plans the same run (hashable): a run asked for twice is planned once."""
+        """What makes two plans the same run (hashable), whatever models and OOD sets it is evaluated on: a run
+        asked for twice is planned once."""
         return (self.method.name, json.dumps(self.method.config_dict(self.config), sort_keys=True, default=str),
-                self.source, self.targets, self.dataset, self.shots, self.seed, str(self.views), self.ood,
+                self.source, self.dataset, self.shots, self.seed, str(self.views),
                 tuple(sorted(self.pretrained.items())), self.role)
+
+    def also_evaluated_as(self, other: RunPlan) -> RunPlan:
+        """This run, evaluated also on the targets and OOD sets of ``other`` (the same run asked for again)."""
+        return dataclasses.replace(self, targets=tuple(dict.fromkeys(self.targets + other.targets)),
+                                   ood=tuple(dict.fromkeys(self.ood + other.ood)))
 
 
 def safe_name(name: str) -> str:
@@ -217,7 +223,8 @@ def _zeroshot(plan: RunPlan) -> RunPlan:
 def plan_runs(specs: Iterable[RunSpec], datasets: Callable[[str], Dataset] | None = None) -> list[RunPlan]:
     """Every run ``specs`` ask for, in the order they run: each request's own run, then its oracle runs (with
     ``oracle``), then its zero-shot reference run (with ``zeroshot_reference``); a run asked for twice (the
-    zero-shot reference of every method of a sweep) is listed once, at its first place.
+    zero-shot reference of every method of a sweep, or a run of two grids with other targets) is listed once, at
+    its first place, evaluated on every target and OOD set it was asked for with.
 
     Every request is checked as far as it needs no data (:func:`make_plan`) before any dataset is read. With
     ``datasets`` (name -> :class:`~upgradebench.data.Dataset`, e.g. :meth:`upgradebench.runner.Runner.dataset`)
@@ -233,5 +240,6 @@ def plan_runs(specs: Iterable[RunSpec], datasets: Callable[[str], Dataset] | Non
         if spec.zeroshot_reference and plan.method.name != REFERENCE_METHOD:
             runs.append(_zeroshot(plan))
         for run in runs:
-            out.setdefault(run.key(), run)
+            kept = out.get(run.key())
+            out[run.key()] = run if kept is None else kept.also_evaluated_as(run)
     return list(out.values())

@@ -168,3 +168,15 @@ def test_the_planner_gives_exactly_the_committed_reference_runs():
                for plan in plan_runs(specs)]
     assert len(planned) == len(set(planned))  # a run asked for twice is planned once
     assert set(planned) == {run.name for run in (root / "runs").iterdir()}
+
+
+def test_a_run_asked_for_with_other_targets_is_planned_once_on_all_of_them():
+    from upgradebench.plan import RunSpec, plan_runs
+
+    one = RunSpec(method="coop", source="toy-clip", targets=["toy-eva"], dataset="toy-shape", shots=2, seed=1)
+    two = RunSpec(method="coop", source="toy-clip", targets=["toy-eva-drift", "toy-eva"], dataset="toy-shape", shots=2,
+                  seed=1, ood=["toy-shape-sketch"])
+    plans = plan_runs([one, two])
+    coop = [p for p in plans if p.method.name == "coop"]
+    assert len(coop) == 1 and coop[0].targets == ("toy-eva", "toy-eva-drift") and coop[0].ood == ("toy-shape-sketch",)
+    assert sum(p.method.name == "zeroshot" for p in plans) == 1
