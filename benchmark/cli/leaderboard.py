@@ -68,14 +68,28 @@ def build(
 def check(
     submission: Path = typer.Argument(..., help="The submitted results folder."),
     against: str = typer.Option(..., "--against", help=Against.help),
+    every: bool = typer.Option(False, "--all", help="Re-evaluate every saved module, not one per (entry, source, "
+                               "dataset, shots)."),
+    salt: str = typer.Option("", "--salt", help="Text mixed into the hash that picks the sample, so that a "
+                             "submitter cannot know which modules will be re-evaluated."),
+    device: str = Device,
+    data_root: Path = DataRoot,
     as_json: bool = Json,
 ) -> None:
-    """Check a submitted results folder against the reference protocol; exit 0 only when it is complete and
-    matching: every (target, dataset, shots, seed) cell, the reference's fingerprints and method versions, and
-    every saved module intact."""
+    """Check a submitted results folder against the reference protocol; exit 0 only when it is complete,
+    matching and verified: every (target, dataset, shots, seed) cell, the reference's fingerprints and method
+    versions, every saved module intact, and a sample of the modules (one per entry, source, dataset and shots,
+    chosen by a hash of the run id; every one with --all) re-evaluated on the models and datasets here gives the
+    rows' top-1 and the ledgers' predictions. Hashes find damage, not forgery: only the re-evaluation finds a
+    forged row; rows without a row hash or ledger, and modules without a content hash, are reported unverified."""
+    import os
+
     from upgradebench.leaderboard.submission import check_submission, load_protocol
 
-    report = check_submission(submission, load_protocol(against))
+    from ..runner import Runner
+
+    runner = Runner(results=os.devnull, device=device, data_root=data_root)
+    report = check_submission(submission, load_protocol(against), runner, every=every, salt=salt)
     if as_json:
         print_json(report)
     else:
@@ -88,8 +102,11 @@ def _print_report(report: dict) -> None:
     for problem in report["schema_problems"]:
         console.print(f"[red]schema:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     rows = [[e["label"], ", ".join(e["origin"]), f"{e['covered']}/{e['expected']}",
-             "yes" if e["complete"] and e["matching"] and e["modules_ok"] else "no"] for e in report["entries"]]
-    print_table(f"{report['submission']} against {report['reference']}", ["entry", "from", "cells", "ok"], rows)
+             f"{e['verification']} ({e['recomputed_runs']}/{e['runs']} runs re-computed)",
+             "yes" if e["complete"] and e["matching"] and e["modules_ok"] and e["verification"] in ("verified", "sampled")
+             else "no"] for e in report["entries"]]
+    print_table(f"{report['submission']} against {report['reference']}", ["entry", "from", "cells", "verification",
+                                                                            "ok"], rows)
     for e in report["entries"]:
         for cells in e["missing_summary"]:  # every cell is in --json's "missing"
             print_text(f"{e['label']}: missing {cells}")
@@ -97,7 +114,12 @@ def _print_report(report: dict) -> None:
             print_text(f"{e['label']}: {f['kind']} {f['name']} has fingerprint {f['found']}, the reference {f['expected']}")
         for v in e["version_problems"]:
             print_text(f"{e['label']}: {v}")
+        for m in e["mismatches"]:
+            print_text(f"{e['label']}: MISMATCH run {m['run_id']} on {m['model']} / {m['dataset']}: {m['problem']}")
+        for u in e["unverified"]:
+            print_text(f"{e['label']}: unverified: {u}")
     for m in report["module_problems"]:
         print_text(f"{m['label']} {m['run_id']}: {m['problem']}")
-    verdict = "[green]complete and matching[/]" if report["ok"] else "[red]not accepted[/] (see above)"
+    print_text(report["trust"])
+    verdict = "[green]complete, matching and verified[/]" if report["ok"] else "[red]not accepted[/] (see above)"
     console.print(f"{escape(str(report['submission']))}: {verdict}", highlight=False, soft_wrap=True)
