@@ -30,31 +30,44 @@ def build(
                                          "evaluated on, without retraining (a column of its own); repeatable."),
     rescored: Path = typer.Option(None, "--rescored", help="Folder for the re-scored rows (default: "
                                   "$UPGRADEBENCH_HOME/rescored); the --results folders are never written to."),
+    verify: bool = typer.Option(False, "--verify", help="Re-evaluate a sample of the modules of every folder "
+                                "that is not the reference, as `leaderboard check` does: entries that match are "
+                                "verified, those that do not are left out; without it they are marked unverified."),
     device: str = Device,
     data_root: Path = DataRoot,
     force: bool = Force,
     as_json: bool = Json,
 ) -> None:
     """Rank complete, matching entries by average H per source -> target pair; a self-contained page that
-    needs no network."""
-    from upgradebench.leaderboard.build import build_site
+    needs no network. Entries that rest on rows no one re-computed (folders other than the reference, unless
+    --verify) or that no hash or ledger covers are marked unverified: hashes find damage, not forgery."""
+    import os
+
+    from upgradebench.leaderboard.build import build_site, reference_index, unverified_entries, verify_folders
     from upgradebench.leaderboard.rescore import rescore
     from upgradebench.leaderboard.submission import load_protocol, protocol_of
 
     from ..metrics import read_ledgers
-    from ..results import read_results
+    from ..results import merge_results, read_results
     from ..runner import Runner, check_writable
 
-    df = read_results(*results)
+    merged = merge_results(*results)
+    ledgers = read_ledgers(*results)
     out = output_folder(out, force=force)
     protocol = load_protocol(against) if against else protocol_of(read_results(results[0]), str(results[0]))
+    reference = reference_index(results, against)
+    recomputed, rejected = set(), []
+    if verify:
+        checker = Runner(results=os.devnull, device=device, data_root=data_root)
+        merged, recomputed, rejected = verify_folders(merged, results, protocol, reference, checker)
+    unverified = unverified_entries(merged, results, ledgers, reference, recomputed)
     rows = None
     if rescore_on:
         rescored = rescored or home() / "rescored"
         check_writable(rescored)
         runner = Runner(results=rescored, device=device, data_root=data_root)
         rows = rescore(list(results), list(rescore_on), rescored, runner)
-    written = build_site(df, out, figures, read_ledgers(*results), flips, protocol, rows)
+    written = build_site(merged.rows, out, figures, ledgers, flips, protocol, rows, unverified, rejected)
     if as_json:
         print_json({"index": str(written[0]), "written": [str(p) for p in written],
                     "rescored": str(rescored) if rescore_on else None})
