@@ -117,7 +117,8 @@ def split_entries(df: pd.DataFrame, protocol: Protocol) -> tuple[pd.DataFrame, l
     protocol is dropped whole. Variants (ablations) keep their own table, which shows how many datasets each
     averages over. Every entry with rows set aside is reported, with its check.
     """
-    df = df.drop_duplicates(["run_id", "eval_model", "dataset", "role"])  # one reference run read twice
+    # one reference run read twice (a run set apart on other weights keeps its own rows: method@folder)
+    df = df.drop_duplicates(["run_id", "method", "eval_model", "dataset", "role"])
     outside = outside_protocol(df, protocol)
     if outside.any():
         labels = sorted({method_label(m, v) for m, v in zip(df.method[outside], df.method_variant[outside])})
