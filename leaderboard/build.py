@@ -11,7 +11,10 @@ Jinja2's autoescaping, and the script only moves existing rows, never writes HTM
 
 Only complete, matching entries are ranked (``submission``): rows on other weights or another method version
 than the reference protocol's are set aside, and a default-config entry whose remaining rows miss a cell of the
-protocol is listed in a section of its own with what it lacks, never averaged over fewer datasets. Re-scored
+protocol is listed in a section of its own with what it lacks, never averaged over fewer datasets. Rows of cells
+the protocol does not ask for (more seeds) are set aside too. An entry that rests on rows no one re-computed
+(a folder other than the reference, unless ``--verify`` re-evaluated its sample of modules) or that no hash or
+ledger covers is marked *unverified* wherever it is ranked; one whose re-computation does not match is left out. Re-scored
 rows (``rescore``: modules evaluated on held-out models) add one column per model to the rankings.
 """
 

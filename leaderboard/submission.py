@@ -9,8 +9,13 @@ datasets, not weights). A few-shot split is a pure function of (dataset fingerpr
 (``upgradebench.data.fewshot``), so a split that differs shows as a dataset fingerprint that differs, and
 each module's recorded run identity is checked against its rows.
 
+Hashes find damage, not forgery (anyone who edits a file can recompute them), so a submission is trusted only
+for what was re-computed: :func:`reevaluate` plugs a sample of its saved modules (:func:`sample_runs`) into the
+models and datasets here and compares the result with its rows and ledgers; rows that no hash or ledger
+covers, or that could not be re-computed, are *unverified* (:func:`integrity_gaps`).
+
 :func:`check_entries` judges every entry of a table of rows; :func:`check_submission` adds what needs the
-folder (schema, saved modules) and is what ``upgradebench leaderboard check`` prints.
+folder (schema, saved modules, re-computation) and is what ``upgradebench leaderboard check`` prints.
 """
 
 from __future__ import annotations
@@ -253,6 +258,12 @@ def reevaluate(folder: Path, df: pd.DataFrame, run_ids: Sequence[str], runner: R
             module = load_module(folder / run_id / "module")
         except UserError as exc:
             found["unverified"].append(f"its module cannot be re-evaluated ({exc.message})")
+            continue
+        config = json.loads((folder / run_id / "module" / MODULE_CONFIG).read_text(encoding="utf-8"))
+        precision = ((config.get("provenance") or {}).get("run_identity") or {}).get("precision", "fp32")
+        if precision != runner.cache.precision:  # other features: a difference would prove nothing
+            found["unverified"].append(f"it was evaluated with {precision} features, this check computes "
+                                       f"{runner.cache.precision}")
             continue
         for row in rows.itertuples(index=False):
             where = f"{row.eval_model} / {row.dataset}"
