@@ -89,6 +89,15 @@ def test_a_forged_row_with_a_recomputed_hash_is_caught_by_re_evaluation(capsys, 
     out = " ".join(out.split())
     assert code == 1 and f"MISMATCH run {run_id} on {models[1]}" in out and f"{forged:.4f}" in out
     assert "find damage, not forgery" in out
+    # leaderboard build --verify re-evaluates the same sample: the forged entry is left out, with the numbers
+    site = tmp_path / "site"
+    run_json(capsys, "leaderboard", "build", "--results", str(submission), "--against", str(reference), "--verify",
+             "--device", "cpu", "--out", str(site))
+    tables = Tables((site / "index.html").read_text())
+    ranked = [r["cells"][1] for t in ("ranking", "variants") for table in tables.with_class(t) for r in table["rows"]]
+    assert ranked == ["zeroshot reference"]  # re-computed and matching: ranked, not marked
+    unranked = {r["cells"][0]: r["cells"] for r in tables.with_class("unranked")[0]["rows"]}
+    assert f"re-computed run {run_id} on {models[1]}" in unranked["coop[epochs=2,n_ctx=4]"][5]
     # the untouched reference passes, every module re-computed with --all
     code, report = _check(capsys, reference, reference, "--all")
     assert code == 0 and all(e["verification"] == "verified" for e in report["entries"]), report
