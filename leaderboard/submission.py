@@ -371,7 +371,8 @@ def check_submission(folder: str | Path, protocol: Protocol, runner: Runner | No
         entry["runs"] = len(runs)
         entry["verification"] = ("mismatch" if entry["mismatches"] else "unverified" if unverified
                                  else "verified" if entry["recomputed_runs"] == len(runs) else "sampled")
-    ok = not schema and bool(entries) and all(e["complete"] and e["matching"] and e["modules_ok"]
-                                              and e["verification"] in ("verified", "sampled") for e in entries)
+        entry["ok"] = (entry["complete"] and entry["matching"] and entry["modules_ok"]
+                       and entry["verification"] in ("verified", "sampled"))
+    ok = not schema and bool(entries) and all(e["ok"] for e in entries)
     return {"submission": str(folder), "reference": protocol.where, "ok": ok, "schema_problems": schema,
             "entries": entries, "module_problems": modules, "trust": TRUST}

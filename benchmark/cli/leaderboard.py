@@ -116,8 +116,7 @@ def _print_report(report: dict) -> None:
         console.print(f"[red]schema:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     rows = [[e["label"], ", ".join(e["origin"]), f"{e['covered']}/{e['expected']}",
              f"{e['verification']} ({e['recomputed_runs']}/{e['runs']} runs re-computed)",
-             "yes" if e["complete"] and e["matching"] and e["modules_ok"] and e["verification"] in ("verified", "sampled")
-             else "no"] for e in report["entries"]]
+             "yes" if e["ok"] else "no"] for e in report["entries"]]
     print_table(f"{report['submission']} against {report['reference']}", ["entry", "from", "cells", "verification",
                                                                             "ok"], rows)
     for e in report["entries"]:
@@ -129,8 +128,10 @@ def _print_report(report: dict) -> None:
             print_text(f"{e['label']}: {v}")
         for m in e["mismatches"]:
             print_text(f"{e['label']}: MISMATCH run {m['run_id']} on {m['model']} / {m['dataset']}: {m['problem']}")
-        for u in e["unverified"]:
+        for u in e["unverified"][:3]:  # every one is in --json's "unverified"
             print_text(f"{e['label']}: unverified: {u}")
+        if len(e["unverified"]) > 3:
+            print_text(f"{e['label']}: unverified: {len(e['unverified']) - 3} more (--json lists them)")
     for m in report["module_problems"]:
         print_text(f"{m['label']} {m['run_id']}: {m['problem']}")
     print_text(report["trust"])
