@@ -210,3 +210,20 @@ def test_every_committed_module_carries_its_content_hashes():
         assert json_intact(config) is True, path
         tensors = load_file(str(path.parent / "module.safetensors")) if config.get("tensors") else {}
         assert config.get("tensors_sha256") == tensors_digest(tensors), path
+
+
+def test_re_computation_tolerates_near_ties_only():
+    """The same features computed in other batches differ by ~1e-5 in the logits (the committed results, checked
+    from a cold cache, flip 6 such items): a tie may fall either way, a forged answer may not."""
+    from upgradebench.leaderboard.submission import items_differing
+
+    def frame(pred, correct, margin):
+        return pd.DataFrame({"item": ["a", "b", "c"], "pred": pred, "correct": correct, "margin": margin})
+
+    ledger = frame([0, 1, 2], [True, False, False], [1e-5, -0.5, -2.0])
+    assert items_differing(ledger, frame([3, 1, 2], [False, False, False], [-1e-5, -0.5, -2.0])) == 0  # a tie
+    assert items_differing(ledger, frame([0, 3, 2], [True, False, False], [1e-5, -0.50002, -2.0])) == 0  # two wrong tied
+    # a right answer the module does not give (whatever margin the ledger claims), a wrong one swapped for another
+    assert items_differing(ledger, frame([0, 1, 0], [True, False, False], [1e-5, -0.5, -1.0])) == 1
+    assert items_differing(frame([0, 1, 1], [True, False, True], [1e-5, -0.5, 1e-4]),
+                           frame([0, 1, 2], [True, False, False], [1e-5, -0.5, -2.0])) == 1
