@@ -135,8 +135,8 @@ class MergedResults:
     ``hashed`` whether the row carried a ``row_hash`` that was checked (schema 3 and later; an older row was
     migrated and has nothing to check: unverified). ``separated`` lists the runs set apart as entries of their
     own because they were made on other weights than the same model name in an earlier folder, one dict per
-    (folder, model, fingerprint): ``folder``, ``model``, ``fingerprint``, ``expected`` (the earlier folder's),
-    ``runs`` and ``entries`` (the method names they now carry). ``notes`` says all of it in sentences (also
+    (folder, model, fingerprint): ``folder``, ``model``, ``fingerprint``, ``expected`` (the fingerprints of the
+    earlier folder ``expected_folder``), ``runs`` and ``entries`` (the method names they now carry). ``notes`` says all of it in sentences (also
     logged as warnings).
     """
 
