@@ -179,9 +179,10 @@ def reference_index(folders: Sequence[Path], against: str | None) -> int | None:
 
 
 def verify_folders(merged: MergedResults, folders: Sequence[Path], protocol: Protocol, reference: int | None,
-                   runner: Runner) -> tuple[MergedResults, set[tuple[int, str]], list[dict[str, Any]]]:
+                   runner: Runner, salt: str = "") -> tuple[MergedResults, set[tuple[int, str]], list[dict[str, Any]]]:
     """``leaderboard build --verify``: each folder but the reference checked as ``leaderboard check`` does
-    (:func:`upgradebench.leaderboard.submission.check_submission`, its sample of modules re-evaluated).
+    (:func:`upgradebench.leaderboard.submission.check_submission`, its sample of modules re-evaluated; ``salt``
+    picks the sample).
 
     Returns ``merged`` without the rows of entries whose re-computation did not match (with a warning), the
     (folder index, label) pairs that were verified, and the reports of the entries left out."""
@@ -192,7 +193,7 @@ def verify_folders(merged: MergedResults, folders: Sequence[Path], protocol: Pro
     for index, folder in enumerate(folders):
         if index == reference:
             continue
-        for entry in check_submission(folder, protocol, runner)["entries"]:
+        for entry in check_submission(folder, protocol, runner, salt=salt)["entries"]:
             if entry["verification"] in ("verified", "sampled"):
                 recomputed.add((index, entry["label"]))
             elif entry["mismatches"]:

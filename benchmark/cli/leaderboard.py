@@ -15,6 +15,8 @@ app = typer.Typer(help="The static leaderboard site, and checks of submitted res
 
 Against = typer.Option(None, "--against", help="Reference protocol: a reference results folder (cells and "
                        "fingerprints) or a grid (YAML file or paper:NAME; cells only).")
+Salt = typer.Option("", "--salt", help="Text mixed into the hash that picks the modules re-evaluated, so that a "
+                    "submitter cannot know which ones will be (the sample is otherwise predictable).")
 
 
 @app.command("build")
@@ -33,6 +35,7 @@ def build(
     verify: bool = typer.Option(False, "--verify", help="Re-evaluate a sample of the modules of every folder "
                                 "that is not the reference, as `leaderboard check` does: entries that match are "
                                 "verified, those that do not are left out; without it they are marked unverified."),
+    salt: str = Salt,
     device: str = Device,
     data_root: Path = DataRoot,
     force: bool = Force,
@@ -59,7 +62,7 @@ def build(
     recomputed, rejected = set(), []
     if verify:
         checker = Runner(results=os.devnull, device=device, data_root=data_root)
-        merged, recomputed, rejected = verify_folders(merged, results, protocol, reference, checker)
+        merged, recomputed, rejected = verify_folders(merged, results, protocol, reference, checker, salt)
     unverified = unverified_entries(merged, results, ledgers, reference, recomputed)
     rows = None
     if rescore_on:
@@ -83,8 +86,7 @@ def check(
     against: str = typer.Option(..., "--against", help=Against.help),
     every: bool = typer.Option(False, "--all", help="Re-evaluate every saved module, not one per (entry, source, "
                                "dataset, shots)."),
-    salt: str = typer.Option("", "--salt", help="Text mixed into the hash that picks the sample, so that a "
-                             "submitter cannot know which modules will be re-evaluated."),
+    salt: str = Salt,
     device: str = Device,
     data_root: Path = DataRoot,
     as_json: bool = Json,
