@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -88,9 +89,19 @@ def read_ledger(path: str | Path, n_test: int | None = None, top1: float | None 
     _check_consistent(df, pd.Series(str(path), index=df.index))
     if n_test is not None and len(df) != n_test:
         raise UserError(f"{path} holds {len(df)} items but its row says n_test={n_test}.", _REWRITE)
-    if top1 is not None and len(df) and abs(100 * df.correct.mean() - top1) > 1e-3:
+    if top1 is not None and len(df) and not agrees(100 * df.correct.mean(), top1):
         raise UserError(f"{path} gives top-1 {100 * df.correct.mean():.4f} but its row says {top1:.4f}.", _REWRITE)
     return df
+
+
+TOP1_TOLERANCE = 1e-3
+"""How far (percentage points) a row's top-1 may be from its ledger's: float rounding, never one item."""
+
+
+def agrees(ledger_top1: Any, row_top1: Any) -> Any:
+    """Whether a ledger's (or a re-computed) top-1 gives its row's (element-wise on arrays): a NaN or infinite top-1 never does
+    (``|NaN - x| > tol`` is False, so the test is written as the agreement, not the difference)."""
+    return abs(ledger_top1 - row_top1) <= TOP1_TOLERANCE
 
 
 def _check_consistent(df: pd.DataFrame, files: pd.Series) -> None:
@@ -103,18 +114,33 @@ def _check_consistent(df: pd.DataFrame, files: pd.Series) -> None:
 
 def read_ledger_files(paths: Sequence[str | Path]) -> dict[tuple[str, str, str], pd.DataFrame]:
     """Ledger files by ``(run_id, eval_model, dataset)``, each sorted by item and checked against itself; read
-    together (:meth:`ParquetSchema.read_many`). A file given twice is read once; of two files with the same
-    key, the later one is kept."""
+    together (:meth:`ParquetSchema.read_many`). A file given twice is read once, and of two files with the same
+    key and the same predictions (a folder read through two paths) one is kept; two files with the same key and
+    other predictions are a user error naming both: neither may silently win."""
     first = {}
     for path in paths:
         first.setdefault(Path(path).resolve(), path)
     frame = LEDGER_SCHEMA.read_many(list(first.values()))
     _check_consistent(frame, frame["_file"])
-    out = {}
-    for _, df in frame.drop(columns="_version").groupby("_file", sort=False):
+    out: dict[tuple[str, str, str], pd.DataFrame] = {}
+    where: dict[tuple[str, str, str], str] = {}
+    for file, df in frame.drop(columns="_version").groupby("_file", sort=False, observed=True):
         key = (str(df.run_id.iloc[0]), str(df.eval_model.iloc[0]), str(df.dataset.iloc[0]))
-        out[key] = df.drop(columns="_file").sort_values("item", kind="stable").reset_index(drop=True)
+        df = df.drop(columns="_file").sort_values("item", kind="stable").reset_index(drop=True)
+        if key in out:
+            if not _same_predictions(out[key], df):
+                raise UserError(f"{where[key]} and {file} are both the prediction ledger of run {key[0]} on "
+                                f"{key[1]} / {key[2]}, with different predictions.",
+                                "keep the one written by the run (RESULTS/<run_id>/ledger/) and delete the other")
+            continue
+        out[key], where[key] = df, str(file)
     return out
+
+
+def _same_predictions(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether two ledgers (sorted by item) hold the same items, labels and predictions."""
+    columns = ["item", "label", "pred"]
+    return len(a) == len(b) and a[columns].reset_index(drop=True).equals(b[columns].reset_index(drop=True))
 
 
 def check_against_rows(ledgers: dict[tuple[str, str, str], pd.DataFrame], rows: pd.DataFrame) -> None:
@@ -129,7 +155,7 @@ def check_against_rows(ledgers: dict[tuple[str, str, str], pd.DataFrame], rows: 
     # one vectorised join: ledgers without a row among ``rows`` (filtered out by the caller) are not checked
     joined = found.merge(rows[[*keys, "n_test", "top1"]].drop_duplicates(keys), on=keys, sort=False)
     wrong_n = joined.n_test.notna() & (joined["items"] != joined.n_test)
-    wrong_top1 = (joined.ledger_top1 - joined.top1).abs() > 1e-3
+    wrong_top1 = ~agrees(joined.ledger_top1.astype(float), joined.top1.astype(float))
     for r in joined[wrong_n | wrong_top1].head(1).itertuples():
         what = f"The prediction ledger of run {r.run_id} on {r.eval_model} / {r.dataset}"
         if wrong_n[r.Index]:

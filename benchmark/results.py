@@ -5,8 +5,10 @@ reads every ``*.parquet`` under it except the prediction ledgers (``ledger/`` fo
 Old files are brought to the current schema by explicit migrations (``MIGRATIONS``), never silently; the
 reading, conforming, writing and documenting is :class:`~upgradebench.store.ParquetSchema`'s (``RESULT_SCHEMA``).
 Every row carries a hash of its other columns (``row_hash``, from schema 3), checked when read: a row that
-does not match it is reported with its file, never used. Reading overlapping folders (the same folder twice,
-or one inside another) counts each row once and says so.
+does not match it is reported with its file, never used. The hash is unkeyed: it finds damage, not forgery
+(anyone can recompute it); only re-evaluating the saved module finds a forged row (``leaderboard check``).
+Reading overlapping folders (the same folder twice, or one inside another) counts each row once and says so;
+reading folders whose runs were made on other weights under one model name keeps them apart and says so.
 ``results/SCHEMA.md`` documents every column.
 """
 
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -123,19 +127,46 @@ def write_rows(rows: list[dict], path: str | Path) -> Path:
     return RESULT_SCHEMA.write(df.assign(row_hash=row_hashes(df)), path)
 
 
+@dataclass
+class MergedResults:
+    """The rows of one or more results folders (:func:`merge_results`) and what reading them together did.
+
+    ``folder`` (aligned with ``rows``) is the index in the given paths of the folder each row was read from;
+    ``hashed`` whether the row carried a ``row_hash`` that was checked (schema 3 and later; an older row was
+    migrated and has nothing to check: unverified). ``separated`` lists the runs set apart as entries of their
+    own because they were made on other weights than the same model name in an earlier folder, one dict per
+    (folder, model, fingerprint): ``folder``, ``model``, ``fingerprint``, ``expected`` (the fingerprints of the
+    earlier folder ``expected_folder``), ``runs`` and ``entries`` (the method names they now carry). ``notes`` says all of it in sentences (also
+    logged as warnings).
+    """
+
+    rows: pd.DataFrame
+    folder: pd.Series
+    hashed: pd.Series
+    separated: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
 def read_results(*paths: str | Path) -> pd.DataFrame:
     """Every result row under the given folders (or files), migrated to the current schema.
 
-    Rows of schema 3 and later are checked against their ``row_hash``. A file reached twice (a folder given
-    twice, or one inside another) is read once, and a row given by several files (same run, model, dataset
-    and weights: :data:`ROW_IDENTITY`) is counted once; both are said in a warning. Two files that disagree
-    on such a row are an error.
+    Rows of schema 3 and later are checked against their ``row_hash``, and a top-1 that is not a number in
+    [0, 100] is an error naming its file. A file reached twice (a folder given twice, or one inside another) is
+    read once, and a row given by several files (same run, model, dataset and weights: :data:`ROW_IDENTITY`)
+    is counted once; both are said in a warning. Two files that disagree on such a row are an error. Runs of a
+    later folder made on other weights than an earlier folder's under the same model name are never merged
+    with its runs: they become entries of their own, with a warning (:func:`merge_results`).
     """
+    return merge_results(*paths).rows
+
+
+def merge_results(*paths: str | Path) -> MergedResults:
+    """:func:`read_results`, with where each row came from and what reading the folders together changed."""
     files: list[Path] = []
+    roots: list[int] = []
     seen: set[Path] = set()
     repeated = 0
-    for root in paths:
-        root = Path(root)
+    for index, root in enumerate(map(Path, paths)):
         if not root.exists():
             raise UserError(f"Results folder {root} does not exist.", "pass the folder given to --results")
         for f in [root] if root.is_file() else sorted(root.rglob("*.parquet")):
@@ -146,24 +177,82 @@ def read_results(*paths: str | Path) -> pd.DataFrame:
                 continue
             seen.add(f.resolve())
             files.append(f)
+            roots.append(index)
     if not files:
-        return RESULT_SCHEMA.empty()
+        empty = RESULT_SCHEMA.empty()
+        return MergedResults(empty, pd.Series(dtype="int64"), pd.Series(dtype=bool))
     df = RESULT_SCHEMA.read_many(files)
     checked = df.pop("_version") >= 3  # rows from before schema 3 carry no hash to check
     df = _verify(df, checked, df["_file"])  # hashed once for every file: a read stays one pass
-    dup = df.duplicated(ROW_IDENTITY, keep="first")
+    _check_top1(df)
+    root_of = dict(zip(map(str, files), roots))
+    df["_root"] = [root_of[str(f)] for f in df["_file"]]
+    df["_hashed"] = checked
+    separated = _separate_other_weights(df, [Path(p) for p in paths]) if len(paths) > 1 else []
+    notes = [f"{s['folder']}: {s['runs']} run(s) on {s['model']!r} of weights {s['fingerprint']}, not "
+             f"{' or '.join(s['expected'])} as in {s['expected_folder']}, are not merged with those: they are the "
+             f"entries {', '.join(s['entries'])}" for s in separated]
+    identity = [*ROW_IDENTITY, "method"]  # a run set apart keeps its rows beside the same run's on other weights
+    dup = df.duplicated(identity, keep="first")
     if dup.any():
-        first = df[~dup].set_index(ROW_IDENTITY)
+        first = df[~dup].set_index(identity)
         for _, row in df[dup].iterrows():
-            kept = first.loc[tuple(row[c] for c in ROW_IDENTITY)]
+            kept = first.loc[tuple(row[c] for c in identity)]
             if kept["top1"] != row["top1"] or kept["n_test"] != row["n_test"]:
                 raise UserError(f"{kept['_file']} and {row['_file']} hold the same row (run {row['run_id']!r} on "
                                 f"{row['eval_model']!r}, {row['dataset']}) with different top-1 ({kept['top1']} vs "
                                 f"{row['top1']}).", "keep one of the two files; read the folders separately")
     if repeated or dup.any():
-        log.warning("overlapping results folders: %d files read twice and %d rows found in several files were "
-                    "counted once (same run, model, dataset and fingerprints)", repeated, int(dup.sum()))
-    return df[~dup].drop(columns="_file").reset_index(drop=True)
+        notes.append(f"overlapping results folders: {repeated} files read twice and {int(dup.sum())} rows found in "
+                     "several files were counted once (same run, model, dataset and fingerprints)")
+    for note in notes:
+        log.warning("%s", note)
+    df = df[~dup].reset_index(drop=True)
+    return MergedResults(df.drop(columns=["_file", "_root", "_hashed"]), df["_root"], df["_hashed"].astype(bool),
+                         separated, notes)
+
+
+def _check_top1(df: pd.DataFrame) -> None:
+    """A top-1 that is NaN, infinite or outside [0, 100] is a user error naming its file: a NaN never compares
+    unequal to anything, so it would pass every later check and be counted as a seed."""
+    top1 = df.top1.astype(float)
+    bad = ~top1.between(0.0, 100.0)  # False for NaN
+    if bad.any():
+        first = df[bad].iloc[0]
+        raise UserError(f"{first['_file']}: run {first['run_id']!r} on {first['eval_model']!r} has top-1 "
+                        f"{first['top1']} ({int(bad.sum())} such rows): not an accuracy in percent.", _RESTORE)
+
+
+def _separate_other_weights(df: pd.DataFrame, paths: list[Path]) -> list[dict[str, Any]]:
+    """Give the runs of a later folder made on other weights than an earlier folder's under one model name an
+    entry of their own (``method@folder``, in place); what was set apart, for :class:`MergedResults`.
+
+    A model name's weights are the fingerprints it has in the first folder (in the order given) that uses it;
+    a run of a later folder is set apart when its source or any evaluated model has another fingerprint.
+    """
+    names = [p.name or str(p) for p in paths]
+    tags = [n if names.count(n) == 1 else str(p) for n, p in zip(names, paths)]
+    models = pd.concat([df[["_root", "source", "source_fingerprint"]].set_axis(["root", "model", "fp"], axis=1),
+                        df[["_root", "eval_model", "eval_fingerprint"]].set_axis(["root", "model", "fp"], axis=1)])
+    home_root = models.groupby("model").root.min()
+    home = models[models.root == models.model.map(home_root)].groupby("model").fp.agg(lambda f: sorted(set(f)))
+    other_source = [fp not in home[m] for m, fp in zip(df.source, df.source_fingerprint)]
+    other_eval = [fp not in home[m] for m, fp in zip(df.eval_model, df.eval_fingerprint)]
+    other = pd.Series(other_source, index=df.index) | pd.Series(other_eval, index=df.index)
+    if not other.any():
+        return []
+    runs = df.loc[other, ["_root", "run_id"]].drop_duplicates()
+    apart = pd.MultiIndex.from_frame(df[["_root", "run_id"]]).isin(pd.MultiIndex.from_frame(runs))
+    out = []
+    for (root, model, fp), part in pd.concat([
+            df[other_source].assign(model=df.source, fp=df.source_fingerprint),
+            df[other_eval].assign(model=df.eval_model, fp=df.eval_fingerprint)]).groupby(["_root", "model", "fp"]):
+        root = int(root)
+        out.append({"folder": str(paths[root]), "model": model, "fingerprint": fp, "expected": home[model],
+                    "expected_folder": str(paths[int(home_root[model])]), "runs": part.run_id.nunique(),
+                    "entries": sorted({f"{m}@{tags[root]}" for m in part.method})})
+    df.loc[apart, "method"] = [f"{m}@{tags[r]}" for m, r in zip(df.method[apart], df._root[apart])]
+    return out
 
 
 def harmonic(base: float, new: float) -> float:

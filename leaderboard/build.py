@@ -11,19 +11,26 @@ Jinja2's autoescaping, and the script only moves existing rows, never writes HTM
 
 Only complete, matching entries are ranked (``submission``): rows on other weights or another method version
 than the reference protocol's are set aside, and a default-config entry whose remaining rows miss a cell of the
-protocol is listed in a section of its own with what it lacks, never averaged over fewer datasets. Re-scored
+protocol is listed in a section of its own with what it lacks, never averaged over fewer datasets. Rows of cells
+the protocol does not ask for (more seeds) are set aside too. An entry that rests on rows no one re-computed
+(a folder other than the reference, unless ``--verify`` re-evaluated its sample of modules) or that no hash or
+ledger covers is marked *unverified* wherever it is ranked; one whose re-computation does not match is left out. Re-scored
 rows (``rescore``: modules evaluated on held-out models) add one column per model to the rankings.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from collections.abc import Sequence
+from dataclasses import replace
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader
 
@@ -32,10 +39,15 @@ from upgradebench.data import get_dataset
 from upgradebench.errors import UserError
 from upgradebench.metrics import METRICS, LedgerKey, cells, class_flips, cost_summary
 from upgradebench.provenance import now
-from upgradebench.results import in_distribution, method_label, paired, summarize
+from upgradebench.results import MergedResults, in_distribution, method_label, paired, summarize
 
 from .rescore import held_out_scores
-from .submission import REFERENCE_METHOD, Protocol, check_entries, protocol_of
+from .submission import REFERENCE_METHOD, Protocol, check_entries, check_submission, integrity_gaps, protocol_of
+
+if TYPE_CHECKING:
+    from upgradebench.runner import Runner
+
+log = logging.getLogger(__name__)
 
 ASSETS = ("style.css", "sort.js")
 FIDELITY_KEYS = {"source", "target", "shots", "paper_table", "counts", "findings", "ranking_kendall_tau", "per_dataset"}
@@ -73,21 +85,128 @@ def matching_rows(df: pd.DataFrame, protocol: Protocol) -> pd.Series:
             & same(df.method, df.method_version, protocol.method_versions))
 
 
-def split_entries(df: pd.DataFrame, protocol: Protocol) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """(the rows that may be ranked, the entries that are not ranked with what they lack).
+def outside_protocol(df: pd.DataFrame, protocol: Protocol) -> pd.Series:
+    """Whether each row measures a cell its entry is not asked for (another seed, target, dataset or shots than
+    :meth:`Protocol.expected`): a Base row when no expected cell has its source, dataset, shots and seed, a New
+    row when its (source, target, dataset, shots, seed) is not expected (OOD rows follow their run's training
+    dataset). Rows of other roles (oracle, rescore) are never outside: they belong to runs of their own."""
+    expected: dict[str, tuple[set, set]] = {}
 
-    Rows that do not match the protocol are dropped; a default-config entry whose matching rows miss a cell
-    of the protocol is dropped whole. Variants (ablations) keep their own table, which shows how many
-    datasets each averages over. Every entry with rows set aside is reported, with its check.
+    def cells_for(label: str) -> tuple[set, set]:
+        if label not in expected:
+            cells = protocol.expected(label)
+            expected[label] = cells, {(s, d, k, seed) for s, _, d, k, seed in cells}
+        return expected[label]
+
+    out = []
+    for r in df[["method", "method_variant", "role", "source", "eval_model", "train_dataset", "shots",
+                 "seed"]].itertuples(index=False):
+        cells, bases = cells_for(method_label(r.method, r.method_variant))
+        if r.role == "new":
+            out.append((r.source, r.eval_model, r.train_dataset, int(r.shots), int(r.seed)) not in cells)
+        elif r.role == "base":
+            out.append((r.source, r.train_dataset, int(r.shots), int(r.seed)) not in bases)
+        else:
+            out.append(False)
+    return pd.Series(out, index=df.index, dtype=bool)
+
+
+def split_entries(df: pd.DataFrame, protocol: Protocol) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """(the rows that may be ranked, the entries that are not ranked, or ranked without some of their rows,
+    with what they lack).
+
+    Rows that do not match the protocol, or measure a cell it does not ask for (:func:`outside_protocol`: more
+    seeds, say), are dropped, with a warning; a default-config entry whose matching rows miss a cell of the
+    protocol is dropped whole. Variants (ablations) keep their own table, which shows how many datasets each
+    averages over. Every entry with rows set aside is reported, with its check.
     """
-    df = df.drop_duplicates(["run_id", "eval_model", "dataset", "role"])  # one reference run read twice
-    ok = df[matching_rows(df, protocol)]
+    # one reference run read twice (a run set apart on other weights keeps its own rows: method@folder)
+    df = df.drop_duplicates(["run_id", "method", "eval_model", "dataset", "role"])
+    outside = outside_protocol(df, protocol)
+    if outside.any():
+        labels = sorted({method_label(m, v) for m, v in zip(df.method[outside], df.method_variant[outside])})
+        log.warning("%d rows measure cells the protocol (%s) does not ask for and are not counted: %s",
+                    int(outside.sum()), protocol.where, ", ".join(labels))
+    inside = df[~outside]
+    ok = inside[matching_rows(inside, protocol)]
     complete = {e["label"] for e in check_entries(ok, protocol) if e["complete"]}
     labels = pd.Series([method_label(m, v) for m, v in zip(ok.method, ok.method_variant)], index=ok.index, dtype=object)
     ranked = ok[(ok.method_variant != "") | labels.isin(complete)]
     unranked = [e for e in check_entries(df, protocol)
-                if (e["variant"] == "" and e["label"] not in complete) or not e["matching"]]
+                if (e["variant"] == "" and e["label"] not in complete) or not e["matching"] or e["extra"]]
     return ranked, unranked
+
+
+def unverified_entries(merged: MergedResults, folders: Sequence[Path], ledgers: dict[LedgerKey, pd.DataFrame],
+                       reference: int | None, recomputed: set[tuple[int, str]] = frozenset()) -> dict[str, str]:
+    """Why each entry (label) of ``merged`` (the rows of ``folders``) is not verified; entries not named are.
+
+    A row is unverified when it carries no row hash (written before schema 3), has no prediction ledger, its
+    run's module records no content hash, or it comes from a folder other than ``reference`` (the index of the
+    folder that is the reference protocol, if one of ``folders`` is) whose entry was not re-computed
+    (``recomputed``: (folder index, label) pairs whose sample of modules gave their rows, see
+    :func:`upgradebench.leaderboard.submission.check_submission`)."""
+    df = merged.rows.assign(_folder=merged.folder.to_numpy(), _hashed=merged.hashed.to_numpy())
+    df["_label"] = [method_label(m, v) for m, v in zip(df.method, df.method_variant)]
+    gaps: dict[tuple[int, str], list[str]] = {}
+    for index, folder in enumerate(folders):
+        part = df[df._folder == index]
+        for run_id, g in integrity_gaps(folder, part, part._hashed, ledgers).items():
+            gaps[(index, run_id)] = g
+    out: dict[str, list[str]] = {}
+    for (index, label), rows in df.groupby(["_folder", "_label"], sort=True):
+        reasons = out.setdefault(label, [])
+        runs = sorted(set(rows.run_id))
+        gapped = [r for r in runs if (index, r) in gaps]
+        if gapped:
+            reasons.append(f"{len(gapped)} of its {len(runs)} runs in {folders[index]} lack a hash or ledger (e.g. "
+                           f"{gapped[0]}: {gaps[(index, gapped[0])][0]})")
+        if index != reference and (index, label) not in recomputed:
+            reasons.append(f"its runs in {folders[index]} were not re-computed (run `upgradebench leaderboard check "
+                           f"{folders[index]} --against REFERENCE`, or build with --verify)")
+    return {label: "; ".join(reasons) for label, reasons in out.items() if reasons}
+
+
+def reference_index(folders: Sequence[Path], against: str | None) -> int | None:
+    """Which of ``folders`` is the reference protocol: the one that is ``against`` (a folder), the first
+    without ``against``, none when ``against`` is a grid or another folder."""
+    if against is None:
+        return 0
+    if not Path(against).is_dir():
+        return None
+    target = Path(against).resolve()
+    return next((i for i, f in enumerate(folders) if Path(f).resolve() == target), None)
+
+
+def verify_folders(merged: MergedResults, folders: Sequence[Path], protocol: Protocol, reference: int | None,
+                   runner: Runner, salt: str = "") -> tuple[MergedResults, set[tuple[int, str]], list[dict[str, Any]]]:
+    """``leaderboard build --verify``: each folder but the reference checked as ``leaderboard check`` does
+    (:func:`upgradebench.leaderboard.submission.check_submission`, its sample of modules re-evaluated; ``salt``
+    picks the sample).
+
+    Returns ``merged`` without the rows of entries whose re-computation did not match (with a warning), the
+    (folder index, label) pairs that were verified, and the reports of the entries left out."""
+    recomputed: set[tuple[int, str]] = set()
+    rejected: list[dict[str, Any]] = []
+    keep = np.ones(len(merged.rows), dtype=bool)
+    rows, where = merged.rows, merged.folder.to_numpy()
+    for index, folder in enumerate(folders):
+        if index == reference:
+            continue
+        for entry in check_submission(folder, protocol, runner, salt=salt)["entries"]:
+            if entry["verification"] in ("verified", "sampled"):
+                recomputed.add((index, entry["label"]))
+            elif entry["mismatches"]:
+                log.warning("%s in %s: its re-computed modules do not give its rows (e.g. run %s); it is not ranked",
+                            entry["label"], folder, entry["mismatches"][0]["run_id"])
+                rejected.append(entry)
+                keep &= ~((where == index) & (rows.method == entry["method"]).to_numpy()
+                          & (rows.method_variant == entry["variant"]).to_numpy())
+    if keep.all():
+        return merged, recomputed, rejected
+    kept = replace(merged, rows=rows[keep].reset_index(drop=True), folder=merged.folder[keep].reset_index(drop=True),
+                   hashed=merged.hashed[keep].reset_index(drop=True))
+    return kept, recomputed, rejected
 
 
 def board(df: pd.DataFrame, held_out: pd.DataFrame | None = None) -> list[dict[str, Any]]:
@@ -225,19 +344,24 @@ def _environment() -> Environment:
 
 def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = None,
                ledgers: dict[LedgerKey, pd.DataFrame] | None = None, flips: str | None = None,
-               protocol: Protocol | None = None, rescored: pd.DataFrame | None = None) -> list[Path]:
+               protocol: Protocol | None = None, rescored: pd.DataFrame | None = None,
+               unverified: dict[str, str] | None = None, rejected: list[dict[str, Any]] | None = None) -> list[Path]:
     """Write ``index.html``, its assets and copies of the figure PNGs into ``out``; returns the files written.
 
     Entries are checked against ``protocol`` (default: the protocol of ``df`` itself); only complete, matching
     ones are ranked, the others are listed apart. With ``ledgers`` each section also shows the compatibility
     metrics with intervals, the cost columns and the per-class flips of the method ``flips`` (default: the one
     with the largest NFR). ``rescored`` rows (:func:`upgradebench.leaderboard.rescore.rescore`) of ranked
-    entries add a column per held-out model.
+    entries add a column per held-out model. An entry named in ``unverified`` (:func:`unverified_entries`) is
+    marked so wherever it is ranked, with the reason; ``rejected`` entries (reports of
+    :func:`upgradebench.leaderboard.submission.check_submission` whose re-computation did not match, their rows
+    already left out of ``df``) are listed with the unranked ones.
     """
     out = Path(out)
     all_rows = df
     protocol = protocol or protocol_of(df, "the results themselves")
     df, unranked = split_entries(df, protocol)
+    unranked += rejected or []
     held_out = None
     if rescored is not None and len(rescored):
         held_out = held_out_scores(rescored[rescored.run_id.isin(set(df.run_id))])
@@ -248,6 +372,8 @@ def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = N
     compat = compatibility(df, ledgers or {}, flips)
     for section in sections:
         section["compat"] = compat.get((section["source"], section["target"], section["shots"]))
+        for entry in section["ranked"] + section["variants"] + section["per_dataset"]:
+            entry["unverified"] = (unverified or {}).get(entry["label"])
     figure_files, fidelity = [], []
     if figures is not None:
         figures = Path(figures)

@@ -9,27 +9,39 @@ datasets, not weights). A few-shot split is a pure function of (dataset fingerpr
 (``upgradebench.data.fewshot``), so a split that differs shows as a dataset fingerprint that differs, and
 each module's recorded run identity is checked against its rows.
 
+Hashes find damage, not forgery (anyone who edits a file can recompute them), so a submission is trusted only
+for what was re-computed: :func:`reevaluate` plugs a sample of its saved modules (:func:`sample_runs`) into the
+models and datasets here and compares the result with its rows and ledgers; rows that no hash or ledger
+covers, or that could not be re-computed, are *unverified* (:func:`integrity_gaps`).
+
 :func:`check_entries` judges every entry of a table of rows; :func:`check_submission` adds what needs the
-folder (schema, saved modules) and is what ``upgradebench leaderboard check`` prints.
+folder (schema, saved modules, re-computation) and is what ``upgradebench leaderboard check`` prints.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from safetensors import safe_open
 
 from upgradebench.errors import UnknownNameError, UserError
+from upgradebench.integrity import DIGEST_KEY
+from upgradebench.ledger import agrees
+from upgradebench.metrics import read_ledgers
 from upgradebench.module_io import MODULE_CONFIG, MODULE_WEIGHTS, load_module
-from upgradebench.results import in_distribution, method_label, paired, read_results
+from upgradebench.results import in_distribution, merge_results, method_label, paired, read_results
 from upgradebench.sweep import load_grid
+
+if TYPE_CHECKING:
+    from upgradebench.runner import Runner
 
 REFERENCE_METHOD = "zeroshot"
 """The method whose rows every run writes beside its own (``RunSpec.zeroshot_reference``)."""
@@ -200,15 +212,159 @@ def module_problems(run_dir: Path, rows: pd.DataFrame) -> list[str]:
     return problems
 
 
-def check_submission(folder: str | Path, protocol: Protocol) -> dict[str, Any]:
+TRUST = ("Row and module hashes find damage, not forgery: anyone who edits a file can recompute its hash. Only "
+         "re-computing a module's predictions finds a forged row, so `leaderboard check` re-evaluates a sample of "
+         "each entry's saved modules (every module with --all) on the reference models and datasets.")
+"""What the hashes prove and what they do not (printed by ``leaderboard check``)."""
+
+
+def sample_runs(df: pd.DataFrame, every: bool = False, salt: str = "") -> list[str]:
+    """The runs of ``df`` whose modules are re-evaluated: every one with ``every``, else one per (entry, source,
+    training dataset, shots): the run whose SHA-256 of ``salt`` + run id is smallest. The sample is
+    deterministic (the same folder is checked the same way twice); a checker's own ``salt`` makes it one a
+    submitter cannot predict."""
+    runs = df.drop_duplicates("run_id")
+    if every:
+        return sorted(runs.run_id)
+    keyed = runs.assign(_key=[hashlib.sha256(f"{salt}{r}".encode()).hexdigest() for r in runs.run_id],
+                        _label=[method_label(m, v) for m, v in zip(runs.method, runs.method_variant)])
+    chosen = keyed.sort_values("_key").drop_duplicates(["_label", "source", "train_dataset", "shots"])
+    return sorted(chosen.run_id)
+
+
+def _is_name(run_id: str) -> bool:
+    """Whether ``run_id`` names a folder directly inside a results folder (never a path out of it)."""
+    return bool(run_id) and run_id not in (".", "..") and Path(run_id).name == run_id and "\\" not in run_id
+
+
+def reevaluate(folder: Path, df: pd.DataFrame, run_ids: Sequence[str], runner: Runner,
+               ledgers: dict[tuple[str, str, str], pd.DataFrame]) -> dict[str, dict[str, list]]:
+    """Re-compute the rows of ``run_ids`` (rows of ``df``, read from ``folder``) from their saved modules: each
+    module plugged into each row's model (loaded here by its name) on the row's dataset.
+
+    Per run: ``mismatches`` (a top-1 or item count that differs from the row, or per-item predictions that differ
+    from its ledger: run, model, dataset and both numbers), ``unverified`` (why a row could not be re-computed
+    here: no loadable module, the model or dataset has other weights or data here than in the row) and
+    ``recomputed`` (the rows that matched)."""
+    out: dict[str, dict[str, list]] = {}
+    for run_id in run_ids:
+        found: dict[str, list] = {"mismatches": [], "unverified": [], "recomputed": []}
+        out[run_id] = found
+        rows = df[(df.run_id == run_id) & (df.role != "rescore")]
+        if not _is_name(run_id):
+            found["unverified"].append(f"run id {run_id!r} is not a folder name, so it has no module to re-evaluate")
+            continue
+        try:
+            module = load_module(folder / run_id / "module")
+        except UserError as exc:
+            found["unverified"].append(f"its module cannot be re-evaluated ({exc.message})")
+            continue
+        config = json.loads((folder / run_id / "module" / MODULE_CONFIG).read_text(encoding="utf-8"))
+        precision = ((config.get("provenance") or {}).get("run_identity") or {}).get("precision", "fp32")
+        if precision != runner.cache.precision:  # other features: a difference would prove nothing
+            found["unverified"].append(f"it was evaluated with {precision} features, this check computes "
+                                       f"{runner.cache.precision}")
+            continue
+        for row in rows.itertuples(index=False):
+            where = f"{row.eval_model} / {row.dataset}"
+            try:
+                vlm = runner.model(row.eval_model)
+                dataset, trained = runner.dataset(row.dataset), runner.dataset(row.train_dataset)
+            except UserError as exc:
+                found["unverified"].append(f"{where}: cannot be loaded here ({exc.message})")
+                continue
+            if vlm.fingerprint != row.eval_fingerprint or dataset.fingerprint != row.dataset_fingerprint:
+                found["unverified"].append(
+                    f"{where}: here {row.eval_model} has weights {vlm.fingerprint} and {row.dataset} fingerprint "
+                    f"{dataset.fingerprint}, the row {row.eval_fingerprint} and {row.dataset_fingerprint}")
+                continue
+            preds, top1, _ = runner.predict(module, vlm, dataset, trained.classnames, trained.name)
+            ledger = ledgers.get((run_id, row.eval_model, row.dataset))
+            problem = None
+            if len(preds) != row.n_test:
+                problem = f"{row.n_test} items in the row, {len(preds)} re-computed"
+            elif ledger is None:
+                found["unverified"].append(f"{where}: no prediction ledger to compare (re-computed top-1 {top1:.4f}, "
+                                           f"the row {float(row.top1):.4f})")
+                continue
+            elif not agrees(100 * ledger.correct.mean(), float(row.top1)):
+                problem = f"its ledger gives top-1 {100 * ledger.correct.mean():.4f}, its row {float(row.top1):.4f}"
+            else:
+                differ = items_differing(ledger, preds)
+                if differ:
+                    problem = (f"top-1 {float(row.top1):.4f} in the row, re-computed {top1:.4f}: {differ} of "
+                               f"{len(preds)} items predicted otherwise than its ledger says (beyond near-ties)")
+            if problem:
+                found["mismatches"].append({"run_id": run_id, "model": row.eval_model, "dataset": row.dataset,
+                                            "row_top1": float(row.top1), "recomputed_top1": top1, "problem": problem})
+            else:
+                found["recomputed"].append(where)
+    return out
+
+
+NEAR_TIE = 1e-3
+"""Logit difference under which two classes tie: the same features computed in other batches or on another
+device differ by ~1e-5 in the logits, so an item this close to a tie may fall either way on re-computation."""
+
+
+def items_differing(ledger: pd.DataFrame, preds: pd.DataFrame) -> int:
+    """How many items ``preds`` (re-computed) answers otherwise than ``ledger``, near-ties aside: an item whose
+    correctness differs counts unless both its margins are within :data:`NEAR_TIE` of zero (the re-computed
+    one is not the submitter's to choose); an item whose wrong answer differs counts unless its true-class
+    margin is the same (two wrong classes tied). An item in one but not the other counts."""
+    j = ledger[["item", "pred", "correct", "margin"]].merge(preds[["item", "pred", "correct", "margin"]], on="item",
+                                                            how="outer", suffixes=("_ledger", "_now"), indicator=True)
+    unpaired = j._merge != "both"
+    tie = (j.margin_ledger.abs() <= NEAR_TIE) & (j.margin_now.abs() <= NEAR_TIE)
+    flipped = (j.correct_ledger != j.correct_now) & ~tie
+    swapped = ((j.pred_ledger != j.pred_now) & (j.correct_ledger == j.correct_now)
+               & ((j.margin_ledger - j.margin_now).abs() > NEAR_TIE))
+    return int((unpaired | flipped | swapped).sum())
+
+
+def integrity_gaps(folder: Path, df: pd.DataFrame, hashed: pd.Series,
+                   ledgers: dict[tuple[str, str, str], pd.DataFrame]) -> dict[str, list[str]]:
+    """Per run of ``df`` (read from ``folder``), what no hash or ledger covers (empty lists left out): rows read
+    without a row hash (written before schema 3), rows without a prediction ledger, a module that records no
+    content hash of its tensors or of its ``module.json`` (other weights put in its place would pass)."""
+    out: dict[str, list[str]] = {}
+    for run_id, rows in df.groupby("run_id", sort=True):
+        gaps = []
+        unhashed = int((~hashed[rows.index]).sum())
+        if unhashed:
+            gaps.append(f"{unhashed} row(s) without a row hash (written before schema 3)")
+        unledgered = [f"{r.eval_model} / {r.dataset}" for r in rows.itertuples()
+                      if (run_id, r.eval_model, r.dataset) not in ledgers]
+        if unledgered:
+            gaps.append(f"no prediction ledger for {', '.join(unledgered)}")
+        config_path = folder / run_id / "module" / MODULE_CONFIG
+        if _is_name(run_id) and config_path.is_file():
+            try:
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+            except ValueError:
+                config = {}  # module_problems reports it
+            if not isinstance(config, dict) or DIGEST_KEY not in config or "tensors_sha256" not in config:
+                gaps.append(f"{config_path} records no content hash")
+        if gaps:
+            out[run_id] = gaps
+    return out
+
+
+def check_submission(folder: str | Path, protocol: Protocol, runner: Runner | None = None, every: bool = False,
+                     salt: str = "") -> dict[str, Any]:
     """Everything ``leaderboard check`` reports of a submitted results folder; ``ok`` only when it reads,
-    every entry is complete and matching, and every module passes :func:`module_problems`."""
+    every entry is complete and matching, every module passes :func:`module_problems`, and every entry is
+    verified: its rows carry row hashes and ledgers and its modules content hashes (:func:`integrity_gaps`), and
+    with a ``runner`` the sample of its modules (:func:`sample_runs`; all with ``every``) re-computes its rows and
+    ledgers (:func:`reevaluate`). Without a ``runner`` nothing is re-computed and every entry is unverified."""
     folder = Path(folder)
     try:
-        df = read_results(folder)
+        merged = merge_results(folder)
+        ledgers = read_ledgers(folder)
     except UserError as exc:
         return {"submission": str(folder), "reference": protocol.where, "ok": False, "schema_problems": [exc.message],
-                "entries": [], "module_problems": []}
+                "entries": [], "module_problems": [], "trust": TRUST}
+    df = merged.rows
     schema = [] if len(df) else [f"{folder} holds no result rows"]
     entries = check_entries(df, protocol)
     modules = []
@@ -217,8 +373,27 @@ def check_submission(folder: str | Path, protocol: Protocol) -> dict[str, Any]:
         modules += [{"run_id": run_id, "label": method_label(rows.method.iloc[0], rows.method_variant.iloc[0]),
                      "problem": p} for p in problems]
     broken = {m["label"] for m in modules}
+    gaps = integrity_gaps(folder, df, merged.hashed, ledgers)
+    chosen = sample_runs(df, every, salt) if runner is not None else []
+    found = reevaluate(folder, df, chosen, runner, ledgers) if runner is not None else {}
     for entry in entries:
         entry["modules_ok"] = entry["label"] not in broken
-    ok = not schema and bool(entries) and all(e["complete"] and e["matching"] and e["modules_ok"] for e in entries)
+        mine = df[(df.method == entry["method"]) & (df.method_variant == entry["variant"])]
+        runs = sorted(set(mine.run_id))
+        verdicts = [found[r] for r in runs if r in found]
+        unverified = [f"{r}: {g}" for r in runs for g in gaps.get(r, [])]
+        unverified += [f"{r}: {u}" for r in runs if r in found for u in found[r]["unverified"]]
+        if runner is None:
+            unverified.append("nothing re-computed (no models to re-evaluate on)")
+        entry["mismatches"] = [m for v in verdicts for m in v["mismatches"]]
+        entry["unverified"] = unverified
+        entry["recomputed_runs"] = sum(1 for v in verdicts if v["recomputed"] and not v["mismatches"]
+                                       and not v["unverified"])
+        entry["runs"] = len(runs)
+        entry["verification"] = ("mismatch" if entry["mismatches"] else "unverified" if unverified
+                                 else "verified" if entry["recomputed_runs"] == len(runs) else "sampled")
+        entry["ok"] = (entry["complete"] and entry["matching"] and entry["modules_ok"]
+                       and entry["verification"] in ("verified", "sampled"))
+    ok = not schema and bool(entries) and all(e["ok"] for e in entries)
     return {"submission": str(folder), "reference": protocol.where, "ok": ok, "schema_problems": schema,
-            "entries": entries, "module_problems": modules}
+            "entries": entries, "module_problems": modules, "trust": TRUST}

@@ -107,7 +107,9 @@ def test_ranking_matches_summarize(site, results):
     df = read_results(results)
     s = summarize(df[(df.method_variant == "") & (df.dataset == df.train_dataset)])
     avg = s[s.dataset == "Average"].set_index("label")
-    shown = {r["cells"][1].replace(" reference", ""): r["cells"] for r in ranking}
+    # rows without prediction ledgers: ranked, each marked unverified
+    assert all(r["cells"][1].endswith(" unverified") for r in ranking)
+    shown = {r["cells"][1].replace(" reference", "").replace(" unverified", ""): r["cells"] for r in ranking}
     assert set(shown) == set(avg.index) - {EVIL}  # the plugin covers 1 of the 9 cells: listed apart, not ranked
     for label, cells in shown.items():
         assert cells[2:5] == [f"{avg.loc[label, m]:.2f}" for m in ("base", "new", "H")]
@@ -115,7 +117,7 @@ def test_ranking_matches_summarize(site, results):
     assert [r["cells"][0] for r in ranking] == ["1", "2", "3"]
     unranked = tables.with_class("unranked")[0]["rows"]
     assert [r["cells"][0] for r in unranked] == [EVIL] and unranked[0]["cells"][2] == "1 / 9"
-    assert tables.with_class("variants")[0]["rows"][0]["cells"][1] == "contcoop[n_ctx=4]"
+    assert tables.with_class("variants")[0]["rows"][0]["cells"][1] == "contcoop[n_ctx=4] unverified"
 
 
 def test_leaderboard_without_results_is_a_user_error(capsys, tmp_path):
@@ -183,7 +185,7 @@ def test_page_in_headless_chromium(site, tmp_path):
     h = [float(r["cells"][4]) for r in ranking["rows"]]
     assert h == sorted(h, reverse=True) and len(h) == 3
     reference = [r for r in ranking["rows"] if r["attrs"].get("class") == "reference"]
-    assert [r["cells"][1] for r in reference] == ["zeroshot reference"]
+    assert [r["cells"][1] for r in reference] == ["zeroshot reference unverified"]
     unranked = tables.with_class("unranked")[0]["rows"]
     assert [r["cells"][0] for r in unranked] == [EVIL]  # shown as text, never run
     assert EVIL_DATASET in unranked[0]["cells"][4]  # its cell outside the protocol, as text

@@ -143,13 +143,17 @@ def test_build_ranks_only_complete_matching_entries(capsys, tmp_path):
     _synthetic(submission, "plugin-foreign", datasets, fingerprint="other-weights")
     run_json(capsys, "leaderboard", "build", "--results", str(reference), "--results", str(submission),
              "--out", str(tmp_path / "site"))
-    tables = Tables((tmp_path / "site" / "index.html").read_text())
+    html = (tmp_path / "site" / "index.html").read_text()
+    tables = Tables(html)
     ranked = [r["cells"][1].replace(" reference", "") for r in tables.with_class("ranking")[0]["rows"]]
-    assert sorted(ranked) == ["coop", "plugin-complete", "zeroshot"]
+    # ranked, but marked: these rows have no ledgers, and the submission's were not re-computed
+    assert sorted(ranked) == ["coop unverified", "plugin-complete unverified", "zeroshot unverified"]
+    assert "submission were not re-computed" in html and "reference were not re-computed" not in html
     unranked = {r["cells"][0]: r["cells"] for r in tables.with_class("unranked")[0]["rows"]}
-    assert set(unranked) == {"plugin-partial", "plugin-foreign"}
+    # runs on other weights than the reference folder's under the same name are an entry of their own
+    assert set(unranked) == {"plugin-partial", "plugin-foreign@submission"}
     assert unranked["plugin-partial"][2] == "6 / 9" and "3 missing" in unranked["plugin-partial"][3]
-    assert "other-weights" in unranked["plugin-foreign"][5]
+    assert "other-weights" in unranked["plugin-foreign@submission"][5]
     # no average over fewer datasets anywhere: the partial entry has no per-dataset rows either
     assert "plugin-partial" not in {r["cells"][0] for r in tables.with_class("per-dataset")[0]["rows"]}
 

@@ -15,6 +15,8 @@ app = typer.Typer(help="The static leaderboard site, and checks of submitted res
 
 Against = typer.Option(None, "--against", help="Reference protocol: a reference results folder (cells and "
                        "fingerprints) or a grid (YAML file or paper:NAME; cells only).")
+Salt = typer.Option("", "--salt", help="Text mixed into the hash that picks the modules re-evaluated, so that a "
+                    "submitter cannot know which ones will be (the sample is otherwise predictable).")
 
 
 @app.command("build")
@@ -30,31 +32,45 @@ def build(
                                          "evaluated on, without retraining (a column of its own); repeatable."),
     rescored: Path = typer.Option(None, "--rescored", help="Folder for the re-scored rows (default: "
                                   "$UPGRADEBENCH_HOME/rescored); the --results folders are never written to."),
+    verify: bool = typer.Option(False, "--verify", help="Re-evaluate a sample of the modules of every folder "
+                                "that is not the reference, as `leaderboard check` does: entries that match are "
+                                "verified, those that do not are left out; without it they are marked unverified."),
+    salt: str = Salt,
     device: str = Device,
     data_root: Path = DataRoot,
     force: bool = Force,
     as_json: bool = Json,
 ) -> None:
     """Rank complete, matching entries by average H per source -> target pair; a self-contained page that
-    needs no network."""
-    from upgradebench.leaderboard.build import build_site
+    needs no network. Entries that rest on rows no one re-computed (folders other than the reference, unless
+    --verify) or that no hash or ledger covers are marked unverified: hashes find damage, not forgery."""
+    import os
+
+    from upgradebench.leaderboard.build import build_site, reference_index, unverified_entries, verify_folders
     from upgradebench.leaderboard.rescore import rescore
     from upgradebench.leaderboard.submission import load_protocol, protocol_of
 
     from ..metrics import read_ledgers
-    from ..results import read_results
+    from ..results import merge_results, read_results
     from ..runner import Runner, check_writable
 
-    df = read_results(*results)
+    merged = merge_results(*results)
+    ledgers = read_ledgers(*results)
     out = output_folder(out, force=force)
     protocol = load_protocol(against) if against else protocol_of(read_results(results[0]), str(results[0]))
+    reference = reference_index(results, against)
+    recomputed, rejected = set(), []
+    if verify:
+        checker = Runner(results=os.devnull, device=device, data_root=data_root)
+        merged, recomputed, rejected = verify_folders(merged, results, protocol, reference, checker, salt)
+    unverified = unverified_entries(merged, results, ledgers, reference, recomputed)
     rows = None
     if rescore_on:
         rescored = rescored or home() / "rescored"
         check_writable(rescored)
         runner = Runner(results=rescored, device=device, data_root=data_root)
         rows = rescore(list(results), list(rescore_on), rescored, runner)
-    written = build_site(df, out, figures, read_ledgers(*results), flips, protocol, rows)
+    written = build_site(merged.rows, out, figures, ledgers, flips, protocol, rows, unverified, rejected)
     if as_json:
         print_json({"index": str(written[0]), "written": [str(p) for p in written],
                     "rescored": str(rescored) if rescore_on else None})
@@ -68,14 +84,27 @@ def build(
 def check(
     submission: Path = typer.Argument(..., help="The submitted results folder."),
     against: str = typer.Option(..., "--against", help=Against.help),
+    every: bool = typer.Option(False, "--all", help="Re-evaluate every saved module, not one per (entry, source, "
+                               "dataset, shots)."),
+    salt: str = Salt,
+    device: str = Device,
+    data_root: Path = DataRoot,
     as_json: bool = Json,
 ) -> None:
-    """Check a submitted results folder against the reference protocol; exit 0 only when it is complete and
-    matching: every (target, dataset, shots, seed) cell, the reference's fingerprints and method versions, and
-    every saved module intact."""
+    """Check a submitted results folder against the reference protocol; exit 0 only when it is complete,
+    matching and verified: every (target, dataset, shots, seed) cell, the reference's fingerprints and method
+    versions, every saved module intact, and a sample of the modules (one per entry, source, dataset and shots,
+    chosen by a hash of the run id; every one with --all) re-evaluated on the models and datasets here gives the
+    rows' top-1 and the ledgers' predictions. Hashes find damage, not forgery: only the re-evaluation finds a
+    forged row; rows without a row hash or ledger, and modules without a content hash, are reported unverified."""
+    import os
+
     from upgradebench.leaderboard.submission import check_submission, load_protocol
 
-    report = check_submission(submission, load_protocol(against))
+    from ..runner import Runner
+
+    runner = Runner(results=os.devnull, device=device, data_root=data_root)
+    report = check_submission(submission, load_protocol(against), runner, every=every, salt=salt)
     if as_json:
         print_json(report)
     else:
@@ -88,8 +117,10 @@ def _print_report(report: dict) -> None:
     for problem in report["schema_problems"]:
         console.print(f"[red]schema:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     rows = [[e["label"], ", ".join(e["origin"]), f"{e['covered']}/{e['expected']}",
-             "yes" if e["complete"] and e["matching"] and e["modules_ok"] else "no"] for e in report["entries"]]
-    print_table(f"{report['submission']} against {report['reference']}", ["entry", "from", "cells", "ok"], rows)
+             f"{e['verification']} ({e['recomputed_runs']}/{e['runs']} runs re-computed)",
+             "yes" if e["ok"] else "no"] for e in report["entries"]]
+    print_table(f"{report['submission']} against {report['reference']}", ["entry", "from", "cells", "verification",
+                                                                            "ok"], rows)
     for e in report["entries"]:
         for cells in e["missing_summary"]:  # every cell is in --json's "missing"
             print_text(f"{e['label']}: missing {cells}")
@@ -97,7 +128,14 @@ def _print_report(report: dict) -> None:
             print_text(f"{e['label']}: {f['kind']} {f['name']} has fingerprint {f['found']}, the reference {f['expected']}")
         for v in e["version_problems"]:
             print_text(f"{e['label']}: {v}")
+        for m in e["mismatches"]:
+            print_text(f"{e['label']}: MISMATCH run {m['run_id']} on {m['model']} / {m['dataset']}: {m['problem']}")
+        for u in e["unverified"][:3]:  # every one is in --json's "unverified"
+            print_text(f"{e['label']}: unverified: {u}")
+        if len(e["unverified"]) > 3:
+            print_text(f"{e['label']}: unverified: {len(e['unverified']) - 3} more (--json lists them)")
     for m in report["module_problems"]:
         print_text(f"{m['label']} {m['run_id']}: {m['problem']}")
-    verdict = "[green]complete and matching[/]" if report["ok"] else "[red]not accepted[/] (see above)"
+    print_text(report["trust"])
+    verdict = "[green]complete, matching and verified[/]" if report["ok"] else "[red]not accepted[/] (see above)"
     console.print(f"{escape(str(report['submission']))}: {verdict}", highlight=False, soft_wrap=True)

@@ -131,7 +131,7 @@ from dataclasses import dataclass
 
 import torch
 
-from upgradebench.method import Method, Module
+from upgradebench import Method, Module
 
 print("hello from the plugin's import")
 
@@ -175,7 +175,7 @@ class Hostile(Method):
 @pytest.fixture
 def hostile_plugin(tmp_path, monkeypatch):
     """A registered third-party method ``hostile`` that prints, and misbehaves by its config's ``mode``."""
-    from upgradebench.method import METHODS
+    from upgradebench.discovery import METHODS
 
     site = tmp_path / "site"
     site.mkdir()
