@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import UserError
+from .guard import check_run_ids, input_files
 from .ledger import is_ledger_file, ledger_markdown
 from .store import Column, Migration, ParquetSchema
 
@@ -138,7 +139,7 @@ def read_results(*paths: str | Path) -> pd.DataFrame:
         root = Path(root)
         if not root.exists():
             raise UserError(f"Results folder {root} does not exist.", "pass the folder given to --results")
-        for f in [root] if root.is_file() else sorted(root.rglob("*.parquet")):
+        for f in input_files(root, "*.parquet", what="results folder"):
             if f.name.startswith(".") or is_ledger_file(f):
                 continue  # a temporary file of an interrupted write, or a prediction ledger
             if f.resolve() in seen:
@@ -151,6 +152,7 @@ def read_results(*paths: str | Path) -> pd.DataFrame:
     df = RESULT_SCHEMA.read_many(files)
     checked = df.pop("_version") >= 3  # rows from before schema 3 carry no hash to check
     df = _verify(df, checked, df["_file"])  # hashed once for every file: a read stays one pass
+    check_run_ids(df.run_id.tolist(), df["_file"].tolist())  # run ids are joined onto folders: names only
     dup = df.duplicated(ROW_IDENTITY, keep="first")
     if dup.any():
         first = df[~dup].set_index(ROW_IDENTITY)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ._common import output_folder, print_json, print_text
+from ..guard import output_folder
+from ._common import print_json, print_text
 from ._options import Force, Json
 
 

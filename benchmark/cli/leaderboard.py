@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from ..guard import apart_from, clean_text, output_folder, results_folder
 from ..paths import home
-from ._common import console, output_folder, print_json, print_table, print_text
+from ._common import console, print_json, print_table, print_text
 from ._options import DataRoot, Device, Force, Json
 
 app = typer.Typer(help="The static leaderboard site, and checks of submitted results.", no_args_is_help=True)
@@ -28,7 +29,7 @@ def build(
     against: str = Against,
     rescore_on: list[str] = typer.Option(None, "--rescore-on", help="Held-out model every saved module is also "
                                          "evaluated on, without retraining (a column of its own); repeatable."),
-    rescored: Path = typer.Option(None, "--rescored", help="Folder for the re-scored rows (default: "
+    rescored: Path = typer.Option(None, "--rescored", parser=results_folder, help="Folder for the re-scored rows (default: "
                                   "$UPGRADEBENCH_HOME/rescored); the --results folders are never written to."),
     device: str = Device,
     data_root: Path = DataRoot,
@@ -45,12 +46,13 @@ def build(
     from ..results import read_results
     from ..runner import Runner, check_writable
 
-    df = read_results(*results)
     out = output_folder(out, force=force)
+    if rescore_on:  # checked before anything is read: re-scored rows never land in a --results folder
+        rescored = apart_from(rescored or home() / "rescored", results, "--rescored")
+    df = read_results(*results)
     protocol = load_protocol(against) if against else protocol_of(read_results(results[0]), str(results[0]))
     rows = None
     if rescore_on:
-        rescored = rescored or home() / "rescored"
         check_writable(rescored)
         runner = Runner(results=rescored, device=device, data_root=data_root)
         rows = rescore(list(results), list(rescore_on), rescored, runner)
@@ -86,7 +88,7 @@ def check(
 
 def _print_report(report: dict) -> None:
     for problem in report["schema_problems"]:
-        console.print(f"[red]schema:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+        console.print(f"[red]schema:[/] {escape(clean_text(problem))}", highlight=False, soft_wrap=True)
     rows = [[e["label"], ", ".join(e["origin"]), f"{e['covered']}/{e['expected']}",
              "yes" if e["complete"] and e["matching"] and e["modules_ok"] else "no"] for e in report["entries"]]
     print_table(f"{report['submission']} against {report['reference']}", ["entry", "from", "cells", "ok"], rows)
@@ -100,4 +102,4 @@ def _print_report(report: dict) -> None:
     for m in report["module_problems"]:
         print_text(f"{m['label']} {m['run_id']}: {m['problem']}")
     verdict = "[green]complete and matching[/]" if report["ok"] else "[red]not accepted[/] (see above)"
-    console.print(f"{escape(str(report['submission']))}: {verdict}", highlight=False, soft_wrap=True)
+    console.print(f"{escape(clean_text(report['submission']))}: {verdict}", highlight=False, soft_wrap=True)
