@@ -114,35 +114,39 @@ def _named(value: str | os.PathLike[str] | None, option: str, fix: str) -> Path:
     return path
 
 
-def _writable(path: Path, option: str, value: str) -> None:
+def _writable(path: Path, option: str, value: str, how: str = "pass {option} with") -> None:
     """Refuse ``path`` when it, or the nearest folder above it that exists, cannot be written (a file on the
-    way, or no permission)."""
+    way, or no permission); ``how`` starts the fix (an option is passed, a variable set)."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    how = how.format(option=option)
     if not existing.is_dir():
         raise UserError(f"{option} {value!r} cannot be created: {existing} is a file, not a folder.",
-                        f"pass {option} with a path under a folder")
+                        f"{how} a path under a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{option} {value!r} cannot be written ({existing}: permission denied).",
-                        f"pass {option} with a folder you can write to")
+                        f"{how} a folder you can write to")
 
 
 def _is_run_folder(folder: Path) -> bool:
-    return (folder / "ledger").is_dir() or (folder / "module").is_dir()
+    """A run's folder, as ``upgradebench run`` writes it: a saved module, or prediction ledgers."""
+    return (folder / "module" / "module.json").is_file() or any((folder / "ledger").glob("*.parquet"))
 
 
 def results_folder_around(path: str | os.PathLike[str]) -> Path | None:
-    """The results folder ``path`` lies inside (a folder that is a run folder, or holds one: a ``ledger`` or
-    ``module`` folder), or None. A file written there would be read as part of the results."""
-    for folder in Path(path).resolve().parents:
+    """The results folder ``path`` would land in, or None: the nearest folder above it that is a run's folder,
+    else its own folder when that holds a run's folder. A file written there would be read with the results.
+    (Folders further up are not searched: any large folder holds some project's run.)"""
+    parents = Path(path).resolve().parents
+    for folder in parents:
         if _is_run_folder(folder):
             return folder
-        try:
-            if any(child.is_dir() and _is_run_folder(child) for child in folder.iterdir()):
-                return folder
-        except OSError:  # a folder that cannot be listed holds no results upgradebench could read either
-            continue
+    try:
+        if any(child.is_dir() and _is_run_folder(child) for child in parents[0].iterdir()):
+            return parents[0]
+    except OSError:  # a folder that cannot be listed (or is not one) holds no results to protect
+        pass
     return None
 
 
@@ -229,7 +233,7 @@ def home_folder(value: str) -> Path:
     path = _named(value, option, fix)
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {value!r} is a file, not a folder.", fix)
-    _writable(path, option, value)
+    _writable(path, option, value, how="set {option} to")
     return path
 
 
@@ -302,6 +306,6 @@ def check_png(path: str | os.PathLike[str]) -> Path:
         with Image.open(path) as image:
             image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{path} is not a complete PNG image ({exc}).",
-                        "rewrite it with `upgradebench figures --out DIR`, or remove it from the figures folder") from None
+        raise UserError(f"{path} is not a complete PNG image ({exc}).", "rewrite it with `upgradebench figures "
+                        "--out DIR`, or remove it from the figures folder") from None
     return path
