@@ -1,8 +1,8 @@
 """What every command shares: the console, JSON output, tables.
 
-Text printed here may come from files or plugins (method, dataset and model names, configs): :func:`print_text`
-and :func:`build_table` pass it through :func:`upgradebench.guard.clean_text`, so no escape sequence reaches
-the terminal.
+Text printed here may come from files or plugins (method, dataset and model names, configs): the consoles
+(:class:`CleanConsole`) and :func:`build_table` pass it through :func:`upgradebench.guard.clean_text`, so no
+escape sequence reaches the terminal.
 """
 
 from __future__ import annotations
@@ -20,14 +20,25 @@ from rich.table import Table
 
 from ..guard import clean_text
 
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
+
+class CleanConsole(Console):
+    """A rich console whose printed strings lose control characters and escape sequences
+    (:func:`~upgradebench.guard.clean_text`): messages, warnings and lines quote names that files and plugins
+    chose. Tables are cleaned where they are built (:func:`build_table`)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        """:meth:`rich.console.Console.print`, every ``str`` argument cleaned first."""
+        super().print(*(clean_text(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+console = CleanConsole()
+err_console = CleanConsole(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
 
 
 def print_text(text: str, err: bool = False) -> None:
     """One line of plain text on stdout (``err``: stderr), never wrapped; paths, labels such as
     ``coop[n_ctx=4]`` and messages are never read as rich markup, and lose any control characters."""
-    (err_console if err else console).print(clean_text(text), markup=False, highlight=False, soft_wrap=True)
+    (err_console if err else console).print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _finite(obj: Any) -> Any:

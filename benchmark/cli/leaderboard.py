@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from ..guard import apart_from, clean_text, output_folder, results_folder
+from ..guard import apart_from, output_folder, results_folder
 from ..paths import home
 from ._common import console, print_json, print_table, print_text
 from ._options import DataRoot, Device, Force, Json
@@ -89,7 +89,7 @@ def check(
 
 def _print_report(report: dict) -> None:
     for problem in report["schema_problems"]:
-        console.print(f"[red]schema:[/] {escape(clean_text(problem))}", highlight=False, soft_wrap=True)
+        console.print(f"[red]schema:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     rows = [[e["label"], ", ".join(e["origin"]), f"{e['covered']}/{e['expected']}",
              "yes" if e["complete"] and e["matching"] and e["modules_ok"] else "no"] for e in report["entries"]]
     print_table(f"{report['submission']} against {report['reference']}", ["entry", "from", "cells", "ok"], rows)
@@ -103,4 +103,4 @@ def _print_report(report: dict) -> None:
     for m in report["module_problems"]:
         print_text(f"{m['label']} {m['run_id']}: {m['problem']}")
     verdict = "[green]complete and matching[/]" if report["ok"] else "[red]not accepted[/] (see above)"
-    console.print(f"{escape(clean_text(report['submission']))}: {verdict}", highlight=False, soft_wrap=True)
+    console.print(f"{escape(str(report['submission']))}: {verdict}", highlight=False, soft_wrap=True)

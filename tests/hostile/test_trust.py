@@ -186,8 +186,13 @@ def test_control_characters_from_rows_are_stripped(capsys, reference, tmp_path):
              run_cli(capsys, "leaderboard", "check", str(sub), "--against", str(reference)),
              run_cli(capsys, "leaderboard", "build", "--results", str(sub), "--out", str(tmp_path / "site"))]
     html = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+    damaged = tmp_path / "damaged"  # an error message that names a file whose name holds escapes
+    damaged.mkdir()
+    (damaged / "x\x1b]0;title\x07\x1b[2J.parquet").write_bytes(b"not parquet")
+    shown.append(run_cli(capsys, "results", "show", str(damaged)))
+    assert shown[-1][0] == 2 and "is not a readable parquet file" in shown[-1][2]
     texts = [out + err for _, out, err in shown] + [html]
-    assert all("coopcoop" in text for text in texts[:2] + texts[3:])  # the entry is shown, cleaned
+    assert all("coopcoop" in texts[i] for i in (0, 1, 4))  # the entry is shown, cleaned
     for text in texts:
         assert not any(c in text for c in "\x1b\x07\x9b\r\u202e"), repr(text[:300])
 
