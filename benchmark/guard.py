@@ -255,13 +255,11 @@ def input_files(root: str | os.PathLike[str], pattern: str, recursive: bool = Tr
         return [root]
     real_root = root.resolve()
     found: list[Path] = []
-    visited: set[Path] = set()
+    visited = {real_root}  # folders entered through a link: a link back to one of them is not read again
+    linked = False
 
     def walk(folder: Path) -> None:
-        real = folder.resolve()
-        if real in visited:  # a link back to a folder already read
-            return
-        visited.add(real)
+        nonlocal linked
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
@@ -276,6 +274,12 @@ def input_files(root: str | os.PathLike[str], pattern: str, recursive: bool = Tr
                     raise UserError(f"{path} is a symbolic link to {where}, outside the {what} {root}; upgradebench "
                                     "reads only what lies inside the folder it is given.",
                                     f"copy what it points to into {root} (cp -rL), or pass the folder it lives in")
+                linked = True
+                if entry.is_dir():
+                    if recursive and target not in visited:
+                        visited.add(target)
+                        walk(path)
+                    continue
             if entry.is_dir():
                 if recursive:
                     walk(path)
@@ -283,13 +287,15 @@ def input_files(root: str | os.PathLike[str], pattern: str, recursive: bool = Tr
                 found.append(path)
 
     walk(root)
-    out, seen = [], set()
-    for path in sorted(found):
+    if not linked:  # without links every path is a file of its own
+        return sorted(found)
+    # a file reached both directly and through a link inside the folder is read once, by its shortest path
+    shortest: dict[Path, Path] = {}
+    for path in found:
         real = path.resolve()
-        if real not in seen:  # a link inside the folder to a file also reached directly: one file
-            seen.add(real)
-            out.append(path)
-    return out
+        if real not in shortest or (len(path.parts), str(path)) < (len(shortest[real].parts), str(shortest[real])):
+            shortest[real] = path
+    return sorted(shortest.values())
 
 
 def check_png(path: str | os.PathLike[str]) -> Path:
