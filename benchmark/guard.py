@@ -122,10 +122,10 @@ def _writable(path: Path, option: str, value: str, how: str = "pass {option} wit
         existing = existing.parent
     how = how.format(option=option)
     if not existing.is_dir():
-        raise UserError(f"{option} {value!r} cannot be created: {existing} is a file, not a folder.",
+        raise UserError(f"{option} {value!r} is not writable: {existing} is a file, not a folder.",
                         f"{how} a path under a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{option} {value!r} cannot be written ({existing}: permission denied).",
+        raise UserError(f"{option} {value!r} is not writable ({existing}: permission denied).",
                         f"{how} a folder you can write to")
 
 
