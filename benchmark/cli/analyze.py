@@ -80,7 +80,7 @@ def depth(
     shots: int = Shots,
     config: list[str] = typer.Option(None, "--config", "-c", help="Other CoOp config key=value; repeatable."),
     views: str = Views,
-    results: Path = typer.Option(None, "--results", "-r", parser=results_folder,
+    results: Path = typer.Option(None, "--results", "-r", parser=results_folder, metavar="PATH",
                                  help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
     pretrained: list[str] = Pretrained,
     device: str = Device,

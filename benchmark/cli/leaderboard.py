@@ -29,7 +29,8 @@ def build(
     against: str = Against,
     rescore_on: list[str] = typer.Option(None, "--rescore-on", help="Held-out model every saved module is also "
                                          "evaluated on, without retraining (a column of its own); repeatable."),
-    rescored: Path = typer.Option(None, "--rescored", parser=lambda value: results_folder(value, "--rescored"),
+    rescored: Path = typer.Option(None, "--rescored", metavar="PATH",
+                                  parser=lambda value: results_folder(value, "--rescored"),
                                   help="Folder for the re-scored rows (default: $UPGRADEBENCH_HOME/rescored), apart "
                                        "from the --results folders, which are never written to."),
     device: str = Device,

@@ -24,7 +24,7 @@ def run(
     views: str = Views,
     ood: list[str] = typer.Option(None, "--ood", help="Extra test-only dataset(s) with the same classes, or a "
                                   "subset of them that records its labels, as ImageNet-A/-R (OOD)."),
-    results: Path = typer.Option(None, "--results", "-r", parser=results_folder,
+    results: Path = typer.Option(None, "--results", "-r", parser=results_folder, metavar="PATH",
                                  help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
     pretrained: list[str] = typer.Option(None, "--pretrained",
                                          help="Local weights: MODEL=PATH (or PATH alone for the source); repeatable."),

@@ -30,7 +30,7 @@ def sweep(
     shots: list[int] = typer.Option(None, "--shots", "-k", help=f"Shots (default: {DEFAULT_SHOTS})."),
     source: str = typer.Option(None, "--source", "-s", help=f"Source model (default: {DEFAULT_SOURCE})."),
     target: list[str] = typer.Option(None, "--target", "-t", help=f"Target(s) (default: {' '.join(DEFAULT_TARGETS)})."),
-    results: Path = typer.Option(None, "--results", "-r", parser=results_folder,
+    results: Path = typer.Option(None, "--results", "-r", parser=results_folder, metavar="PATH",
                                  help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
     executor: str = typer.Option("local", "--executor",
                                  help="local | slurm (submitit) | submitit-local (submitit's jobs as local processes, "
