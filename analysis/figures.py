@@ -27,6 +27,7 @@ from .depth import DEPTH_KEY, depth_summary
 from .drift import FEATURES, PARAMETERS
 from .fidelity import paper_table_for, per_dataset_comparison
 from .outputs import MissingInput, Outputs
+from upgradebench.atomic import write_atomic
 from upgradebench.metrics import LedgerKey
 
 from .selection import main_summary, main_summary_with_intervals, ordered_labels, ordered_pairs, slug, sweep_summary, zeroshot_accuracy
@@ -45,11 +46,12 @@ def plot_style() -> Iterator[None]:
 
 
 def save(fig: Figure, out: Path, stem: str) -> list[Path]:
-    """Write ``stem.png`` (150 dpi) and ``stem.pdf`` (no creation date, so reruns give the same file)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ``stem.png`` (150 dpi) and ``stem.pdf`` (no creation date, so reruns give the same file), each
+    atomically: a kill mid-write leaves the previous figure, never part of one."""
     png, pdf = out / f"{stem}.png", out / f"{stem}.pdf"
-    fig.savefig(png, dpi=150, bbox_inches="tight")
-    fig.savefig(pdf, bbox_inches="tight", metadata={"CreationDate": None})
+    # the format is named: the temporary file's suffix is not the figure's
+    write_atomic(png, lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
+    write_atomic(pdf, lambda tmp: fig.savefig(tmp, format="pdf", bbox_inches="tight", metadata={"CreationDate": None}))
     return [png, pdf]
 
 

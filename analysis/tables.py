@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from upgradebench.atomic import write_text
 from upgradebench.results import summarize
 
 from .outputs import MissingInput, Outputs
@@ -130,12 +131,8 @@ def to_latex(doc: TableDoc) -> str:
 
 
 def write_doc(doc: TableDoc, out: Path) -> list[Path]:
-    """Write ``<name>.md`` and ``<name>.tex`` into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{doc.name}.md", out / f"{doc.name}.tex"]
-    paths[0].write_text(to_markdown(doc))
-    paths[1].write_text(to_latex(doc))
-    return paths
+    """Write ``<name>.md`` and ``<name>.tex`` into ``out``, each atomically."""
+    return [write_text(out / f"{doc.name}.md", to_markdown(doc)), write_text(out / f"{doc.name}.tex", to_latex(doc))]
 
 
 # ---- Tables 2 and 8 ------------------------------------------------------------------------------------------------

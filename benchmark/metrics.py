@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .guard import input_files
 from .ledger import check_against_rows, is_ledger_file, read_ledger_files
 from .provenance import stable_hash
 from .results import method_label, summarize
@@ -47,7 +48,7 @@ with less room, (reuse gain) / (room) divides by noise (a room of 0.01 turns a 1
 
 def read_ledgers(*paths: str | Path) -> dict[LedgerKey, pd.DataFrame]:
     """Every prediction ledger under the given result folders, sorted by item, by (run_id, eval_model, dataset)."""
-    files = [f for root in map(Path, paths) for f in ([root] if root.is_file() else sorted(root.rglob("*.parquet")))
+    files = [f for root in paths for f in input_files(root, "*.parquet", what="results folder")
              if not f.name.startswith(".") and is_ledger_file(f)]
     return read_ledger_files(files)
 

@@ -6,13 +6,26 @@ default results; ``UPGRADEBENCH_DATA`` (or ``--data-root``) holds real datasets 
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
+from .guard import home_folder
+
 
 def home() -> Path:
-    """Root of everything upgradebench caches (world, features, runs)."""
-    return Path(os.environ.get("UPGRADEBENCH_HOME", Path.home() / ".cache" / "upgradebench")).expanduser()
+    """Root of everything upgradebench caches (world, features, runs). A ``UPGRADEBENCH_HOME`` that is empty
+    (it would mean the current folder), the filesystem root, a file or not writable is a user error
+    (:func:`upgradebench.guard.home_folder`)."""
+    value = os.environ.get("UPGRADEBENCH_HOME")
+    if value is None:
+        return Path.home() / ".cache" / "upgradebench"
+    return _checked_home(value)
+
+
+@functools.lru_cache(maxsize=8)  # checked once per value: home() is asked for every cached file
+def _checked_home(value: str) -> Path:
+    return home_folder(value)
 
 
 def data_root(override: str | os.PathLike[str] | None = None) -> Path:

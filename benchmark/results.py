@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import UserError
+from .guard import check_run_ids, input_files
 from .ledger import is_ledger_file, ledger_markdown
 from .store import Column, Migration, ParquetSchema
 
@@ -169,7 +170,7 @@ def merge_results(*paths: str | Path) -> MergedResults:
     for index, root in enumerate(map(Path, paths)):
         if not root.exists():
             raise UserError(f"Results folder {root} does not exist.", "pass the folder given to --results")
-        for f in [root] if root.is_file() else sorted(root.rglob("*.parquet")):
+        for f in input_files(root, "*.parquet", what="results folder"):
             if f.name.startswith(".") or is_ledger_file(f):
                 continue  # a temporary file of an interrupted write, or a prediction ledger
             if f.resolve() in seen:
@@ -185,6 +186,7 @@ def merge_results(*paths: str | Path) -> MergedResults:
     checked = df.pop("_version") >= 3  # rows from before schema 3 carry no hash to check
     df = _verify(df, checked, df["_file"])  # hashed once for every file: a read stays one pass
     _check_top1(df)
+    check_run_ids(df.run_id.tolist(), df["_file"].tolist())  # run ids are joined onto folders: names only
     root_of = dict(zip(map(str, files), roots))
     df["_root"] = [root_of[str(f)] for f in df["_file"]]
     df["_hashed"] = checked

@@ -35,8 +35,10 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader
 
 from upgradebench.analysis.selection import main_summary_with_intervals, ordered_datasets, ordered_pairs
+from upgradebench.atomic import write_atomic, write_text
 from upgradebench.data import get_dataset
 from upgradebench.errors import UserError
+from upgradebench.guard import check_png, clean_data, input_files
 from upgradebench.metrics import METRICS, LedgerKey, cells, class_flips, cost_summary
 from upgradebench.provenance import now
 from upgradebench.results import MergedResults, in_distribution, method_label, paired, summarize
@@ -320,7 +322,7 @@ def provenance(df: pd.DataFrame) -> dict[str, Any]:
 def scorecards_in(folder: Path) -> list[dict[str, Any]]:
     """The fidelity scorecards (``fidelity-*.json``, written by ``upgradebench figures``) in a figures folder."""
     cards = []
-    for path in sorted(folder.glob("fidelity-*.json")):
+    for path in input_files(folder, "fidelity-*.json", recursive=False, what="figures folder"):
         try:
             card = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:
@@ -379,29 +381,26 @@ def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = N
         figures = Path(figures)
         if not figures.is_dir():
             raise UserError(f"Figures folder {figures} does not exist.", "run `upgradebench figures --out DIR` first")
-        figure_files = sorted(figures.glob("*.png"))
+        # only files inside the folder (no link out of it), and only complete PNGs are published
+        figure_files = [check_png(png) for png in input_files(figures, "*.png", recursive=False,
+                                                                 what="figures folder")]
         fidelity = scorecards_in(figures)
         order: dict[tuple[str, str], int] = {}
         for section in sections:
             order.setdefault((section["source"], section["target"]), len(order))
         fidelity.sort(key=lambda card: order.get((card["source"], card["target"]), len(order)))
+    # every file is written atomically: a build killed midway leaves the previous page whole
     written = []
-    (out / "assets").mkdir(parents=True, exist_ok=True)
     for name in ASSETS:
-        target = out / "assets" / name
         source = files("upgradebench.leaderboard").joinpath("templates", name)
-        target.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
-        written.append(target)
+        written.append(write_text(out / "assets" / name, source.read_text(encoding="utf-8")))
     copied = []
     for png in figure_files:
-        target = out / "figures" / png.name
-        target.parent.mkdir(exist_ok=True)
-        shutil.copyfile(png, target)
-        written.append(target)
+        written.append(write_atomic(out / "figures" / png.name, lambda tmp, png=png: shutil.copyfile(png, tmp)))
         copied.append({"src": f"figures/{quote(png.name)}", "name": png.stem})
-    html = _environment().get_template("index.html").render(
-        sections=sections, unranked=unranked, protocol_where=protocol.where, provenance=provenance(all_rows),
-        figures=copied, fidelity=fidelity, generated=now())
-    index = out / "index.html"
-    index.write_text(html, encoding="utf-8")
+    # rows' and plugins' text reaches the page without control characters (autoescaping does not remove them)
+    context = clean_data({"sections": sections, "unranked": unranked, "protocol_where": protocol.where,
+                          "provenance": provenance(all_rows), "figures": copied, "fidelity": fidelity})
+    index = write_text(out / "index.html", _environment().get_template("index.html").render(**context,
+                                                                                           generated=now()))
     return [index, *written]

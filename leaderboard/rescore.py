@@ -19,6 +19,7 @@ import pandas as pd
 from upgradebench.features import progress_bar
 from upgradebench.ledger import ledger_path, write_ledger
 from upgradebench.errors import UserError
+from upgradebench.guard import check_run_id
 from upgradebench.module_io import MODULE_CONFIG, load_module
 from upgradebench.provenance import now, versions
 from upgradebench.results import in_distribution, method_label, read_results, write_rows
@@ -34,8 +35,11 @@ def rescore(folders: list[Path], models: list[str], out: Path, runner: Runner) -
         rows = in_distribution(read_results(folder))
         base = rows[rows.role == "base"].drop_duplicates("run_id")
         # a run without its module cannot be re-scored: `leaderboard check` reports it, the column stays empty
-        jobs += [(folder / row.run_id / "module", row) for row in base.itertuples(index=False)
-                 if (folder / row.run_id / "module" / MODULE_CONFIG).is_file()]
+        for row in base.itertuples(index=False):
+            # a run id is joined onto folders here and under `out`: a name, never a path (read_results checks it)
+            module_dir = folder / check_run_id(row.run_id, folder) / "module"
+            if (module_dir / MODULE_CONFIG).is_file():
+                jobs.append((module_dir, row))
     found = []
     with progress_bar(transient=True) as bar:
         task = bar.add_task("re-scoring", total=len(jobs) * len(models))

@@ -11,6 +11,7 @@ import pytest
 
 from upgradebench.analysis.drift import DRIFT_SCHEMA, DRIFT_SCHEMA_VERSION, write_drift
 from upgradebench.analysis.tables import main_table, ranks, table2, table3, to_latex, to_markdown
+from upgradebench.plan import safe_name
 from upgradebench.results import SCHEMA_VERSION, read_results, summarize, write_rows
 
 from .cli_helpers import run_cli, run_json
@@ -25,7 +26,8 @@ PAIRS = (("toy-clip", "toy-eva"), ("toy-clip-l", "toy-eva-l"))
 
 def result_rows(method: str, dataset: str, seed: int, source: str, target: str, base: float, new: float,
                 train_dataset: str | None = None, **config) -> list[dict]:
-    """The base and new rows of one run, as the runner writes them (variant = keys off the defaults)."""
+    """The base and new rows of one run, as the runner writes them (variant = keys off the defaults; the run id
+    a folder name, whatever the method and dataset are called)."""
     defaults = DEFAULTS.get(method, {})
     full = {**defaults, **config}
     variant = ",".join(f"{k}={full[k]}" for k in sorted(full) if full[k] != defaults.get(k))
@@ -33,7 +35,7 @@ def result_rows(method: str, dataset: str, seed: int, source: str, target: str, 
     out = []
     for role, model, acc in (("base", source, base), ("new", target, new)):
         row = blank_row()
-        row.update(schema_version=SCHEMA_VERSION, run_id=f"{method}-{variant}-{train}-s{seed}-{source}",
+        row.update(schema_version=SCHEMA_VERSION, run_id=safe_name(f"{method}-{variant}-{train}-s{seed}-{source}"),
                    method=method, method_version="1", method_origin="upgradebench==0.1.0",
                    method_config=json.dumps(full, sort_keys=True), method_variant=variant, dataset=dataset,
                    train_dataset=train, shots=16, seed=seed, views="10", source=source, eval_model=model, role=role,

@@ -12,6 +12,7 @@ from upgradebench.ledger import ledger_path, write_ledger
 from upgradebench.metrics import (Cell, cell_metrics, class_flips, compare, compat_summary, interval, mcnemar,
                                   read_ledgers, resampling_weights, summarize_with_intervals)
 from upgradebench.errors import UserError
+from upgradebench.plan import safe_name
 from upgradebench.results import SCHEMA_VERSION, read_results, write_rows
 
 from .cli_helpers import run_cli, run_json
@@ -25,7 +26,7 @@ def write_run(folder, method: str, seed: int, correct: dict[str, list[int]], rol
               labels=None, dataset: str = DS, shots: int = 16) -> None:
     """One run's row files (and ledgers) on ``dataset`` (an OOD test set unless it is DS): ``correct[model]``
     is the per-item correctness on that model."""
-    run_id = f"{method}-s{seed}-{next(iter(correct))}" + ("" if shots == 16 else f"-k{shots}")
+    run_id = safe_name(f"{method}-s{seed}-{next(iter(correct))}" + ("" if shots == 16 else f"-k{shots}"))
     for model, right in correct.items():
         n = len(right)
         label = np.asarray(labels if labels is not None else [i % 2 for i in range(n)], dtype="int16")

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _row(**kw):
     row = blank_row()
-    row.update(schema_version=SCHEMA_VERSION, shots=16, seed=1, top1=50.0, n_test=10, fit_seconds=0.0,
+    row.update(schema_version=SCHEMA_VERSION, run_id="run", shots=16, seed=1, top1=50.0, n_test=10, fit_seconds=0.0,
                eval_seconds=0.0, role="base")
     row.update(kw)
     return row

@@ -1,4 +1,9 @@
-"""What every command shares: the console, JSON output, tables, output folders."""
+"""What every command shares: the console, JSON output, tables.
+
+Text printed here may come from files or plugins (method, dataset and model names, configs): the consoles
+(:class:`CleanConsole`) and :func:`build_table` pass it through :func:`upgradebench.guard.clean_text`, so no
+escape sequence reaches the terminal.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -14,15 +18,26 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from ..errors import UserError
+from ..guard import clean_text
 
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
+
+class CleanConsole(Console):
+    """A rich console whose printed strings lose control characters and escape sequences
+    (:func:`~upgradebench.guard.clean_text`): messages, warnings and lines quote names that files and plugins
+    chose. Tables are cleaned where they are built (:func:`build_table`)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        """:meth:`rich.console.Console.print`, every ``str`` argument cleaned first."""
+        super().print(*(clean_text(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+console = CleanConsole()
+err_console = CleanConsole(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
 
 
 def print_text(text: str, err: bool = False) -> None:
     """One line of plain text on stdout (``err``: stderr), never wrapped; paths, labels such as
-    ``coop[n_ctx=4]`` and messages are never read as rich markup."""
+    ``coop[n_ctx=4]`` and messages are never read as rich markup, and lose any control characters."""
     (err_console if err else console).print(text, markup=False, highlight=False, soft_wrap=True)
 
 
@@ -42,43 +57,14 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(_finite(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
-OUTPUT_MARKER = ".upgradebench-output"
-"""Left in every folder a command wrote its files into: that folder may be written again without ``--force``."""
-
-
-def output_folder(value: str, option: str = "--out", force: bool = False) -> Path:
-    """The folder a command writes its files into, created and marked as the command's own.
-
-    Refused when it is empty or the filesystem root (an empty string would mean the current folder, the root
-    every folder of the machine), a file, or a non-empty folder that no upgradebench command wrote (its files
-    could be overwritten) unless ``force``.
-    """
-    if not value.strip():
-        raise UserError(f"{option} is empty.", f"pass {option} DIR, a folder for this command's files")
-    path = Path(value).expanduser()
-    if path.resolve() == Path(path.resolve().anchor):
-        raise UserError(f"{option} {value!r} is the filesystem root.", f"pass {option} DIR, a folder of its own")
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{option} {value!r} is a file, not a folder.", f"pass {option} DIR, a new or empty folder")
-    if path.is_dir() and not force and not (path / OUTPUT_MARKER).is_file() and any(path.iterdir()):
-        raise UserError(f"{option} {value!r} is a folder with other files in it (no upgradebench command wrote it).",
-                        f"pass {option} with a new or empty folder, or add --force to write into it anyway")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / OUTPUT_MARKER).write_text("written by upgradebench\n", encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"{option} {value!r} cannot be written ({exc.strerror or exc}).",
-                        f"pass {option} with a folder you can write to") from None
-    return path
-
-
 def build_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
-    """A rich table; cells are text, never markup (a label like ``coop[n_ctx=4]`` stays whole)."""
-    table = Table(title=escape(title), header_style="bold")
+    """A rich table; cells are text, never markup (a label like ``coop[n_ctx=4]`` stays whole), and never
+    control characters (:func:`~upgradebench.guard.clean_text`)."""
+    table = Table(title=escape(clean_text(title)), header_style="bold")
     for col in columns:
-        table.add_column(escape(str(col)), overflow="fold")
+        table.add_column(escape(clean_text(col)), overflow="fold")
     for row in rows:
-        table.add_row(*["" if v is None else escape(str(v)) for v in row])
+        table.add_row(*["" if v is None else escape(clean_text(v)) for v in row])
     return table
 
 

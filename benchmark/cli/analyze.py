@@ -9,6 +9,8 @@ from rich.markup import escape
 
 from ..data import get_dataset
 from ..defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SOURCE, DEFAULT_TARGETS
+from ..errors import UserError
+from ..guard import output_file, results_folder
 from ..paths import home
 from ._common import err_console, print_json, print_table, print_text
 from ._options import DataRoot, Device, Download, Json, Shots, Views, parse_pairs
@@ -26,12 +28,14 @@ def drift(
     target: list[str] = Targets,
     dataset: list[str] = typer.Option([DEFAULT_DATASET], "--dataset", "-d",
                                       help="Dataset(s) whose class names in their template form the prompt set."),
-    out: Path = typer.Option(None, "--out", "-o",
-                             help="Parquet file to write (default: $UPGRADEBENCH_HOME/analysis/drift-SOURCE.parquet)."),
+    out: str = typer.Option(None, "--out", "-o",
+                            help="Parquet file to write (default: $UPGRADEBENCH_HOME/analysis/drift-SOURCE.parquet); "
+                                 "an existing file is replaced only if it is a drift table, or with --force."),
     pretrained: list[str] = Pretrained,
     device: str = Device,
     data_root: Path = DataRoot,
     download: bool = Download,
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file that is not a drift table."),
     as_json: bool = Json,
 ) -> None:
     """Per text-encoder layer: how much parameters and output features change from SOURCE to each TARGET."""
@@ -43,7 +47,10 @@ def drift(
     from ..models import load_vlm, resolve_device
 
     weights = parse_pairs(pretrained, "--pretrained")
-    datasets = [get_dataset(d, data_root) for d in dataset]  # a bad name fails before any model loads
+    # a bad path or name fails before any model loads
+    path = output_file(out if out is not None else str(home() / "analysis" / f"drift-{slug(source)}.parquet"),
+                       "--out", force, ours=_is_drift)
+    datasets = [get_dataset(d, data_root) for d in dataset]
     prompts = dataset_prompts(datasets)
     dev = resolve_device(device)
     src = load_vlm(source, weights.get(source), dev, download)
@@ -52,7 +59,7 @@ def drift(
         err_console.print(f"[bold]drift[/] {escape(source)} -> {escape(name)} on {len(prompts)} prompts", highlight=False)
         frames.append(drift_frame(src, load_vlm(name, weights.get(name), dev, download), prompts, dataset))
     df = pd.concat(frames, ignore_index=True)
-    path = write_drift(df, out or home() / "analysis" / f"drift-{slug(source)}.parquet")
+    path = write_drift(df, path)
     if as_json:
         print_json({"out": str(path), "rows": df.to_dict(orient="records")})
         return
@@ -73,7 +80,8 @@ def depth(
     shots: int = Shots,
     config: list[str] = typer.Option(None, "--config", "-c", help="Other CoOp config key=value; repeatable."),
     views: str = Views,
-    results: Path = typer.Option(None, "--results", "-r", help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
+    results: Path = typer.Option(None, "--results", "-r", parser=results_folder, metavar="PATH",
+                                 help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
     pretrained: list[str] = Pretrained,
     device: str = Device,
     data_root: Path = DataRoot,
@@ -107,6 +115,17 @@ def depth(
     print_table(f"CoOp depth study on {dataset}: {source} -> {', '.join(target)}", cols,
                 [[r[c] for c in cols] for r in rows])
     print_text(f"rows written under {runner.results}", err=True)
+
+
+def _is_drift(path: Path) -> bool:
+    """Whether ``path`` is a drift table (``analyze drift`` wrote it, so it may be written again)."""
+    from upgradebench.analysis.drift import read_drift
+
+    try:
+        read_drift(path)
+    except UserError:
+        return False
+    return True
 
 
 def _rounded(value: float | None) -> float | None:

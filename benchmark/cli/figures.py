@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ._common import output_folder, print_json, print_text
+from ..guard import output_folder
+from ._common import print_json, print_text
 from ._options import Force, Json
 
 
@@ -29,10 +30,10 @@ def figures(
     from ..metrics import read_ledgers
     from ..results import read_results
 
+    out = output_folder(out, force=force)  # a wrong --out fails before anything is read
     drift_rows = read_drift(drift) if drift is not None else None
     df = read_results(*results)
     ledgers = read_ledgers(*results)
-    out = output_folder(out, force=force)
     outputs = write_figures(df, drift_rows, out, ledgers)
     outputs.extend(write_tables(df, out))
     outputs.extend(write_compatibility(df, ledgers, out))

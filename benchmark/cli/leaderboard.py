@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from ..guard import apart_from, output_folder, results_folder
 from ..paths import home
-from ._common import console, output_folder, print_json, print_table, print_text
+from ._common import console, print_json, print_table, print_text
 from ._options import DataRoot, Device, Force, Json
 
 app = typer.Typer(help="The static leaderboard site, and checks of submitted results.", no_args_is_help=True)
@@ -30,8 +31,10 @@ def build(
     against: str = Against,
     rescore_on: list[str] = typer.Option(None, "--rescore-on", help="Held-out model every saved module is also "
                                          "evaluated on, without retraining (a column of its own); repeatable."),
-    rescored: Path = typer.Option(None, "--rescored", help="Folder for the re-scored rows (default: "
-                                  "$UPGRADEBENCH_HOME/rescored); the --results folders are never written to."),
+    rescored: Path = typer.Option(None, "--rescored", metavar="PATH",
+                                  parser=lambda value: results_folder(value, "--rescored"),
+                                  help="Folder for the re-scored rows (default: $UPGRADEBENCH_HOME/rescored), apart "
+                                       "from the --results folders, which are never written to."),
     verify: bool = typer.Option(False, "--verify", help="Re-evaluate a sample of the modules of every folder "
                                 "that is not the reference, as `leaderboard check` does: entries that match are "
                                 "verified, those that do not are left out; without it they are marked unverified."),
@@ -54,9 +57,11 @@ def build(
     from ..results import merge_results, read_results
     from ..runner import Runner, check_writable
 
+    out = output_folder(out, force=force)
+    if rescore_on:  # checked before anything is read: re-scored rows never land in a --results folder
+        rescored = apart_from(rescored or home() / "rescored", results, "--rescored")
     merged = merge_results(*results)
     ledgers = read_ledgers(*results)
-    out = output_folder(out, force=force)
     protocol = load_protocol(against) if against else protocol_of(read_results(results[0]), str(results[0]))
     reference = reference_index(results, against)
     recomputed, rejected = set(), []
@@ -66,7 +71,6 @@ def build(
     unverified = unverified_entries(merged, results, ledgers, reference, recomputed)
     rows = None
     if rescore_on:
-        rescored = rescored or home() / "rescored"
         check_writable(rescored)
         runner = Runner(results=rescored, device=device, data_root=data_root)
         rows = rescore(list(results), list(rescore_on), rescored, runner)

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from ..defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SOURCE, DEFAULT_TARGETS
+from ..guard import results_folder
 from ._common import err_console, print_json, print_table, print_text
 from ._options import (DataRoot, Device, Download, Json, Precision, Replace, Shots, Views, Workers, parse_pairs,
                        plugin_output_to_stderr)
@@ -24,7 +25,8 @@ def run(
     views: str = Views,
     ood: list[str] = typer.Option(None, "--ood", help="Extra test-only dataset(s) with the same classes, or a "
                                   "subset of them that records its labels, as ImageNet-A/-R (OOD)."),
-    results: Path = typer.Option(None, "--results", "-r", help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
+    results: Path = typer.Option(None, "--results", "-r", parser=results_folder, metavar="PATH",
+                                 help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
     pretrained: list[str] = typer.Option(None, "--pretrained",
                                          help="Local weights: MODEL=PATH (or PATH alone for the source); repeatable."),
     precision: str = Precision,

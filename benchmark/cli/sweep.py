@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from ..defaults import DEFAULT_SEEDS, DEFAULT_SHOTS, DEFAULT_SOURCE, DEFAULT_TARGETS
 from ..errors import UserError
+from ..guard import results_folder
 from ._common import err_console, print_json, print_table
 from ._options import DataRoot, Device, Json, Replace, Workers, plugin_output_to_stderr
 
@@ -29,7 +30,8 @@ def sweep(
     shots: list[int] = typer.Option(None, "--shots", "-k", help=f"Shots (default: {DEFAULT_SHOTS})."),
     source: str = typer.Option(None, "--source", "-s", help=f"Source model (default: {DEFAULT_SOURCE})."),
     target: list[str] = typer.Option(None, "--target", "-t", help=f"Target(s) (default: {' '.join(DEFAULT_TARGETS)})."),
-    results: Path = typer.Option(None, "--results", "-r", help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
+    results: Path = typer.Option(None, "--results", "-r", parser=results_folder, metavar="PATH",
+                                 help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
     executor: str = typer.Option("local", "--executor",
                                  help="local | slurm (submitit) | submitit-local (submitit's jobs as local processes, "
                                       "to try a SLURM setup without a cluster)."),
