@@ -25,8 +25,6 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..atomic import atomic_path, write_atomic, write_json
 from ..errors import UserError
 
@@ -50,6 +48,7 @@ def seeded_token_table(seed: int, rows: int, width: int, std: float = 0.02) -> t
     ``u`` in [0, 1) (exact in float64), and ``(2u - 1) * std * sqrt(3)`` rounded once to float32 (correctly
     rounded IEEE operations). torch's own ``normal_`` is not used: its vectorised and scalar paths differ.
     """
+    import numpy as np
     import torch
 
     with np.errstate(over="ignore"):

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UnknownNameError, UserError
-from .generator import generator_key
 from .modelio import read_config
 from .recipes import recipe_table
 from .shipped import install, shipped_record, shipped_tensors
@@ -91,6 +90,8 @@ def build_order(names: Iterable[str]) -> list[str]:
 
 def build_key(name: str) -> str:
     """Hash of everything that determines the weights of ``name`` (changes -> rebuild)."""
+    from .generator import generator_key  # numpy and PIL: not needed to locate a model (models list)
+
     parent = parent_of(name)
     payload = {"recipe": recipe(name), "world": world_config(), "generator": generator_key(),
                "parent": build_key(parent) if parent else None}
