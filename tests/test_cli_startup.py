@@ -110,9 +110,7 @@ def test_method_catalog_is_what_the_classes_say() -> None:
     whenever a built-in method's version, description or config changes."""
     from upgradebench.cli._method_catalog import CATALOG, generate
     from upgradebench.cli.methods import _from_catalog, _from_classes
-    from upgradebench.method import discover_methods
 
-    discover_methods(force=True)  # another test may have left the registry without the built-ins
     assert CATALOG == generate()
     assert _from_catalog() == _from_classes()
 
