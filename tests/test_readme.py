@@ -97,3 +97,25 @@ def test_the_checker_finds_what_does_not_exist(cli):
     assert problems("upgradebench --threads 1 run --method run --seed 1 --seed=2 --oracle", cli) == []
     assert commands("```sql\nSELECT 'it''s';\n```\n```bash\nupgradebench run \\\n    --seed 1   # a comment\n"
                     "pip install x\n```\n") == ["upgradebench run --seed 1"]
+
+
+@pytest.mark.parametrize("guide", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_every_relative_link_names_a_file_and_heading_that_exist(guide):
+    """Links of the guide and the docs (files, and #headings of Markdown files) point at what exists: moving a
+    section into docs/ must not leave a link behind."""
+    text = guide.read_text()
+    for target in re.findall(r"\]\(([^)\s]+)\)|src=\"([^\"]+)\"", text):
+        link = target[0] or target[1]
+        if re.match(r"[a-z]+:", link):
+            continue  # http(s), mailto
+        path, _, anchor = link.partition("#")
+        file = (guide.parent / path).resolve() if path else guide
+        assert file.exists(), f"{guide.name}: {link}"
+        if anchor and file.suffix == ".md":
+            headings = {_anchor(h) for h in re.findall(r"^#+ (.+)$", file.read_text(), re.M)}
+            assert anchor in headings, f"{guide.name}: {link}"
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
