@@ -47,11 +47,16 @@ def compat_table(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame]) -> Ta
         part = summary[(summary.source == source) & (summary.target == target) & (summary.dataset == "Average")]
         for shots, avg in part.groupby("shots"):
             cells = avg.set_index("label")
-            rows = [[label] + [interval_text(float(cells.loc[label, m]), cells.loc[label, f"{m}_lo"],
-                                             cells.loc[label, f"{m}_hi"], 3 if m == "recovery" else 2)
-                               for m, _ in COMPAT_METRICS] for label in ordered_labels(avg.label)]
-            tables.append(Table(f"{source} → {target}, {int(shots)} shots, average over datasets",
-                                ["Method", *(name for _, name in COMPAT_METRICS)], rows, rank="column"))
+            # an Average over fewer datasets than the others' is another quantity: marked, as in Table 2
+            partial = set(cells.index[cells.datasets < cells.datasets.max()])
+            rows = [[f"{label}*" if label in partial else label] +
+                    [interval_text(float(cells.loc[label, m]), cells.loc[label, f"{m}_lo"],
+                                   cells.loc[label, f"{m}_hi"], 3 if m == "recovery" else 2)
+                     for m, _ in COMPAT_METRICS] for label in ordered_labels(avg.label)]
+            heading = f"{source} → {target}, {int(shots)} shots, average over datasets"
+            if partial:
+                heading += f" (* average over fewer datasets: {', '.join(sorted(partial))})"
+            tables.append(Table(heading, ["Method", *(name for _, name in COMPAT_METRICS)], rows, rank="column"))
     return TableDoc("compat", "Compatibility beyond top-1",
                     "Mean [95% interval: paired bootstrap over test items and seeds] of each metric, in percent "
                     "(recovery: a ratio); definitions and sources in docs/metrics.md. – = needs prediction "

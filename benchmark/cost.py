@@ -89,7 +89,7 @@ def estimate(plans: Sequence[RunPlan], table: dict[str, Any] | None = None) -> C
     table = throughputs() if table is None else table
     if not table:
         raise UserError("No GPU throughputs are recorded in this upgradebench, so no cost can be estimated.",
-                        "run benchmarks/gpu_check.py on a GPU and record its output (see README, Speed)")
+                        "run benchmarks/gpu_check.py on a GPU and record its output (see docs/performance.md)")
     archs, datasets = table["archs"], coop_specs()
     out = CostEstimate(device=table["measured"]["device"])
     extracted: set[tuple[str, str]] = set()

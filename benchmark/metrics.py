@@ -374,6 +374,9 @@ def summarize_with_intervals(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.Dat
 
     Cells without ledgers keep their means and standard deviations; their intervals and ledger metrics are NaN.
     Reuse gain and recovery ratio are also computed from the rows' top-1 when ledgers are missing.
+    ``ledger_datasets`` counts, on the ``Average`` rows, the datasets (of ``datasets``) whose runs all have
+    ledgers; where some lack them, the Average's intervals and ledger metrics are NaN, since they would average
+    other datasets than its Base and New.
     """
     summary = summarize(rows)
     key = ["source", "target", "label", "method", "dataset", "shots"]
@@ -383,6 +386,15 @@ def summarize_with_intervals(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.Dat
     out = summary.merge(extra[keep], on=key, how="left")
     if out.empty:
         return out
+    ood = set(rows.dataset[rows.dataset != rows.train_dataset])
+    per_dataset = extra[(extra.dataset != "Average") & ~extra.dataset.isin(ood)]
+    ledgered = per_dataset.groupby(key[:4] + ["shots"]).size()
+    average = out.dataset == "Average"
+    out["ledger_datasets"] = [int(ledgered.get((r.source, r.target, r.label, r.method, r.shots), 0)) if a else np.nan
+                              for r, a in zip(out.itertuples(), average)]
+    partial = average & (out.ledger_datasets < out.datasets)
+    out.loc[partial, [f"{m}{s}" for m in METRICS for s in ("_lo", "_hi")] +
+            ["nfr", "pfr", "btc", "nfr_zs", "reuse_gain", "recovery"]] = math.nan  # reuse gain, recovery: from rows
     zs = out[out.method == "zeroshot"].set_index(["source", "target", "dataset", "shots"]).new
     new = out.set_index(["source", "target", "label", "dataset", "shots"]).new
     oracle = _oracle_means(rows)

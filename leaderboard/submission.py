@@ -169,7 +169,7 @@ def module_problems(run_dir: Path, rows: pd.DataFrame) -> list[str]:
     """What is wrong with the saved module of one run (empty: nothing): it must exist, load (its method
     installed), hold exactly the tensors its ``module.json`` names with as many values as its rows say it
     learned, and record the run identity (source and dataset fingerprints, shots, seed) of its rows.
-    Loading it checks its content hashes and the method that fitted it (:func:`upgradebench.method.load_module`)."""
+    Loading it checks its content hashes and the method that fitted it (:func:`upgradebench.module_io.load_module`)."""
     folder = run_dir / "module"
     config_path = folder / MODULE_CONFIG
     if not config_path.is_file():

@@ -136,3 +136,19 @@ def test_depth_outside_the_tower_fails_before_training(capsys, micro_dirs, tiny_
     code, out, err = run_cli(capsys, "analyze", "depth", "--dataset", tiny_dataset, "--layers", "1",
                              "--config", "depth=2", "--results", str(tmp_path / "r"))
     assert code == 2 and "conflicts with --layers" in err
+
+
+def test_compat_table_marks_an_average_over_fewer_datasets(tmp_path):
+    from upgradebench.analysis.compatibility import compat_table
+    from upgradebench.metrics import read_ledgers
+
+    from .test_cli_tables import _pattern, _run
+
+    folder = tmp_path / "res"
+    for ds in ("ds-a", "ds-b"):
+        _run(folder, "zeroshot", 1, ds, _pattern(40, 10), _pattern(40, 15))
+        _run(folder, "coop", 1, ds, _pattern(40, 20), _pattern(40, 18))
+    _run(folder, "contcoop", 1, "ds-b", _pattern(40, 25), _pattern(40, 22))
+    (table,) = compat_table(read_results(folder), read_ledgers(folder)).tables
+    assert [row[0] for row in table.rows] == ["zeroshot", "contcoop*", "coop"]
+    assert table.heading.endswith("(* average over fewer datasets: contcoop)")

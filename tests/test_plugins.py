@@ -33,6 +33,9 @@ def plugin_path(tmp_path, monkeypatch):
     site = tmp_path / "site"
     site.mkdir()
     monkeypatch.syspath_prepend(str(site))
+    # the built-ins are registered first, so that cleaning up removes only what the test added (`methods list`
+    # answers from its catalog and may not have filled the registry yet)
+    discover_methods()
     before = set(METHODS.names())
     yield site
     for name in set(METHODS.names()) - before:

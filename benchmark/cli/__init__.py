@@ -36,7 +36,7 @@ app = typer.Typer(
 def default_threads() -> int:
     """Threads torch uses when neither ``--threads`` nor ``OMP_NUM_THREADS`` says: half the cores. The embedded
     world's models are tiny, so a second thread gains little on a quiet machine and, on a shared one whose other
-    core is busy, every parallel region waits for the slower thread (README, "Threads")."""
+    core is busy, every parallel region waits for the slower thread (docs/performance.md, "Threads")."""
     return max(1, (os.cpu_count() or 1) // 2)
 
 

@@ -56,14 +56,21 @@ def locate_hub_file(repo: str, filenames: tuple[str, ...]) -> WeightsLocation:
     return WeightsLocation(None, searched)
 
 
-def locate_pretrained(arch: str, tag: str) -> WeightsLocation:
-    """Find the weights of open_clip ``arch`` with pretrained ``tag`` (a known tag or a file path)."""
+def locate_pretrained(arch: str, tag: str, cfg: dict[str, str] | None = None) -> WeightsLocation:
+    """Find the weights of open_clip ``arch`` with pretrained ``tag`` (a known tag or a file path).
+
+    ``cfg`` is open_clip's pretrained config of (arch, tag) where the caller holds it (an alias's ``weights`` in
+    ``aliases.json``: ``hf_hub`` and ``url``), so that no open_clip import is needed; otherwise open_clip's is read.
+    """
     if os.path.isfile(os.path.expanduser(tag)):
         return WeightsLocation(Path(tag).expanduser().resolve(), [tag], "file")
-    import open_clip
+    if cfg is None:
+        import open_clip
 
-    cfg = open_clip.get_pretrained_cfg(arch, tag)
+        cfg = open_clip.get_pretrained_cfg(arch, tag)
     if not cfg:
+        import open_clip
+
         known = open_clip.list_pretrained_tags_by_model(arch)
         raise UserError(
             f"{tag!r} is neither a pretrained tag of open_clip model {arch!r} nor an existing file.",

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from .checkpoints import locate_hub_file, locate_pretrained, require_weights
-from .spec import ModelSpec, parse_model, provider_target, providers
-from .vlm import VLM
+from .spec import ModelSpec, builtin_aliases, parse_model, provider_target, providers
+
+if TYPE_CHECKING:  # torch and the VLM are imported where a model is loaded: describing one needs neither
+    import torch
+
+    from .vlm import VLM
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a user error."""
+    import torch
+
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -77,6 +81,8 @@ def load_vlm(
     """
     import open_clip
 
+    from .vlm import VLM
+
     spec = name if isinstance(name, ModelSpec) else parse_model(name, pretrained)
     device = resolve_device(device)
     for kind in providers():  # local-dir configs may name a provider's timm trunks (the world's EVA-style ones)
@@ -108,7 +114,9 @@ def describe_model(name: str, pretrained: str | None = None) -> dict[str, Any]:
     spec = parse_model(name, pretrained)
     info = spec.to_dict()
     if spec.kind == "open_clip":
-        loc = locate_pretrained(spec.arch, spec.pretrained or "")
+        entry = builtin_aliases().get(spec.alias, {})
+        known = entry.get("weights") if entry.get("pretrained") == spec.pretrained else None
+        loc = locate_pretrained(spec.arch, spec.pretrained or "", known)
         info.update(weights=str(loc.path) if loc.path else None, present=loc.present, searched=loc.searched)
     elif spec.kind in providers():
         folder = Path(provider_target(spec.kind, "location")(spec.arch))

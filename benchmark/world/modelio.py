@@ -9,12 +9,12 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
-
-from safetensors.torch import save_file
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..atomic import atomic_path, write_json
+
+if TYPE_CHECKING:  # reading a config (zoo list) needs no torch
+    from torch import nn
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -34,6 +34,8 @@ def create_model(model_cfg: dict[str, Any]) -> nn.Module:
 
 def save_local_dir(model: nn.Module, model_cfg: dict[str, Any], folder: str | Path, extra: dict | None = None) -> Path:
     """Save ``model`` into ``folder`` in open_clip's local-dir format (weights first, config last)."""
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}

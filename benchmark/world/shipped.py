@@ -23,14 +23,13 @@ import json
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from safetensors.torch import load, save
+from typing import TYPE_CHECKING, Any
 
 from ..atomic import atomic_path, write_atomic, write_json
 from ..errors import UserError
+
+if TYPE_CHECKING:  # torch is imported by the functions that make tensors: reading a record (zoo list) needs none
+    import torch
 
 SHARD_BYTES = 4_000_000
 """The largest shard written (a tensor larger than this gets a shard of its own)."""
@@ -49,6 +48,9 @@ def seeded_token_table(seed: int, rows: int, width: int, std: float = 0.02) -> t
     ``u`` in [0, 1) (exact in float64), and ``(2u - 1) * std * sqrt(3)`` rounded once to float32 (correctly
     rounded IEEE operations). torch's own ``normal_`` is not used: its vectorised and scalar paths differ.
     """
+    import numpy as np
+    import torch
+
     with np.errstate(over="ignore"):
         z = np.arange(rows * width, dtype=np.uint64) + np.uint64((seed * _SPLITMIX[0]) % 2**64)
         z = z * np.uint64(_SPLITMIX[0])
@@ -108,7 +110,8 @@ def _shards(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
 def pack(model_dir: Path, world: str, out_root: Path | None = None) -> dict[str, Any]:
     """Write the built model in ``model_dir`` (a local-dir folder with its build record) into the shipped
     weights of ``world`` (default: the package's own folder). Returns the record written."""
-    from safetensors.torch import load_file
+    import torch
+    from safetensors.torch import load_file, save
 
     from ..models.fingerprint import tensors_fingerprint
 
@@ -151,6 +154,8 @@ def prune(world: str, out_root: Path | None = None) -> list[Path]:
 
 def shipped_tensors(world: str, name: str) -> dict[str, torch.Tensor]:
     """The full state dict of shipped model ``name``, every shard's hash and the weights' fingerprint checked."""
+    from safetensors.torch import load
+
     from ..models.fingerprint import tensors_fingerprint
 
     record = shipped_record(world, name)

@@ -26,16 +26,16 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UnknownNameError, UserError
-from .generator import generator_key
 from .modelio import read_config
 from .recipes import recipe_table
 from .shipped import install, shipped_record, shipped_tensors
 from .worlds import world_config, world_name, world_root
+
+if TYPE_CHECKING:  # torch is imported where models are built or compared: listing them needs none
+    import torch
 
 BUILD_THREADS = 1
 """Threads used while building. Fixed, because the weights depend on it (reductions split differently), and
@@ -90,6 +90,8 @@ def build_order(names: Iterable[str]) -> list[str]:
 
 def build_key(name: str) -> str:
     """Hash of everything that determines the weights of ``name`` (changes -> rebuild)."""
+    from .generator import generator_key  # numpy and PIL: not needed to locate a model (models list)
+
     parent = parent_of(name)
     payload = {"recipe": recipe(name), "world": world_config(), "generator": generator_key(),
                "parent": build_key(parent) if parent else None}
@@ -118,13 +120,11 @@ def is_built(name: str) -> bool:
 def weights_problem(name: str) -> str | None:
     """Why the built weights of ``name`` cannot be used (unreadable, or not the weights its build recorded),
     or None when they are intact. ``name`` must be built."""
-    from safetensors.torch import load_file
-
-    from ..models.fingerprint import tensors_fingerprint
+    from ..models.fingerprint import file_fingerprint
 
     path = model_dir(name) / "open_clip_model.safetensors"
     try:
-        found = tensors_fingerprint(load_file(str(path)))
+        found = file_fingerprint(path)
     except Exception as exc:  # a missing, truncated or garbled file: safetensors raises several types
         return f"{path} is unreadable ({type(exc).__name__})"
     recorded = build_record(name)["fingerprint"]
@@ -183,6 +183,8 @@ def rebuilt_dir(name: str) -> Path:
 def compare_weights(ours: dict[str, torch.Tensor], shipped: dict[str, torch.Tensor]) -> dict[str, Any]:
     """How far ``ours`` is from ``shipped``: ``identical`` (bit for bit), else the largest absolute difference and
     the tensor holding it."""
+    import torch
+
     if set(ours) != set(shipped) or any(ours[k].shape != shipped[k].shape for k in ours):
         return {"identical": False, "max_abs_diff": None, "tensor": "the tensor names or shapes differ"}
     diffs = {k: float((ours[k].double() - shipped[k].double()).abs().max()) if ours[k].numel() else 0.0 for k in ours}
@@ -249,10 +251,10 @@ def recipe_summary(r: dict[str, Any]) -> str:
     init = r.get("init")
     if init:
         parts.append(f"{'+'.join(init['copy'])} from {init['from']}")
-    from .builder import training_stages
-
-    stages = training_stages(r["train"])
     t = r["train"]
+    # each stage's steps as training_stages() resolves them (a stage's keys over the shared ones; steps is
+    # required), read from the table so that describing a recipe imports no torch
+    stages = [{**{k: v for k, v in t.items() if k != "stages"}, **stage}["steps"] for stage in t.get("stages", [{}])]
     lr_notes = []
     if t.get("text_lr_scale", 1.0) != 1.0:
         lr_notes.append(f"text lr x{t['text_lr_scale']:g}")
@@ -260,7 +262,7 @@ def recipe_summary(r: dict[str, Any]) -> str:
         lr_notes.append(f"layer decay {t['text_layer_decay']:g}")
     if t.get("freeze_text_embeddings"):
         lr_notes.append("embeddings frozen")
-    steps = "+".join(str(stage.steps) for stage in stages)
+    steps = "+".join(str(n) for n in stages)
     parts.append(f"{steps} steps" + (f" ({', '.join(lr_notes)})" if lr_notes else ""))
     return ", ".join(parts)
 
@@ -286,6 +288,8 @@ def _build_lock() -> Iterator[None]:
 @contextmanager
 def _deterministic() -> Iterator[None]:
     """Deterministic algorithms and a fixed thread count for the duration of a build; restored after."""
+    import torch
+
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     threads = torch.get_num_threads()
     rng = torch.random.get_rng_state()
