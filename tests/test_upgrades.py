@@ -74,3 +74,11 @@ def test_real_pairs_resolve_in_a_dry_run_like_the_papers(capsys, tmp_path, upgra
     # only the real weights are missing here, and for exactly the two models of the pair
     assert {m["kind"] for m in out["missing"]} <= {"model"}
     assert {m["name"] for m in out["missing"]} == {upgrade.source, upgrade.target}
+
+
+def test_models_list_gives_each_sources_upgrades_and_their_kinds(capsys):
+    rows = {r["alias"]: r for r in run_json(capsys, "models", "list")}
+    kinds = {u["target"]: u["kind"] for u in rows["clip"]["upgrades"]}
+    assert kinds == {"eva-clip": "inherited-text-tower", "openclip-b16-laion": "independent-retraining",
+                     "openclip-b16-datacomp": "independent-retraining", "clip-l": "width-change"}
+    assert rows["clip-l"]["upgrades"][1]["title"] == "continued training" and rows["eva-clip"]["upgrades"] == []

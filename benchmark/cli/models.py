@@ -11,18 +11,28 @@ app = typer.Typer(help="Model aliases and where their weights come from.", no_ar
 
 @app.command("list")
 def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    """List every model alias (real models and the embedded world's)."""
+    """List every model alias (real models and the embedded world's) and the upgrades the project knows between
+    them, each with its kind (what the target inherits from the source)."""
     from ..models import alias_names, describe_model
+    from ..models.upgrades import known_upgrades
 
-    rows = [describe_model(name) for name in alias_names()]
+    upgrades = [u.to_dict() for u in known_upgrades()]
+    rows = [{**describe_model(name), "upgrades": [u for u in upgrades if u["source"] == name]}
+            for name in alias_names()]
     if as_json:
         print_json(rows)
         return
     print_table(
         "model aliases",
-        # QuickGELU is in the arch's name (``-quickgelu``); the table fits 80 columns without a name broken
-        ["alias", "kind", "arch", "pretrained", "on disk"],
-        [[r["alias"], r["kind"], r["arch"], r["pretrained"] or "", r["present"]] for r in rows],
+        # the arch and its tag on two lines of one cell: the longest of each fits 80 columns without a name broken
+        ["alias", "arch / pretrained", "on disk"],
+        [[r["alias"], f"{r['arch']}\n{r['pretrained'] or '(' + r['kind'] + ')'}", "yes" if r["present"] else "no"]
+         for r in rows],
+    )
+    print_table(
+        "known upgrades (models/upgrades.json)",
+        ["source -> target", "kind", "text width"],
+        [[f"{u['source']} ->\n{u['target']}", u["title"], "{} -> {}".format(*u["text_width"])] for u in upgrades],
     )
 
 
