@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -127,16 +128,35 @@ def missing_summary(cells: Sequence[Cell]) -> list[str]:
             f"{', '.join(sorted(ds))}" for (source, target, shots, ss), ds in sorted(datasets.items())]
 
 
+def fill_commands(method: str, variant: str, cells: Sequence[Cell], results: str = "RESULTS") -> list[str]:
+    """The ``upgradebench run`` commands that add ``cells`` of entry (``method``, ``variant``) to ``results``: one
+    per (source, target, shots) and set of seeds, over the datasets that lack them (runs already there are reused)."""
+    config = [part for part in variant.split(",") if part] if variant else []
+    seeds: dict[tuple, list] = {}
+    for source, target, dataset, shots, seed in cells:
+        seeds.setdefault((source, target, shots, dataset), []).append(seed)
+    groups: dict[tuple, list] = {}
+    for (source, target, shots, dataset), found in seeds.items():
+        groups.setdefault((source, target, shots, tuple(sorted(found))), []).append(dataset)
+    out = []
+    for (source, target, shots, seed_list), datasets in sorted(groups.items()):
+        words = ["upgradebench", "run", "--method", method, *(w for c in config for w in ("--config", c)),
+                 "--source", source, "--target", target, *(w for d in sorted(datasets) for w in ("--dataset", d)),
+                 "--shots", str(shots), *(w for s in seed_list for w in ("--seed", str(s))), "--results", results]
+        out.append(shlex.join(words))
+    return out
+
+
 def _differences(rows: pd.DataFrame, names: str, values: str, expected: dict[str, str], kind: str) -> list[dict]:
     found = rows[[names, values]].drop_duplicates()
     return [{"kind": kind, "name": n, "expected": expected[n], "found": v}
             for n, v in sorted(zip(found[names], found[values])) if n in expected and v != expected[n]]
 
 
-def check_entries(df: pd.DataFrame, protocol: Protocol) -> list[dict[str, Any]]:
+def check_entries(df: pd.DataFrame, protocol: Protocol, results: str = "RESULTS") -> list[dict[str, Any]]:
     """Per entry (method, variant) of ``df``: coverage of the protocol, fingerprints and method versions that
     differ from it, and the distributions that supplied the method. ``complete`` and ``matching`` say
-    whether the entry may be ranked."""
+    whether the entry may be ranked; ``fill`` holds the commands that add the missing cells to ``results``."""
     out = []
     for (method, variant), rows in df.groupby(["method", "method_variant"], sort=True):
         have = cells_of(rows)
@@ -157,6 +177,7 @@ def check_entries(df: pd.DataFrame, protocol: Protocol) -> list[dict[str, Any]]:
             "covered": len(expected & have), "expected": len(expected),
             "missing": [_cell_text(c) for c in missing],
             "missing_summary": missing_summary(missing),
+            "fill": fill_commands(method, variant, missing, results),
             "extra": [_cell_text(c) for c in sorted(have - expected)],
             "foreign_fingerprints": foreign,
             "version_problems": version_problems,
@@ -366,7 +387,7 @@ def check_submission(folder: str | Path, protocol: Protocol, runner: Runner | No
                 "entries": [], "module_problems": [], "trust": TRUST}
     df = merged.rows
     schema = [] if len(df) else [f"{folder} holds no result rows"]
-    entries = check_entries(df, protocol)
+    entries = check_entries(df, protocol, str(folder))
     modules = []
     for run_id, rows in df.groupby("run_id", sort=True):
         problems = module_problems(folder / run_id, rows)

@@ -4,6 +4,7 @@ models, and the held-out toy target built on demand."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -58,9 +59,9 @@ def test_check_complete_incomplete_and_foreign(capsys, models, tiny_dataset, ref
     assert report["entries"][0]["origin"] == ["upgradebench==" + report["entries"][0]["upgradebench_version"][0]]
 
     incomplete = _runs(tmp_path / "incomplete", models, tiny_dataset, [1])
-    code, report = _check(capsys, incomplete, reference)
-    assert code == 1 and not report["ok"]
-    assert {e["label"]: e["missing"] for e in report["entries"]} == {
+    code, incomplete_report = _check(capsys, incomplete, reference)
+    assert code == 1 and not incomplete_report["ok"]
+    assert {e["label"]: e["missing"] for e in incomplete_report["entries"]} == {
         label: [f"{models[0]}->{models[1]} {tiny_dataset} k2 s2"] for label in ("coop[epochs=2,n_ctx=4]", "zeroshot")}
 
     # other weights under the target's name: every row on it carries another fingerprint
@@ -79,6 +80,16 @@ def test_check_complete_incomplete_and_foreign(capsys, models, tiny_dataset, ref
     out = " ".join(out.split())
     assert code == 1 and "not accepted" in out
     assert f"coop[epochs=2,n_ctx=4]: missing {models[0]}->{models[1]} k2 seed 2: {tiny_dataset}" in out
+
+    # each gap comes with the command that fills it, and running those commands makes the submission complete
+    fills = [command for e in incomplete_report["entries"] for command in e["fill"]]
+    assert len(fills) == 2 and all(f"to fill: {command}" in out for command in fills)
+    assert "--config epochs=2 --config n_ctx=4" in fills[0]
+    for command in fills:
+        code, _, err = run_cli(capsys, *shlex.split(command)[1:])
+        assert code == 0, err
+    code, report = _check(capsys, incomplete, reference)
+    assert code == 0 and report["ok"], report
 
 
 def test_missing_cells_are_summarised_by_pair_shots_and_seeds():

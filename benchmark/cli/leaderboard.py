@@ -128,6 +128,8 @@ def _print_report(report: dict) -> None:
     for e in report["entries"]:
         for cells in e["missing_summary"]:  # every cell is in --json's "missing"
             print_text(f"{e['label']}: missing {cells}")
+        for command in e["fill"]:
+            print_text(f"{e['label']}: to fill: {command}")
         for f in e["foreign_fingerprints"]:
             print_text(f"{e['label']}: {f['kind']} {f['name']} has fingerprint {f['found']}, the reference {f['expected']}")
         for v in e["version_problems"]:
