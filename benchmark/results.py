@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .errors import UserError
@@ -257,9 +258,11 @@ def _separate_other_weights(df: pd.DataFrame, paths: list[Path]) -> list[dict[st
     return out
 
 
-def harmonic(base: float, new: float) -> float:
-    """H = 2 Base New / (Base + New)."""
-    return 2 * base * new / (base + new) if base + new > 0 else 0.0
+def harmonic(base: Any, new: Any) -> Any:
+    """H = 2 Base New / (Base + New), 0 where both are 0: a float for numbers, element-wise for arrays."""
+    b, n = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
+    h = np.where(b + n > 0, 2 * b * n / np.maximum(b + n, 1e-12), 0.0)
+    return float(h) if h.ndim == 0 else h
 
 
 def method_label(method: str, variant: str) -> str:

@@ -35,19 +35,20 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .contract import Module
 from .data import DATASETS, Dataset, class_columns, get_dataset, load_fewshot
 from .defaults import DEFAULT_VIEWS
-from .errors import UserError
-from .integrity import clean_stale_tmp
-from .features import FeatureCache
-from .contract import Module
 from .discovery import method_entry
-from .module_io import MODULE_CONFIG, load_module
-from .models import VLM, load_vlm, resolve_device
-from .paths import default_results_dir
-from .plan import RunPlan, RunSpec, plan_runs, safe_name
-from .provenance import now, stable_hash, versions
+from .errors import UserError
+from .features import FeatureCache
+from .guard import safe_name
+from .integrity import clean_stale_tmp
 from .ledger import ledger_path, predictions, top1_of, write_ledger
+from .models import VLM, load_vlm, resolve_device
+from .module_io import MODULE_CONFIG, load_module
+from .paths import default_results_dir
+from .plan import RunPlan, RunSpec, plan_runs
+from .provenance import now, stable_hash, versions
 from .results import SCHEMA_VERSION, has_row_hash, read_results, write_rows
 from .roles import NEW
 from .task import ONLINE, FewShotTask

@@ -42,9 +42,10 @@ from upgradebench.guard import check_png, clean_data, input_files
 from upgradebench.metrics import METRICS, LedgerKey, cells, class_flips, cost_summary
 from upgradebench.provenance import now
 from upgradebench.results import MergedResults, in_distribution, method_label, paired, summarize
+from upgradebench.roles import ZERO_SHOT
 
 from .rescore import held_out_scores
-from .submission import REFERENCE_METHOD, Protocol, check_entries, check_submission, integrity_gaps, protocol_of
+from .submission import Protocol, check_entries, check_submission, integrity_gaps, protocol_of
 
 if TYPE_CHECKING:
     from upgradebench.runner import Runner
@@ -62,7 +63,7 @@ def _runs(df: pd.DataFrame) -> pd.Series:
 
 def _entry(row: pd.Series, runs: int) -> dict[str, Any]:
     """What the template shows of one summary row."""
-    return {"label": row.label, "method": row.method, "reference": row.method == REFERENCE_METHOD,
+    return {"label": row.label, "method": row.method, "reference": row.method == ZERO_SHOT,
             "base": row.base, "new": row.new, "H": row.H, "base_std": row.get("base_std"),
             "new_std": row.get("new_std"), "seeds": int(row.seeds), "runs": runs,
             "datasets": int(row.datasets) if "datasets" in row and pd.notna(row.datasets) else None}
@@ -244,7 +245,7 @@ def board(df: pd.DataFrame, held_out: pd.DataFrame | None = None) -> list[dict[s
             per_dataset = [{**_entry(r, int(runs.loc[(source, target, shots, r.label, r.dataset)])),
                             "dataset": r.dataset}
                            for _, r in detail.sort_values(["dataset", "H"], ascending=[True, False]).iterrows()]
-            zs = avg[avg.method == REFERENCE_METHOD]
+            zs = avg[avg.method == ZERO_SHOT]
             sections.append({
                 "id": f"pair-{len(sections) + 1}", "source": source, "target": target, "shots": int(shots),
                 "datasets": [d for d in ordered_datasets(part.dataset) if d != "Average"], "n_datasets": n_datasets,
@@ -272,7 +273,7 @@ def compatibility(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
         entries = []
         for _, r in part.iterrows():
             cost = costs.loc[(source, r.label, shots)] if (source, r.label, shots) in costs.index else {}
-            entries.append({"label": r.label, "reference": r.method == REFERENCE_METHOD,
+            entries.append({"label": r.label, "reference": r.method == ZERO_SHOT,
                             **{k: r.get(k) for m in METRICS for k in (m, f"{m}_lo", f"{m}_hi")},
                             **{k: _value(cost, k) for k in ("trainable_params", "fit_seconds", "device",
                                                             "needs_image_encoder")}})

@@ -10,13 +10,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from .coop_fixtures import A_SUBSET, EXPECTED, FULL_CLASSES, IMAGENET_CLASSES, R_SUBSET, build, truncated_jpeg
 
 from upgradebench.cli import main
-from upgradebench.data import DATASETS, dataset_names, load_fewshot, get_dataset
+from upgradebench.data import DATASETS, dataset_names, get_dataset, load_fewshot
 from upgradebench.data.coop import SKIP_FILE
 from upgradebench.data.coop_spec import coop_classname, coop_specs
 from upgradebench.errors import UserError
+
+from .coop_fixtures import A_SUBSET, EXPECTED, FULL_CLASSES, IMAGENET_CLASSES, R_SUBSET, build, truncated_jpeg
 
 # docs/methods.md, "Templates" (CoOp's table).
 TEMPLATES = {

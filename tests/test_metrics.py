@@ -8,16 +8,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from upgradebench.ledger import ledger_path, write_ledger
-from upgradebench.metrics import (Cell, cell_metrics, class_flips, compare, compat_summary, interval, mcnemar,
-                                  read_ledgers, resampling_weights, summarize_with_intervals)
 from upgradebench.errors import UserError
-from upgradebench.plan import safe_name
+from upgradebench.guard import safe_name
+from upgradebench.ledger import ledger_path, write_ledger
+from upgradebench.metrics import (
+    Cell,
+    cell_metrics,
+    class_flips,
+    compare,
+    compat_summary,
+    interval,
+    mcnemar,
+    read_ledgers,
+    resampling_weights,
+    summarize_with_intervals,
+)
 from upgradebench.results import SCHEMA_VERSION, read_results, write_rows
 
 from .cli_helpers import run_cli, run_json
-from .test_figures import result_rows
 from .rows import blank_row
+from .test_figures import result_rows
 
 SRC, TGT, DS = "src", "tgt", "ds"
 

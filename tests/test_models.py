@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
+import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
 
-import open_clip
 from upgradebench.errors import UnknownNameError, UserError
 from upgradebench.models import describe_model, load_vlm, parse_model
 from upgradebench.world.modelio import create_model

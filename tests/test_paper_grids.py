@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from upgradebench.errors import UserError
 from upgradebench.discovery import get_method
+from upgradebench.errors import UserError
 from upgradebench.plan import plan_runs
 from upgradebench.sweep import load_grid, missing_inputs, paper_grids
 

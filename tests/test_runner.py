@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from upgradebench.data import load_fewshot, get_dataset
+from upgradebench.data import get_dataset, load_fewshot
 from upgradebench.features import FeatureCache
 from upgradebench.models import load_vlm
 from upgradebench.results import read_results, summarize
@@ -222,8 +222,8 @@ def _to_schema_1(results):
 
 
 def test_every_evaluation_writes_a_ledger_that_pairs_items_across_models(capsys, models, tiny_dataset, tmp_path):
+    from upgradebench.guard import safe_name
     from upgradebench.ledger import ledger_path, read_ledger
-    from upgradebench.runner import safe_name
 
     _run(capsys, models, tiny_dataset, tmp_path / "res")
     df = read_results(tmp_path / "res")

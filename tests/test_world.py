@@ -7,11 +7,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import open_clip
 from upgradebench.data import DATASETS, dataset_names, get_dataset
 from upgradebench.errors import UserError
 from upgradebench.models import load_vlm
@@ -21,7 +21,6 @@ from upgradebench.world.datasets import task_table
 from upgradebench.world.modelio import read_config
 from upgradebench.world.recipes import recipe_table
 from upgradebench.world.training import TrainConfig, compact_token_embedding, parameter_groups, train_contrastive
-
 
 MAIN_TASKS = ["toy-shape", "toy-colour", "toy-pattern", "toy-colour-shape", "toy-size", "toy-background"]
 OOD = {"toy-shape-sketch": "toy-shape", "toy-shape-bg": "toy-shape"}
@@ -536,9 +535,9 @@ def test_the_context_learners_refit_their_committed_modules(method, in_default_w
     import pandas as pd
 
     from upgradebench.data import load_fewshot
+    from upgradebench.discovery import get_method
     from upgradebench.features import FeatureCache
     from upgradebench.ledger import ledger_path, read_ledger
-    from upgradebench.discovery import get_method
     from upgradebench.task import FewShotTask
 
     run = _committed_run(method, "toy-background")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from ..paths import default_results_dir
 from ..errors import UserError
+from ..paths import default_results_dir
 from ._common import build_table, console, fits_console, print_json, print_text, show_table
 from ._options import Json
 
@@ -119,6 +119,7 @@ def show(
 
     from ..metrics import read_ledgers, summarize_with_intervals
     from ..results import read_results
+    from ..roles import ZERO_SHOT
 
     if layout not in LAYOUTS:
         raise UserError(f"Unknown layout {layout!r}.", f"use one of {', '.join(LAYOUTS)}")
@@ -128,7 +129,7 @@ def show(
     if reference:
         rows = rows[rows.method_variant == ""]
     if method:
-        rows = rows[rows.method.isin(method) | (rows.method == "zeroshot")]
+        rows = rows[rows.method.isin(method) | (rows.method == ZERO_SHOT)]
     if dataset:
         rows = rows[rows.dataset.isin(dataset)]
     summary = summarize_with_intervals(rows, read_ledgers(*folders))

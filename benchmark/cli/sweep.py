@@ -118,10 +118,9 @@ def sweep(
 def _dry_run(grid: Grid, data_root: Path | None, as_json: bool) -> None:
     """List the runs (the planner's, zero-shot and oracle runs included), what the grid needs that is not on this
     machine, its estimated GPU cost, and the shipped grids."""
+    from ..cost import estimate  # imports the methods: only a dry run needs it
     from ..plan import plan_runs
     from ..sweep import missing_inputs, paper_grids
-
-    from ..cost import estimate  # imports the methods: only a dry run needs it
 
     with plugin_output_to_stderr(as_json):  # a plugin's prints must not break the JSON on stdout
         plans = plan_runs(grid.specs())

@@ -177,8 +177,8 @@ def subset(tiny_dataset):
 
 def test_subset_test_set_is_scored_on_the_modules_columns(capsys, micro_dirs, tiny_dataset, subset, tmp_path):
     from upgradebench.features import FeatureCache
-    from upgradebench.module_io import load_module
     from upgradebench.models import load_vlm
+    from upgradebench.module_io import load_module
 
     src, tgt = f"local-dir:{micro_dirs['clip']}", f"local-dir:{micro_dirs['eva']}"
     run_json(capsys, "run", "--method", "linear-probe", "--source", src, "--target", tgt, "--dataset", tiny_dataset,

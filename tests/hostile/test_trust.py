@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from upgradebench.errors import UserError
 from upgradebench.integrity import DIGEST_KEY, json_intact, tensors_digest
-from upgradebench.ledger import LEDGER_SCHEMA, check_against_rows, ledger_path
 from upgradebench.leaderboard.submission import sample_runs
+from upgradebench.ledger import LEDGER_SCHEMA, check_against_rows, ledger_path
 from upgradebench.metrics import read_ledgers
 from upgradebench.results import read_results, write_rows
 
