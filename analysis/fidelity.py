@@ -75,8 +75,9 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float | None:
 class Finding:
     """One claim of the paper, as a number: ``paper`` (published), ``measured`` and whether it holds.
 
-    ``reference`` names the paper's table or figure. ``expect`` is the direction the paper reports: ``">0"`` / ``"<0"`` for a difference or a trend (Kendall
-    tau), ``"rank 1"`` for a best-of comparison (the measured value is then the rank). ``held`` is None when
+    ``reference`` names the paper's table or figure. ``expect`` is the direction the paper reports: ``">0"`` /
+    ``"<0"`` for a difference or a trend (Kendall tau), ``"rank 1"`` for a best-of comparison (the measured value
+    is then the rank). ``held`` is None when
     the rows needed to measure it are missing.
     """
 

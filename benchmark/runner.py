@@ -235,7 +235,8 @@ class Runner:
         entry = method_entry(method.name)
         common = {
             "run_id": run_id, "method": method.name, "method_version": method.version,
-            "method_origin": f"{entry.origin}=={entry.origin_version}", "method_config": json.dumps(config_json, sort_keys=True),
+            "method_origin": f"{entry.origin}=={entry.origin_version}",
+            "method_config": json.dumps(config_json, sort_keys=True),
             "method_variant": variant, "config_hash": stable_hash([method.name, method.version, config_json]),
             "train_dataset": dataset.name, "shots": plan.shots, "seed": plan.seed, "views": str(views),
             "source": source.name, "source_fingerprint": source.fingerprint, "device": str(self.device),

@@ -147,7 +147,8 @@ def bench_fidelity(args) -> dict:
     mean = {p: {k: float(np.mean([r[k] for r in rows if r["path"] == p])) for k in ("base", "new", "fit_s")}
             for p in ("fast", "naive")}
     return {"dataset": args.dataset, "method": args.method, "rows": rows, "mean": mean,
-            "base_gap": mean["fast"]["base"] - mean["naive"]["base"], "new_gap": mean["fast"]["new"] - mean["naive"]["new"]}
+            "base_gap": mean["fast"]["base"] - mean["naive"]["base"],
+            "new_gap": mean["fast"]["new"] - mean["naive"]["new"]}
 
 
 def bench_default_run(args) -> dict:

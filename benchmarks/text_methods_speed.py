@@ -57,7 +57,8 @@ def _time_lora(vlm, task) -> float:
 
 
 def bench_epochs(args) -> dict:
-    """Per-epoch seconds, fast against naive, for CoOp (the baseline of docs/performance.md's table) and the three methods."""
+    """Per-epoch seconds, fast against naive, for CoOp (the baseline of docs/performance.md's table) and the three
+    methods."""
     fast_vlm, naive_vlm = random_arch_vlms(args.arch, args.threads)
     dataset = SyntheticDataset(args.classes, args.shots)
     split = load_fewshot(dataset, args.shots, 1)

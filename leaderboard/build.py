@@ -3,7 +3,8 @@
 Per source -> target pair (and shot count) methods are ranked by their average H over datasets, with
 Base / New / H per dataset, seeds and run counts, and the zero-shot rows marked as the reference every
 module must beat; compatibility metrics (NFR, BTC, reuse gain, recovery ratio, with 95% intervals), cost
-columns and a per-class flip view come from the prediction ledgers (``compatibility``). Provenance (tool, method and model versions) and copied figures complete the page.
+columns and a per-class flip view come from the prediction ledgers (``compatibility``). Provenance (tool, method
+and model versions) and copied figures complete the page.
 
 The page needs no network: CSS and the small sorting script are copied next to it. Every string that
 comes from results (method names and configs, dataset and model names: plugins choose them) goes through
@@ -14,8 +15,8 @@ than the reference protocol's are set aside, and a default-config entry whose re
 protocol is listed in a section of its own with what it lacks, never averaged over fewer datasets. Rows of cells
 the protocol does not ask for (more seeds) are set aside too. An entry that rests on rows no one re-computed
 (a folder other than the reference, unless ``--verify`` re-evaluated its sample of modules) or that no hash or
-ledger covers is marked *unverified* wherever it is ranked; one whose re-computation does not match is left out. Re-scored
-rows (``rescore``: modules evaluated on held-out models) add one column per model to the rankings.
+ledger covers is marked *unverified* wherever it is ranked; one whose re-computation does not match is left out.
+Re-scored rows (``rescore``: modules evaluated on held-out models) add one column per model to the rankings.
 """
 
 from __future__ import annotations
@@ -260,7 +261,7 @@ def _held_out(score: Any) -> dict[str, Any] | None:
                                        "seeds": int(score.seeds)}
 
 
-# ---- compatibility beyond top-1 (template: compatibility.html) --------------------------------------------------------
+# ---- compatibility beyond top-1 (template: compatibility.html) -------------------------------------------------------
 def compatibility(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
                   flips: str | None = None) -> dict[tuple[str, str, int], dict[str, Any]]:
     """Per (source, target, shots): each reference method's compatibility metrics (averages over datasets, 95%
@@ -278,7 +279,8 @@ def compatibility(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
                             **{k: _value(cost, k) for k in ("trainable_params", "fit_seconds", "device",
                                                             "needs_image_encoder")}})
         candidates = [e for e in entries if not e["reference"] and pd.notna(e["nfr"])]
-        chosen = flips if flips is not None else max(candidates, key=lambda e: e["nfr"])["label"] if candidates else None
+        chosen = (flips if flips is not None
+                  else max(candidates, key=lambda e: e["nfr"])["label"] if candidates else None)
         views = []
         for key, cell in sorted(found.items()):
             if key[:3] == (source, target, chosen) and key[5] == shots:

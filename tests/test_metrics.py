@@ -267,7 +267,7 @@ def test_figures_show_the_ledger_metrics_with_intervals(tmp_path, capsys):
     folder = known_folder(tmp_path)
     out = run_json(capsys, "figures", "--results", str(folder), "--out", str(tmp_path / "f"))
     assert {"compat.md", "fig-base-new-src--tgt-16shot.png"} <= {p.split("/")[-1] for p in out["written"]}
-    line = next(l for l in (tmp_path / "f" / "compat.md").read_text().splitlines() if l.startswith("| m |"))
+    line = next(row for row in (tmp_path / "f" / "compat.md").read_text().splitlines() if row.startswith("| m |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[0] == "m" and cells[4].startswith("40.00 [") and cells[8].startswith("-1.000 [")  # NFR, recovery
 

@@ -363,7 +363,8 @@ def test_the_planner_lists_every_run_and_the_runner_executes_only_the_plan_it_is
         ("coop", "base", models[0], (models[1],)), ("coop", "oracle", models[1], ()),
         ("zeroshot", "base", models[0], (models[1],))]
     largest = max(sum(y == c for _, y in get_dataset(tiny_dataset).split("train")) for c in range(4))
-    assert largest < 1000 and {p.shots for p in plans} == {largest}  # capped once, by the planner, for every run of the list
+    # capped once, by the planner, for every run of the list
+    assert largest < 1000 and {p.shots for p in plans} == {largest}
     outcome = runner.execute(plans[0])
     assert outcome.status == "fitted" and outcome.written == 2
     df = read_results(tmp_path / "res")

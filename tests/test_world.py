@@ -249,8 +249,8 @@ def test_close_ups_crop_a_fraction_of_the_batch_from_the_full_size_images():
     from upgradebench.world.training import close_ups, normalize_images
 
     full = torch.randint(0, 255, (8, 64, 64, 3), dtype=torch.uint8)
-    small = normalize_images(torch.nn.functional.interpolate(full.permute(0, 3, 1, 2).float(), size=32).permute(0, 2, 3, 1)
-                             .round().to(torch.uint8))
+    small = normalize_images(torch.nn.functional.interpolate(full.permute(0, 3, 1, 2).float(), size=32)
+                             .permute(0, 2, 3, 1).round().to(torch.uint8))
     idx = torch.arange(8)
     cfg = TrainConfig(steps=1, batch_size=8, lr=0.1, crop_scale=(0.08, 0.08), crop_fraction=0.5)
     out = close_ups(small, full, idx, cfg, torch.Generator().manual_seed(0))
@@ -440,7 +440,8 @@ def test_default_world_meets_its_mechanism_targets(in_default_world):
     fewshot = load_fewshot(ds, 16, 1)
     (xs, ys), (xv, yv) = _features(clip, ds, fewshot.train), _features(clip, ds, fewshot.val)
     xt, yt = _features(clip, ds, ds.split("test")[:600])
-    w, b = fit_logistic(xs, ys, ds.num_classes, search_c(xs, ys, xv, yv, ds.num_classes, LinearProbeConfig(search_steps=2)))
+    w, b = fit_logistic(xs, ys, ds.num_classes,
+                        search_c(xs, ys, xv, yv, ds.num_classes, LinearProbeConfig(search_steps=2)))
     probe = float(((xt.double() @ w.T + b).argmax(1) == yt).float().mean())
     assert probe >= _zero_shot(clip, ds, xt, yt) + 0.10
 
