@@ -17,6 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from upgradebench.metrics import LedgerKey
+from upgradebench.roles import ZERO_SHOT
 
 from .figures import PALETTE, plot_style, save
 from .outputs import MissingInput, Outputs
@@ -79,18 +80,18 @@ def fig_base_new(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], out: 
             with plot_style():
                 fig = Figure(figsize=(6.4, 5.0))
                 ax = fig.subplots()
-                fitted = [label for label in ordered_labels(avg.label) if label != "zeroshot"]
-                for label in ["zeroshot", *fitted] if "zeroshot" in set(avg.label) else fitted:
+                fitted = [label for label in ordered_labels(avg.label) if label != ZERO_SHOT]
+                for label in [ZERO_SHOT, *fitted] if ZERO_SHOT in set(avg.label) else fitted:
                     r = avg[avg.label == label].iloc[0]
                     xerr = [[r.base - r.base_lo], [r.base_hi - r.base]] if not math.isnan(r.base_lo) else None
                     yerr = [[r.new - r.new_lo], [r.new_hi - r.new]] if not math.isnan(r.new_lo) else None
-                    if label == "zeroshot":  # the reference, in black, so that no method shares its colour
+                    if label == ZERO_SHOT:  # the reference, in black, so that no method shares its colour
                         style = {"fmt": "*", "color": "0.1", "markersize": 10}
                     else:  # the palette has 10 colours: the marker changes with each round of them
                         i = fitted.index(label)
                         style = {"fmt": MARKERS[i // len(PALETTE) % len(MARKERS)], "color": PALETTE[i % len(PALETTE)]}
                     ax.errorbar(r.base, r.new, xerr=xerr, yerr=yerr, capsize=3, label=label, **style)
-                zs = avg[avg.label == "zeroshot"]
+                zs = avg[avg.label == ZERO_SHOT]
                 if len(zs):
                     ax.axhline(float(zs.new.iloc[0]), color="0.3", linestyle="--", linewidth=1.0,
                                label=f"zero-shot on {target}")

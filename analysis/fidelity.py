@@ -27,12 +27,11 @@ import pandas as pd
 from upgradebench.atomic import write_atomic, write_json
 from upgradebench.errors import UserError
 from upgradebench.results import harmonic
+from upgradebench.roles import REFERENCE_METHOD, ZERO_SHOT
 
 from .depth import depth_summary
 from .outputs import MissingInput, Outputs
 from .selection import main_summary, ordered_pairs, slug, sweep_summary
-
-ABLATION_METHOD = "contcoop"
 
 
 @lru_cache(maxsize=1)
@@ -76,8 +75,9 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float | None:
 class Finding:
     """One claim of the paper, as a number: ``paper`` (published), ``measured`` and whether it holds.
 
-    ``reference`` names the paper's table or figure. ``expect`` is the direction the paper reports: ``">0"`` / ``"<0"`` for a difference or a trend (Kendall
-    tau), ``"rank 1"`` for a best-of comparison (the measured value is then the rank). ``held`` is None when
+    ``reference`` names the paper's table or figure. ``expect`` is the direction the paper reports: ``">0"`` /
+    ``"<0"`` for a difference or a trend (Kendall tau), ``"rank 1"`` for a best-of comparison (the measured value
+    is then the rank). ``held`` is None when
     the rows needed to measure it are missing.
     """
 
@@ -171,28 +171,28 @@ def _main_findings(paper: dict[str, dict[str, float]], measured: dict[str, dict[
         out.append(Finding(fid, "main", reference, claim, expect, p, m))
 
     add("coop_adapts", "few-shot prompts adapt: CoOp Base - zero-shot Base", ">0",
-        lambda t: _diff(_get(t, "coop", "base"), _get(t, "zeroshot", "base")))
+        lambda t: _diff(_get(t, "coop", "base"), _get(t, ZERO_SHOT, "base")))
     add("linear_probe_adapts", "linear probe Base - zero-shot Base", ">0",
-        lambda t: _diff(_get(t, "linear-probe", "base"), _get(t, "zeroshot", "base")))
+        lambda t: _diff(_get(t, "linear-probe", "base"), _get(t, ZERO_SHOT, "base")))
     add("upgrade_helps_zeroshot", "the upgrade helps zero-shot: zero-shot New - zero-shot Base", ">0",
-        lambda t: _diff(_get(t, "zeroshot", "new"), _get(t, "zeroshot", "base")))
+        lambda t: _diff(_get(t, ZERO_SHOT, "new"), _get(t, ZERO_SHOT, "base")))
     for method, what in (("linear-probe", "the linear probe collapses on the target"),
                          ("clip-adapter", "CLIP-Adapter falls below the target's zero-shot"),
                          ("tip-adapter-f", "Tip-Adapter-F falls below the target's zero-shot")):
         add(f"{method}_below_target_zeroshot", f"{what}: {method} New - zero-shot New", "<0",
-            lambda t, m=method: _diff(_get(t, m, "new"), _get(t, "zeroshot", "new")))
-    for method in ("coop", "cocoop", "kgcoop", "contcoop"):
+            lambda t, m=method: _diff(_get(t, m, "new"), _get(t, ZERO_SHOT, "new")))
+    for method in ("coop", "cocoop", "kgcoop", REFERENCE_METHOD):
         add(f"{method}_beats_target_zeroshot", f"{method} New - zero-shot New (the module still helps)", ">0",
-            lambda t, m=method: _diff(_get(t, m, "new"), _get(t, "zeroshot", "new")))
+            lambda t, m=method: _diff(_get(t, m, "new"), _get(t, ZERO_SHOT, "new")))
     add("shallow_beats_deep_new", "shallow-layer methods transfer better: mean New of CoOp/CoCoOp/KgCoOp - "
         "mean New of LP/CLIP-Adapter/Tip-Adapter-F", ">0",
         lambda t: _diff(group_mean(t, shallow, "new"), group_mean(t, deep, "new")))
     add("contcoop_beats_coop_new", "ContCoOp New - CoOp New", ">0",
-        lambda t: _diff(_get(t, "contcoop", "new"), _get(t, "coop", "new")))
+        lambda t: _diff(_get(t, REFERENCE_METHOD, "new"), _get(t, "coop", "new")))
     for metric in ("new", "H"):
         add(f"contcoop_best_{metric.lower()}",
             f"ContCoOp ranks first on {'New' if metric == 'new' else metric} among the paper's 8 methods",
-            "rank 1", lambda t, k=metric: _rank(t, "contcoop", k, methods))
+            "rank 1", lambda t, k=metric: _rank(t, REFERENCE_METHOD, k, methods))
     return out
 
 
@@ -206,7 +206,7 @@ def _ranking(paper: dict[str, dict[str, float]], measured: dict[str, dict[str, f
 
 def _sweep_rows(df: pd.DataFrame, source: str, target: str, knobs: Sequence[str]) -> pd.DataFrame:
     """Base/New/H per knob value of ContCoOp on this pair, averaged over the datasets it was swept on."""
-    swept = sweep_summary(df, ABLATION_METHOD, knobs)
+    swept = sweep_summary(df, REFERENCE_METHOD, knobs)
     if swept.empty:
         return swept
     swept = swept[(swept.source == source) & (swept.target == target)]
@@ -319,15 +319,15 @@ def _ood_findings(df: pd.DataFrame, source: str) -> list[Finding]:
     methods = list(table["methods"])
     rank = None
     if all(m in measured for m in methods):
-        rank = float(1 + sum(measured[m] > measured["contcoop"] for m in methods if m != "contcoop"))
-    paper_rank = float(1 + sum(paper_avg[m] > paper_avg["contcoop"] for m in methods if m != "contcoop"))
+        rank = float(1 + sum(measured[m] > measured[REFERENCE_METHOD] for m in methods if m != REFERENCE_METHOD))
+    paper_rank = float(1 + sum(paper_avg[m] > paper_avg[REFERENCE_METHOD] for m in methods if m != REFERENCE_METHOD))
     out = [Finding("contcoop_best_ood", "ood", "Table 3",
                    "ContCoOp has the best average on the out-of-distribution test sets", "rank 1", paper_rank, rank)]
-    for method in ("coop", "cocoop", "kgcoop", "contcoop"):
+    for method in ("coop", "cocoop", "kgcoop", REFERENCE_METHOD):
         out.append(Finding(f"{method}_beats_zeroshot_ood", "ood", "Table 3",
                            f"{method} beats zero-shot on the OOD average (source model)", ">0",
-                           paper_avg[method] - paper_avg["zeroshot"],
-                           _diff(measured.get(method), measured.get("zeroshot"))))
+                           paper_avg[method] - paper_avg[ZERO_SHOT],
+                           _diff(measured.get(method), measured.get(ZERO_SHOT))))
     return out
 
 

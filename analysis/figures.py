@@ -23,15 +23,24 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from upgradebench.atomic import write_atomic
+from upgradebench.metrics import LedgerKey
+from upgradebench.roles import REFERENCE_METHOD, ZERO_SHOT
+
 from .depth import DEPTH_KEY, depth_summary
 from .drift import FEATURES, PARAMETERS
 from .fidelity import paper_table_for, per_dataset_comparison
 from .outputs import MissingInput, Outputs
-from upgradebench.atomic import write_atomic
-from upgradebench.metrics import LedgerKey
-
-from .selection import main_summary, main_summary_with_intervals, ordered_labels, ordered_pairs, slug, sweep_summary, zeroshot_accuracy
-from .tables import ABLATION_METHOD, METRICS
+from .selection import (
+    main_summary,
+    main_summary_with_intervals,
+    ordered_labels,
+    ordered_pairs,
+    slug,
+    sweep_summary,
+    zeroshot_accuracy,
+)
+from .tables import METRICS
 
 PALETTE = sns.color_palette("colorblind")
 METRIC_COLOURS = dict(zip([name for _, name in METRICS], PALETTE))
@@ -94,7 +103,7 @@ def fig2a(df: pd.DataFrame, out: Path, ledgers: dict[LedgerKey, pd.DataFrame] | 
                 fig = Figure(figsize=(max(6.0, 1.3 * len(labels) + 2), 4.2))
                 ax = fig.subplots()
                 _metric_bars(ax, avg, "label", labels)
-                zs = avg[avg.label == "zeroshot"]
+                zs = avg[avg.label == ZERO_SHOT]
                 if len(zs):
                     ax.axhline(float(zs.new.iloc[0]), color="0.3", linestyle="--", linewidth=1.2,
                                label=f"zero-shot on {target}")
@@ -182,9 +191,9 @@ def fig2d(df: pd.DataFrame, out: Path) -> list[Path]:
 # ---- Fig. 4 --------------------------------------------------------------------------------------------------------
 def fig4(df: pd.DataFrame, out: Path) -> list[Path]:
     """Fig. 4 for every (source, target, dataset, shots) with ContCoOp runs at several context lengths."""
-    summary = sweep_summary(df, ABLATION_METHOD, ("n_ctx",))
+    summary = sweep_summary(df, REFERENCE_METHOD, ("n_ctx",))
     if summary.empty:
-        raise MissingInput(f"no {ABLATION_METHOD} runs that vary n_ctx")
+        raise MissingInput(f"no {REFERENCE_METHOD} runs that vary n_ctx")
     written = []
     for (source, target, dataset, shots), part in summary.groupby(["source", "target", "dataset", "shots"]):
         part = part.sort_values("n_ctx").assign(length=lambda f: f.n_ctx.astype(str))

@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 
 import pandas as pd
 
+from upgradebench.guard import safe_name
 from upgradebench.metrics import LedgerKey, summarize_with_intervals
 from upgradebench.results import in_distribution, method_label, summarize
+from upgradebench.roles import ORACLE, ZERO_SHOT
 
 
 def main_summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -29,7 +30,7 @@ def main_summary(df: pd.DataFrame) -> pd.DataFrame:
 def main_summary_with_intervals(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame]) -> pd.DataFrame:
     """:func:`main_summary` with every compatibility metric and its 95% interval (oracle rows kept for recovery)."""
     rows = in_distribution(df)
-    return summarize_with_intervals(rows[(rows.method_variant == "") | (rows.role == "oracle")], ledgers)
+    return summarize_with_intervals(rows[(rows.method_variant == "") | (rows.role == ORACLE)], ledgers)
 
 
 def ordered_pairs(summary: pd.DataFrame) -> list[tuple[str, str]]:
@@ -43,7 +44,7 @@ def ordered_pairs(summary: pd.DataFrame) -> list[tuple[str, str]]:
 
 def ordered_labels(labels: Sequence[str]) -> list[str]:
     """Method labels with zero-shot first, the rest alphabetical."""
-    return sorted(set(labels), key=lambda label: (label != "zeroshot", label))
+    return sorted(set(labels), key=lambda label: (label != ZERO_SHOT, label))
 
 
 def ordered_datasets(datasets: Sequence[str]) -> list[str]:
@@ -54,13 +55,13 @@ def ordered_datasets(datasets: Sequence[str]) -> list[str]:
 
 def zeroshot_accuracy(df: pd.DataFrame, dataset: str, model: str) -> float | None:
     """Zero-shot top-1 of ``model`` on ``dataset`` (mean over its rows), or None without such rows."""
-    hit = df[(df.method == "zeroshot") & (df.dataset == dataset) & (df.eval_model == model)]
+    hit = df[(df.method == ZERO_SHOT) & (df.dataset == dataset) & (df.eval_model == model)]
     return float(hit.top1.mean()) if len(hit) else None
 
 
 def slug(*parts: str) -> str:
-    """A file-name-safe join of names (``toy-clip--toy-eva``)."""
-    return "--".join(re.sub(r"[^A-Za-z0-9._-]+", "_", p).strip("_") or "x" for p in parts)
+    """A file-name-safe join of names (``toy-clip--toy-eva``), each part as run folders name it."""
+    return "--".join(safe_name(p) for p in parts)
 
 
 def sweep_summary(df: pd.DataFrame, method: str, knobs: Sequence[str]) -> pd.DataFrame:

@@ -18,11 +18,11 @@ import pandas as pd
 
 from upgradebench.atomic import write_text
 from upgradebench.results import summarize
+from upgradebench.roles import REFERENCE_METHOD
 
 from .outputs import MissingInput, Outputs
 from .selection import main_summary, ordered_datasets, ordered_labels, ordered_pairs, sweep_summary
 
-ABLATION_METHOD = "contcoop"
 METRICS = (("base", "Base"), ("new", "New"), ("H", "H"))
 
 Cell = str | float | None
@@ -225,9 +225,9 @@ def table3(df: pd.DataFrame) -> TableDoc:
 # ---- Tables 4-7: ContCoOp sweeps -----------------------------------------------------------------------------------
 def sweep_sections(df: pd.DataFrame, knobs: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
     """(heading, rows sorted by the knobs) per (pair, dataset, shots) where ContCoOp varies ``knobs``."""
-    summary = sweep_summary(df, ABLATION_METHOD, knobs)
+    summary = sweep_summary(df, REFERENCE_METHOD, knobs)
     if summary.empty:
-        raise MissingInput(f"no {ABLATION_METHOD} runs that vary {' and '.join(knobs)}")
+        raise MissingInput(f"no {REFERENCE_METHOD} runs that vary {' and '.join(knobs)}")
     out = []
     for (source, target, dataset, shots), part in summary.groupby(["source", "target", "dataset", "shots"]):
         seeds = int(part.seeds.min())

@@ -28,8 +28,16 @@ if TYPE_CHECKING:
     from .discovery import available_methods, get_method
     from .models import VLM, ModelSpec, load_vlm
     from .module_io import load_module
-    from .prompting import (ClassPrompts, assemble, class_prompts, clean_name, condition_embeddings, encode_prompts,
-                            text_embedding, zeroshot_text_features)
+    from .prompting import (
+        ClassPrompts,
+        assemble,
+        class_prompts,
+        clean_name,
+        condition_embeddings,
+        encode_prompts,
+        text_embedding,
+        zeroshot_text_features,
+    )
     from .task import FewShotTask
     from .testing import check_method
     from .training import SGDRecipe, coop_epochs, fit_epochs, fit_recipe

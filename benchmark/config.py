@@ -113,7 +113,8 @@ def parse_config(config_class: type, what: str, overrides: dict[str, Any] | None
 
 def _value_fix(what: str, hint: Any) -> str:
     key = what.rpartition(".")[2]
-    return f"pass --config {key}=VALUE, a value of type {getattr(hint, '__name__', hint)} (a grid variant: {key}: VALUE)"
+    return (f"pass --config {key}=VALUE, a value of type {getattr(hint, '__name__', hint)} "
+            f"(a grid variant: {key}: VALUE)")
 
 
 def _typed_value(value: Any, hint: Any, what: str) -> Any:

@@ -28,9 +28,9 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from .contract import Method
 from .data.coop_spec import coop_specs
 from .errors import UserError
-from .contract import Method
 from .models import parse_model
 from .plan import RunPlan
 from .task import ONLINE

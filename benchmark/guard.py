@@ -77,6 +77,11 @@ def _run_id_problem(value: Any) -> str | None:
     return None
 
 
+def safe_name(name: str) -> str:
+    """A model or dataset name usable in a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
 def check_run_id(value: Any, where: str | os.PathLike[str]) -> str:
     """``value`` if it is a valid run id (a folder name: not empty, not absolute, no path separator, no ``..``,
     no control character), else a :class:`UserError` naming ``where`` (the file it was read from) and the value."""

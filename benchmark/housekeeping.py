@@ -36,7 +36,8 @@ class CacheEntry:
     def as_dict(self) -> dict:
         """JSON-able form (for ``--json``)."""
         return {"model": self.model, "model_fingerprint": self.model_fingerprint, "dataset": self.dataset,
-                "dataset_fingerprint": self.dataset_fingerprint, "folder": str(self.folder), "files": self.files, "bytes": self.bytes,
+                "dataset_fingerprint": self.dataset_fingerprint, "folder": str(self.folder), "files": self.files,
+                "bytes": self.bytes,
                 "days_old": round((time.time() - self.last_written) / 86400, 2)}
 
 
@@ -92,7 +93,8 @@ def toy_dataset_fingerprints() -> dict[str, set[str]]:
     from .world.worlds import world_table
 
     sizes = [p.name for p in (home() / "world").glob("*") if p.is_dir() and p.name in world_table()]
-    return {name: {ToyDataset(name, world=size).fingerprint for size in sizes} for name in task_table()} if sizes else {}
+    return ({name: {ToyDataset(name, world=size).fingerprint for size in sizes} for name in task_table()}
+            if sizes else {})
 
 
 @dataclass

@@ -99,8 +99,8 @@ TOP1_TOLERANCE = 1e-3
 
 
 def agrees(ledger_top1: Any, row_top1: Any) -> Any:
-    """Whether a ledger's (or a re-computed) top-1 gives its row's (element-wise on arrays): a NaN or infinite top-1 never does
-    (``|NaN - x| > tol`` is False, so the test is written as the agreement, not the difference)."""
+    """Whether a ledger's (or a re-computed) top-1 gives its row's (element-wise on arrays): a NaN or infinite top-1
+    never does (``|NaN - x| > tol`` is False, so the test is written as the agreement, not the difference)."""
     return abs(ledger_top1 - row_top1) <= TOP1_TOLERANCE
 
 

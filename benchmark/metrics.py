@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,8 @@ from .errors import UserError
 from .guard import input_files
 from .ledger import check_against_rows, is_ledger_file, read_ledger_files
 from .provenance import stable_hash
-from .results import method_label, summarize
+from .results import harmonic, method_label, summarize
+from .roles import ORACLE, ZERO_SHOT
 
 N_BOOT = 1000
 LEVEL = 0.95
@@ -89,8 +91,8 @@ def cells(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame]) -> dict[tu
     must agree with its row (:func:`~upgradebench.ledger.check_against_rows`).
     """
     check_against_rows(ledgers, rows)
-    zs_rows = rows[rows.method == "zeroshot"]
-    oracle_rows = rows[rows.role == "oracle"]
+    zs_rows = rows[rows.method == ZERO_SHOT]
+    oracle_rows = rows[rows.role == ORACLE]
     base = rows[rows.role == "base"]
     new = rows[rows.role == "new"]
     key = ["run_id", "dataset"]
@@ -171,7 +173,7 @@ def cell_metrics(cell: Cell, weights: tuple[np.ndarray, np.ndarray] | None) -> d
                                                          ("zs", cell.zs), ("oracle", cell.oracle)) if a is not None}
     nan = np.full_like(size, np.nan)
     out = {
-        "base": acc["base"], "new": acc["new"], "H": _harmonic(acc["base"], acc["new"]),
+        "base": acc["base"], "new": acc["new"], "H": harmonic(acc["base"], acc["new"]),
         "nfr": 100 * total(cell.base & ~cell.new) / size,
         "pfr": 100 * total(~cell.base & cell.new) / size,
     }
@@ -180,18 +182,20 @@ def cell_metrics(cell: Cell, weights: tuple[np.ndarray, np.ndarray] | None) -> d
     out["nfr_zs"] = 100 * total(cell.zs & ~cell.new) / size if cell.zs is not None else nan
     out["reuse_gain"] = acc["new"] - acc["zs"] if "zs" in acc else nan
     if "zs" in acc and "oracle" in acc:
-        room = acc["oracle"] - acc["zs"]
-        # only defined where the oracle beats zero-shot by RECOVERY_MIN_ROOM: with less room the ratio explodes
-        defined = room >= RECOVERY_MIN_ROOM
-        out["recovery"] = np.where(defined, (acc["new"] - acc["zs"]) / np.where(defined, room, 1), np.nan)
+        out["recovery"] = recovery_ratio(acc["new"] - acc["zs"], acc["oracle"] - acc["zs"])
     else:
         out["recovery"] = nan
     return out
 
 
-def _harmonic(base: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """Element-wise H = 2 Base New / (Base + New) (0 where both are 0), as ``results.harmonic``."""
-    return np.where(base + new > 0, 2 * base * new / np.maximum(base + new, 1e-12), 0.0)
+def recovery_ratio(gain: Any, room: Any) -> Any:
+    """Reuse gain over the oracle's room above zero-shot (``(New - ZS) / (oracle - ZS)``), NaN where the oracle beats
+    zero-shot by less than ``RECOVERY_MIN_ROOM`` (with less room the ratio explodes): a float for numbers,
+    element-wise for arrays."""
+    g, r = np.asarray(gain, dtype=float), np.asarray(room, dtype=float)
+    defined = r >= RECOVERY_MIN_ROOM
+    ratio = np.where(defined, g / np.where(defined, r, 1), np.nan)
+    return float(ratio) if ratio.ndim == 0 else ratio
 
 
 def interval(replicates: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
@@ -242,7 +246,7 @@ def compat_summary(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], n
             ["source", "target", "label", "method", "shots"], sort=True):
         keys = [(source, target, label, method, d, shots) for d in group.dataset]
         mean = {m: np.mean([replicates[k][m] for k in keys], axis=0) for m in METRICS}
-        mean["H"] = _harmonic(mean["base"], mean["new"])
+        mean["H"] = harmonic(mean["base"], mean["new"])
         averages.append({"source": source, "target": target, "label": label, "method": method, "dataset": "Average",
                          "shots": shots, "seeds": int(group.seeds.min()), "n_test": int(group.n_test.sum()),
                          **_metric_row(mean)})
@@ -325,7 +329,7 @@ def compare(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], label_a:
         means = [{m: np.mean([diffs[k][side][m] for k in keys], axis=0) for m in ("base", "new", "nfr")}
                  for side in (0, 1)]
         for m in means:  # H of the averaged Base and New, as on the Average rows of Table 2
-            m["H"] = _harmonic(m["base"], m["new"])
+            m["H"] = harmonic(m["base"], m["new"])
         mean = {m: means[0][m] - means[1][m] for m in ("base", "new", "H", "nfr")}
         only_a, only_b, p = mcnemar(np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]))
         records.append({"source": source, "target": target, "shots": shots, "dataset": "Average",
@@ -395,7 +399,7 @@ def summarize_with_intervals(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.Dat
     partial = average & (out.ledger_datasets < out.datasets)
     out.loc[partial, [f"{m}{s}" for m in METRICS for s in ("_lo", "_hi")] +
             ["nfr", "pfr", "btc", "nfr_zs", "reuse_gain", "recovery"]] = math.nan  # reuse gain, recovery: from rows
-    zs = out[out.method == "zeroshot"].set_index(["source", "target", "dataset", "shots"]).new
+    zs = out[out.method == ZERO_SHOT].set_index(["source", "target", "dataset", "shots"]).new
     new = out.set_index(["source", "target", "label", "dataset", "shots"]).new
     oracle = _oracle_means(rows)
     for i, r in out.iterrows():
@@ -421,14 +425,13 @@ def summarize_with_intervals(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.Dat
             if o is None:
                 continue
             gain, room = r.new - z, o - z
-        if room >= RECOVERY_MIN_ROOM:  # the oracle must beat zero-shot for the ratio to mean anything
-            out.at[i, "recovery"] = gain / room
+        out.at[i, "recovery"] = recovery_ratio(gain, room)
     return out
 
 
 def _oracle_means(rows: pd.DataFrame) -> dict[tuple, float]:
     """Mean top-1 of the oracle rows per (target, label, dataset, shots), in-distribution datasets only."""
-    oracle = rows[(rows.role == "oracle") & (rows.dataset == rows.train_dataset)]
+    oracle = rows[(rows.role == ORACLE) & (rows.dataset == rows.train_dataset)]
     if oracle.empty:
         return {}
     oracle = oracle.assign(label=[method_label(m, v) for m, v in zip(oracle.method, oracle.method_variant)])

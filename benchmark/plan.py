@@ -3,7 +3,7 @@
 :func:`plan_runs` is the one place where requests become runs, for ``upgradebench run``, sweeps (local, ``--jobs``,
 SLURM), ``sweep --dry-run``, the cost estimate and the depth study. It lists every run explicitly: each request's
 own run, its oracle runs (role :data:`~upgradebench.roles.ORACLE`, one per target, with ``oracle``) and its
-zero-shot reference run (:data:`~upgradebench.roles.REFERENCE_METHOD`), a run asked for twice once. Everything
+zero-shot reference run (:data:`~upgradebench.roles.ZERO_SHOT`), a run asked for twice once. Everything
 that needs no data (method, config, views, shots, seed, models) is checked for every request before any dataset
 is read; given the datasets, the training and OOD datasets are checked and the shots capped to what a dataset
 gives. The runner (:mod:`upgradebench.runner`) then only executes plans: it never adds, caps or parses anything.
@@ -17,20 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .contract import Method
 from .data import Dataset, class_columns
 from .data.fewshot import effective_shots
 from .defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SHOTS, DEFAULT_SOURCE, DEFAULT_TARGETS, DEFAULT_VIEWS
-from .errors import UserError
-from .contract import Method
 from .discovery import get_method
+from .errors import UserError
+from .guard import safe_name
 from .models import parse_model
 from .provenance import stable_hash
-from .roles import BASE, ORACLE, REFERENCE_METHOD
+from .roles import BASE, ORACLE, ZERO_SHOT
 from .task import ONLINE
 
 MAX_SEED = 2**63 - 1
@@ -131,11 +131,6 @@ class RunPlan:
                                    ood=tuple(dict.fromkeys(self.ood + other.ood)))
 
 
-def safe_name(name: str) -> str:
-    """A model or dataset name usable in a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
-
-
 def parse_views(value: object) -> int | str:
     """``--views`` (or a grid's ``views``): a positive number of cached views or ``online``."""
     if value == ONLINE:
@@ -208,14 +203,14 @@ def _with_data(plan: RunPlan, datasets: Callable[[str], Dataset]) -> RunPlan:
 
 def _oracles(plan: RunPlan) -> list[RunPlan]:
     """The same method and config fitted on each target and evaluated there."""
-    if plan.method.name == REFERENCE_METHOD:  # zero-shot fits nothing: its oracle would be its New row
+    if plan.method.name == ZERO_SHOT:  # zero-shot fits nothing: its oracle would be its New row
         return []
     return [dataclasses.replace(plan, source=target, targets=(), ood=(), role=ORACLE) for target in plan.targets]
 
 
 def _zeroshot(plan: RunPlan) -> RunPlan:
     """The zero-shot run of the same models, dataset, shots and seed."""
-    zeroshot = get_method(REFERENCE_METHOD)
+    zeroshot = get_method(ZERO_SHOT)
     return dataclasses.replace(plan, method=zeroshot, config=zeroshot.make_config({}),
                                views=plan.views if zeroshot.uses_train_views else 0)
 
@@ -237,7 +232,7 @@ def plan_runs(specs: Iterable[RunSpec], datasets: Callable[[str], Dataset] | Non
         if datasets is not None:
             plan = _with_data(plan, datasets)
         runs = [plan, *(_oracles(plan) if spec.oracle else [])]
-        if spec.zeroshot_reference and plan.method.name != REFERENCE_METHOD:
+        if spec.zeroshot_reference and plan.method.name != ZERO_SHOT:
             runs.append(_zeroshot(plan))
         for run in runs:
             kept = out.get(run.key())

@@ -121,7 +121,8 @@ def zeroshot_text_features(vlm: VLM, class_names: list[str], template: str, batc
 
 
 def condition_embeddings(vlm: VLM, class_names: list[str], condition: str = "{}") -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings of each class's condition text (``"{}"`` = the class name alone), padded: ``([C, T, D], mask [C, T])``.
+    """Embeddings of each class's condition text (``"{}"`` = the class name alone), padded:
+    ``([C, T, D], mask [C, T])``.
 
     ``mask`` is True at real tokens. Taken from ``vlm``'s own token embeddings, so they follow the model in use.
     """

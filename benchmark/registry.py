@@ -1,8 +1,9 @@
 """One typed registry class for methods and datasets.
 
 Targets may be objects or lazy ``"module:attr"`` strings that are imported on first use; a base-class
-check, and the registry's own ``check`` of its contract, run when a target is resolved; unknown names raise :class:`UnknownNameError` with a
-"did you mean"; every entry remembers where it came from (built-in, a distribution, the user).
+check, and the registry's own ``check`` of its contract, run when a target is resolved; unknown names raise
+:class:`UnknownNameError` with a "did you mean"; every entry remembers where it came from (built-in, a
+distribution, the user).
 Built-in entries may be registered from data on first use of the registry (``builtins``), so no module has to
 be imported for its registrations to exist.
 """

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .errors import UserError
@@ -137,8 +138,8 @@ class MergedResults:
     migrated and has nothing to check: unverified). ``separated`` lists the runs set apart as entries of their
     own because they were made on other weights than the same model name in an earlier folder, one dict per
     (folder, model, fingerprint): ``folder``, ``model``, ``fingerprint``, ``expected`` (the fingerprints of the
-    earlier folder ``expected_folder``), ``runs`` and ``entries`` (the method names they now carry). ``notes`` says all of it in sentences (also
-    logged as warnings).
+    earlier folder ``expected_folder``), ``runs`` and ``entries`` (the method names they now carry). ``notes``
+    says all of it in sentences (also logged as warnings).
     """
 
     rows: pd.DataFrame
@@ -257,9 +258,11 @@ def _separate_other_weights(df: pd.DataFrame, paths: list[Path]) -> list[dict[st
     return out
 
 
-def harmonic(base: float, new: float) -> float:
-    """H = 2 Base New / (Base + New)."""
-    return 2 * base * new / (base + new) if base + new > 0 else 0.0
+def harmonic(base: Any, new: Any) -> Any:
+    """H = 2 Base New / (Base + New), 0 where both are 0: a float for numbers, element-wise for arrays."""
+    b, n = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
+    h = np.where(b + n > 0, 2 * b * n / np.maximum(b + n, 1e-12), 0.0)
+    return float(h) if h.ndim == 0 else h
 
 
 def method_label(method: str, variant: str) -> str:
@@ -331,7 +334,8 @@ def schema_markdown() -> str:
     ]
     lines += ["", "Base / New / H: `role == 'base'` rows give Base, `role == 'new'` rows give New for their",
               "`eval_model`; H = 2 Base New / (Base + New). Zero-shot accuracy of a model is the row of method",
-              "`zeroshot`. Migrations: 2 -> 3 adds `row_hash`; 1 -> 2 adds `trainable_params` and `needs_image_encoder` (NA) and the",
+              "`zeroshot`. Migrations: 2 -> 3 adds `row_hash`; 1 -> 2 adds `trainable_params` and "
+              "`needs_image_encoder` (NA) and the",
               "ledger; `upgradebench run` / `sweep` on an old folder re-evaluates each saved module (no refit),",
               "checks that top-1 is unchanged, writes the ledger and rewrites the row (keeping `created_at`,",
               "`fit_seconds` and the provenance columns). Compatibility metrics: `docs/metrics.md`.", ""]

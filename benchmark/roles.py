@@ -7,7 +7,7 @@ A result row's ``role`` says how the module it scores relates to the model it wa
 - :data:`ORACLE`: fitted on this model, a target, and evaluated there: the ceiling of the recovery ratio.
 
 A planned run (:class:`upgradebench.plan.RunPlan`) has role :data:`BASE` (fitted on its source, evaluated on the
-source and each target) or :data:`ORACLE`. Every run also writes the rows of :data:`REFERENCE_METHOD` beside its
+source and each target) or :data:`ORACLE`. Every run also writes the rows of :data:`ZERO_SHOT` beside its
 own, the zero-shot accuracy its numbers are read against. This module imports nothing, so any layer can use it.
 """
 
@@ -18,5 +18,8 @@ NEW = "new"
 ORACLE = "oracle"
 ROLES = (BASE, NEW, ORACLE)
 
-REFERENCE_METHOD = "zeroshot"
-"""The method whose run every run is planned with (``RunSpec.zeroshot_reference``)."""
+ZERO_SHOT = "zeroshot"
+"""The method whose run every run is planned with (``RunSpec.zeroshot_reference``): what reuse is read against."""
+
+REFERENCE_METHOD = "contcoop"
+"""The paper's method (ContCoOp): the one its ablations (context length, depth) vary."""

@@ -35,19 +35,20 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .contract import Module
 from .data import DATASETS, Dataset, class_columns, get_dataset, load_fewshot
 from .defaults import DEFAULT_VIEWS
-from .errors import UserError
-from .integrity import clean_stale_tmp
-from .features import FeatureCache
-from .contract import Module
 from .discovery import method_entry
-from .module_io import MODULE_CONFIG, load_module
-from .models import VLM, load_vlm, resolve_device
-from .paths import default_results_dir
-from .plan import RunPlan, RunSpec, plan_runs, safe_name
-from .provenance import now, stable_hash, versions
+from .errors import UserError
+from .features import FeatureCache
+from .guard import safe_name
+from .integrity import clean_stale_tmp
 from .ledger import ledger_path, predictions, top1_of, write_ledger
+from .models import VLM, load_vlm, resolve_device
+from .module_io import MODULE_CONFIG, load_module
+from .paths import default_results_dir
+from .plan import RunPlan, RunSpec, plan_runs
+from .provenance import now, stable_hash, versions
 from .results import SCHEMA_VERSION, has_row_hash, read_results, write_rows
 from .roles import NEW
 from .task import ONLINE, FewShotTask
@@ -234,7 +235,8 @@ class Runner:
         entry = method_entry(method.name)
         common = {
             "run_id": run_id, "method": method.name, "method_version": method.version,
-            "method_origin": f"{entry.origin}=={entry.origin_version}", "method_config": json.dumps(config_json, sort_keys=True),
+            "method_origin": f"{entry.origin}=={entry.origin_version}",
+            "method_config": json.dumps(config_json, sort_keys=True),
             "method_variant": variant, "config_hash": stable_hash([method.name, method.version, config_json]),
             "train_dataset": dataset.name, "shots": plan.shots, "seed": plan.seed, "views": str(views),
             "source": source.name, "source_fingerprint": source.fingerprint, "device": str(self.device),

@@ -376,7 +376,8 @@ def run_parallel(plans: list[RunPlan], runner_kwargs: dict, jobs: int, keep_goin
             try:
                 outcome, problem = future.result()
             except BrokenProcessPool:
-                outcome, problem = None, "its worker process died (killed, or out of memory); run the sweep again to resume"
+                outcome, problem = None, ("its worker process died (killed, or out of memory); "
+                                          "run the sweep again to resume")
             report.record(name, outcome, problem)
             if problem is not None and not keep_going:
                 pool.shutdown(cancel_futures=True)

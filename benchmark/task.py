@@ -80,7 +80,8 @@ class FewShotTask:
         spec = self.source.test_transform_spec
         return self._cached(("val",), lambda: self.cache.get(self.source, self.dataset, "val", self.split.val, spec))
 
-    def train_view_features(self, views: int | None = None, crop_scale: tuple[float, float] = (0.08, 1.0)) -> torch.Tensor:
+    def train_view_features(self, views: int | None = None,
+                            crop_scale: tuple[float, float] = (0.08, 1.0)) -> torch.Tensor:
         """``V`` augmented views of every training image ``[V, N, D]`` (cached; random-resized-crop + flip)."""
         count = views if views is not None else (self.views if isinstance(self.views, int) else DEFAULT_VIEWS)
         spec = self._train_spec(crop_scale)

@@ -117,7 +117,8 @@ def check_method(name: str, source: VLM | str = "toy-clip", target: VLM | str = 
     test = guarded.split("test")[:items]
     with tempfile.TemporaryDirectory() as folder:
         loaded = load_module(module.save(folder, name))
-    assert type(loaded) is type(module) and loaded.meta() == module.meta(), f"{name}: the saved module loads differently"
+    assert type(loaded) is type(module) and loaded.meta() == module.meta(), \
+        f"{name}: the saved module loads differently"
     classes = len(guarded.classnames)
     for role, vlm in (("source", source), ("transplant", target)):
         feats = FeatureCache().get(vlm, guarded, "test", test, vlm.test_transform_spec)

@@ -22,14 +22,14 @@ import time
 from pathlib import Path
 
 import torch
-
+from report import emit  # benchmarks/report.py, next to this script
 from speed import SyntheticDataset, random_arch_vlms  # benchmarks/speed.py, next to this script
+
 from upgradebench.data import load_fewshot
-from upgradebench.features import FeatureCache
 from upgradebench.discovery import get_method
+from upgradebench.features import FeatureCache
 from upgradebench.methods.cocoop import CoCoOpModule
 from upgradebench.task import ONLINE, FewShotTask
-from report import emit  # benchmarks/report.py, next to this script
 
 
 def _timed(fn):

@@ -31,11 +31,11 @@ import numpy as np
 import open_clip
 import torch
 from PIL import Image
+from report import emit  # benchmarks/report.py, next to this script
 
 from upgradebench.data import get_dataset
 from upgradebench.features import FeatureCache, ViewPixels, _seed_of, autocast_context, pixel_loader
 from upgradebench.models import VLM, ModelSpec
-from report import emit  # benchmarks/report.py, next to this script
 
 CLASSES = ["banded", "blotchy", "braided", "bubbly", "bumpy", "chequered", "cobwebbed", "cracked"]
 

@@ -33,22 +33,22 @@ import tempfile
 import time
 from pathlib import Path
 
+import open_clip
 import torch
 import torch.nn.functional as F
-
-import open_clip
+from report import emit  # benchmarks/report.py, next to this script
 from speed import SyntheticDataset  # benchmarks/speed.py, next to this script
+
 from upgradebench.cost import estimate
-from upgradebench.plan import plan_runs
 from upgradebench.data import load_fewshot
+from upgradebench.discovery import available_methods, get_method
 from upgradebench.features import FeatureCache, autocast_context
 from upgradebench.memory import TextShape, encode_text_bounded, model_bytes, training_peak_bytes
-from upgradebench.discovery import available_methods, get_method
 from upgradebench.models import VLM, ModelSpec
+from upgradebench.plan import plan_runs
 from upgradebench.prompting import class_prompts
 from upgradebench.sweep import load_grid
 from upgradebench.task import FewShotTask
-from report import emit  # benchmarks/report.py, next to this script
 
 # key -> (source architecture, target architecture, the paper grid it is estimated for)
 PAIRS = {"b16": ("ViT-B-16-quickgelu", "EVA02-B-16", "table2"), "l14": ("ViT-L-14-quickgelu", "EVA02-L-14", "table8")}

@@ -7,8 +7,9 @@ Feature cache: writes one cache file of ``items`` x ``dim`` float32 features (Im
 ViT-B/16 by default) through ``FeatureCache._write`` and reads it back ``repeats`` times, timing the plain
 safetensors read (what the cache did before hashes) and ``FeatureCache._read`` (the same read plus the
 SHA-256 check), each followed by the gather of every item's row that a cache read is used for. A process
-hashes a file once: later reads of the unchanged file (same inode, size and time) are timed separately. Rows: the time of ``read_results`` on a results folder and the share of it spent on
-``row_hashes``. Medians are reported; the machine's load shows in the spread, not in the ratio.
+hashes a file once: later reads of the unchanged file (same inode, size and time) are timed separately. Rows:
+the time of ``read_results`` on a results folder and the share of it spent on ``row_hashes``. Medians are
+reported; the machine's load shows in the spread, not in the ratio.
 """
 
 from __future__ import annotations

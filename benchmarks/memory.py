@@ -26,13 +26,20 @@ import ctypes
 import gc
 from pathlib import Path
 
-import torch
-
 import open_clip
-from upgradebench.memory import (TEXT_ACTIVATION_BUDGET, TextShape, encode_text_bounded, model_bytes,
-                                 rows_per_call, saved_activation_bytes, training_peak_bytes)
-from upgradebench.models import VLM, ModelSpec
+import torch
 from report import emit  # benchmarks/report.py, next to this script
+
+from upgradebench.memory import (
+    TEXT_ACTIVATION_BUDGET,
+    TextShape,
+    encode_text_bounded,
+    model_bytes,
+    rows_per_call,
+    saved_activation_bytes,
+    training_peak_bytes,
+)
+from upgradebench.models import VLM, ModelSpec
 
 ARCHS = {"clip-l": "ViT-L-14-quickgelu", "eva-clip-l": "EVA02-L-14"}
 GPU_BYTES = 24 * 10**9  # a "24 GB" GPU, counted in decimal gigabytes (the smaller reading)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from report import emit  # benchmarks/report.py, next to this script
+
 from upgradebench.metrics import read_ledgers
 from upgradebench.results import read_results
 

@@ -23,17 +23,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 from PIL import Image
+from report import emit  # benchmarks/report.py, next to this script
 
-import open_clip
-from upgradebench.data import Dataset, load_fewshot, get_dataset
-from upgradebench.features import FeatureCache
+from upgradebench.data import Dataset, get_dataset, load_fewshot
 from upgradebench.discovery import get_method
+from upgradebench.features import FeatureCache
 from upgradebench.models import VLM, ModelSpec, load_vlm
 from upgradebench.runner import Runner
 from upgradebench.task import ONLINE, FewShotTask
-from report import emit  # benchmarks/report.py, next to this script
 
 
 class NaiveVLM(VLM):
@@ -147,7 +147,8 @@ def bench_fidelity(args) -> dict:
     mean = {p: {k: float(np.mean([r[k] for r in rows if r["path"] == p])) for k in ("base", "new", "fit_s")}
             for p in ("fast", "naive")}
     return {"dataset": args.dataset, "method": args.method, "rows": rows, "mean": mean,
-            "base_gap": mean["fast"]["base"] - mean["naive"]["base"], "new_gap": mean["fast"]["new"] - mean["naive"]["new"]}
+            "base_gap": mean["fast"]["base"] - mean["naive"]["base"],
+            "new_gap": mean["fast"]["new"] - mean["naive"]["new"]}
 
 
 def bench_default_run(args) -> dict:

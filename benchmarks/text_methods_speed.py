@@ -36,13 +36,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-
-from speed import SyntheticDataset, _time_epochs, random_arch_vlms  # benchmarks/speed.py, next to this script
-from upgradebench.data import load_fewshot
-from upgradebench.features import FeatureCache
-from upgradebench.discovery import get_method
-from upgradebench.task import FewShotTask
 from report import emit  # benchmarks/report.py, next to this script
+from speed import SyntheticDataset, _time_epochs, random_arch_vlms  # benchmarks/speed.py, next to this script
+
+from upgradebench.data import load_fewshot
+from upgradebench.discovery import get_method
+from upgradebench.features import FeatureCache
+from upgradebench.task import FewShotTask
 
 METHODS = {"coop": {}, "prograd": {}, "tcp": {}, "clip-lora": {}}
 BATCH = 32
@@ -57,7 +57,8 @@ def _time_lora(vlm, task) -> float:
 
 
 def bench_epochs(args) -> dict:
-    """Per-epoch seconds, fast against naive, for CoOp (the baseline of docs/performance.md's table) and the three methods."""
+    """Per-epoch seconds, fast against naive, for CoOp (the baseline of docs/performance.md's table) and the three
+    methods."""
     fast_vlm, naive_vlm = random_arch_vlms(args.arch, args.threads)
     dataset = SyntheticDataset(args.classes, args.shots)
     split = load_fewshot(dataset, args.shots, 1)

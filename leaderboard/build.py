@@ -3,7 +3,8 @@
 Per source -> target pair (and shot count) methods are ranked by their average H over datasets, with
 Base / New / H per dataset, seeds and run counts, and the zero-shot rows marked as the reference every
 module must beat; compatibility metrics (NFR, BTC, reuse gain, recovery ratio, with 95% intervals), cost
-columns and a per-class flip view come from the prediction ledgers (``compatibility``). Provenance (tool, method and model versions) and copied figures complete the page.
+columns and a per-class flip view come from the prediction ledgers (``compatibility``). Provenance (tool, method
+and model versions) and copied figures complete the page.
 
 The page needs no network: CSS and the small sorting script are copied next to it. Every string that
 comes from results (method names and configs, dataset and model names: plugins choose them) goes through
@@ -14,8 +15,8 @@ than the reference protocol's are set aside, and a default-config entry whose re
 protocol is listed in a section of its own with what it lacks, never averaged over fewer datasets. Rows of cells
 the protocol does not ask for (more seeds) are set aside too. An entry that rests on rows no one re-computed
 (a folder other than the reference, unless ``--verify`` re-evaluated its sample of modules) or that no hash or
-ledger covers is marked *unverified* wherever it is ranked; one whose re-computation does not match is left out. Re-scored
-rows (``rescore``: modules evaluated on held-out models) add one column per model to the rankings.
+ledger covers is marked *unverified* wherever it is ranked; one whose re-computation does not match is left out.
+Re-scored rows (``rescore``: modules evaluated on held-out models) add one column per model to the rankings.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ from upgradebench.guard import check_png, clean_data, input_files
 from upgradebench.metrics import METRICS, LedgerKey, cells, class_flips, cost_summary
 from upgradebench.provenance import now
 from upgradebench.results import MergedResults, in_distribution, method_label, paired, summarize
+from upgradebench.roles import ZERO_SHOT
 
 from .rescore import held_out_scores
-from .submission import REFERENCE_METHOD, Protocol, check_entries, check_submission, integrity_gaps, protocol_of
+from .submission import Protocol, check_entries, check_submission, integrity_gaps, protocol_of
 
 if TYPE_CHECKING:
     from upgradebench.runner import Runner
@@ -62,7 +64,7 @@ def _runs(df: pd.DataFrame) -> pd.Series:
 
 def _entry(row: pd.Series, runs: int) -> dict[str, Any]:
     """What the template shows of one summary row."""
-    return {"label": row.label, "method": row.method, "reference": row.method == REFERENCE_METHOD,
+    return {"label": row.label, "method": row.method, "reference": row.method == ZERO_SHOT,
             "base": row.base, "new": row.new, "H": row.H, "base_std": row.get("base_std"),
             "new_std": row.get("new_std"), "seeds": int(row.seeds), "runs": runs,
             "datasets": int(row.datasets) if "datasets" in row and pd.notna(row.datasets) else None}
@@ -244,7 +246,7 @@ def board(df: pd.DataFrame, held_out: pd.DataFrame | None = None) -> list[dict[s
             per_dataset = [{**_entry(r, int(runs.loc[(source, target, shots, r.label, r.dataset)])),
                             "dataset": r.dataset}
                            for _, r in detail.sort_values(["dataset", "H"], ascending=[True, False]).iterrows()]
-            zs = avg[avg.method == REFERENCE_METHOD]
+            zs = avg[avg.method == ZERO_SHOT]
             sections.append({
                 "id": f"pair-{len(sections) + 1}", "source": source, "target": target, "shots": int(shots),
                 "datasets": [d for d in ordered_datasets(part.dataset) if d != "Average"], "n_datasets": n_datasets,
@@ -259,7 +261,7 @@ def _held_out(score: Any) -> dict[str, Any] | None:
                                        "seeds": int(score.seeds)}
 
 
-# ---- compatibility beyond top-1 (template: compatibility.html) --------------------------------------------------------
+# ---- compatibility beyond top-1 (template: compatibility.html) -------------------------------------------------------
 def compatibility(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
                   flips: str | None = None) -> dict[tuple[str, str, int], dict[str, Any]]:
     """Per (source, target, shots): each reference method's compatibility metrics (averages over datasets, 95%
@@ -272,12 +274,13 @@ def compatibility(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
         entries = []
         for _, r in part.iterrows():
             cost = costs.loc[(source, r.label, shots)] if (source, r.label, shots) in costs.index else {}
-            entries.append({"label": r.label, "reference": r.method == REFERENCE_METHOD,
+            entries.append({"label": r.label, "reference": r.method == ZERO_SHOT,
                             **{k: r.get(k) for m in METRICS for k in (m, f"{m}_lo", f"{m}_hi")},
                             **{k: _value(cost, k) for k in ("trainable_params", "fit_seconds", "device",
                                                             "needs_image_encoder")}})
         candidates = [e for e in entries if not e["reference"] and pd.notna(e["nfr"])]
-        chosen = flips if flips is not None else max(candidates, key=lambda e: e["nfr"])["label"] if candidates else None
+        chosen = (flips if flips is not None
+                  else max(candidates, key=lambda e: e["nfr"])["label"] if candidates else None)
         views = []
         for key, cell in sorted(found.items()):
             if key[:3] == (source, target, chosen) and key[5] == shots:

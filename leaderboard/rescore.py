@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from upgradebench.features import progress_bar
-from upgradebench.ledger import ledger_path, write_ledger
 from upgradebench.errors import UserError
-from upgradebench.guard import check_run_id
+from upgradebench.features import progress_bar
+from upgradebench.guard import check_run_id, safe_name
+from upgradebench.ledger import ledger_path, write_ledger
 from upgradebench.module_io import MODULE_CONFIG, load_module
 from upgradebench.provenance import now, versions
 from upgradebench.results import in_distribution, method_label, read_results, write_rows
-from upgradebench.runner import Runner, safe_name
+from upgradebench.runner import Runner
 
 RESCORE_ROLE = "rescore"
 

@@ -39,12 +39,12 @@ from upgradebench.ledger import agrees
 from upgradebench.metrics import read_ledgers
 from upgradebench.module_io import MODULE_CONFIG, MODULE_WEIGHTS, load_module
 from upgradebench.results import in_distribution, merge_results, method_label, paired, read_results
+from upgradebench.roles import ZERO_SHOT
 from upgradebench.sweep import load_grid
 
 if TYPE_CHECKING:
     from upgradebench.runner import Runner
 
-REFERENCE_METHOD = "zeroshot"
 """The method whose rows every run writes beside its own (``RunSpec.zeroshot_reference``)."""
 
 Cell = tuple[str, str, str, int, int]
@@ -87,8 +87,8 @@ def protocol_of(df: pd.DataFrame, where: str) -> Protocol:
     """The protocol of reference rows: the cells of their zero-shot entry (of every default-config entry when
     there is none) and their fingerprints (where the reference holds several for one name, the most frequent)."""
     defaults = df[df.method_variant == ""]
-    if (defaults.method == REFERENCE_METHOD).any():
-        defaults = defaults[defaults.method == REFERENCE_METHOD]
+    if (defaults.method == ZERO_SHOT).any():
+        defaults = defaults[defaults.method == ZERO_SHOT]
     models = _most_common(pd.concat([df.source, df.eval_model]),
                           pd.concat([df.source_fingerprint, df.eval_fingerprint]))
     variants = {method_label(m, v): cells_of(rows)

@@ -26,8 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upgradebench import (VLM, Module, SGDRecipe, UserError, assemble, class_prompts, condition_embeddings, ranged,
-                          zeroshot_text_features)
+from upgradebench import (
+    VLM,
+    Module,
+    SGDRecipe,
+    UserError,
+    assemble,
+    class_prompts,
+    condition_embeddings,
+    ranged,
+    zeroshot_text_features,
+)
 from upgradebench.compat import check_text_width
 from upgradebench.memory import check_fits, encode_text_bounded
 from upgradebench.prompting import MAX_N_CTX, N_CTX_WHY

@@ -18,8 +18,19 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import torch
 import torch.nn.functional as F
 
-from upgradebench import (VLM, ClassPrompts, FewShotTask, Method, Module, SGDRecipe, class_prompts, encode_prompts,
-                          fit_recipe, ranged, text_embedding)
+from upgradebench import (
+    VLM,
+    ClassPrompts,
+    FewShotTask,
+    Method,
+    Module,
+    SGDRecipe,
+    class_prompts,
+    encode_prompts,
+    fit_recipe,
+    ranged,
+    text_embedding,
+)
 from upgradebench.compat import check_text_width
 from upgradebench.errors import UserError
 from upgradebench.prompting import DEPTH_WHY, MAX_DEPTH, MAX_N_CTX, N_CTX_WHY, check_depth

@@ -26,8 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upgradebench import (VLM, ClassPrompts, Module, SGDRecipe, UserError, assemble, class_prompts, ranged,
-                          zeroshot_text_features)
+from upgradebench import (
+    VLM,
+    ClassPrompts,
+    Module,
+    SGDRecipe,
+    UserError,
+    assemble,
+    class_prompts,
+    ranged,
+    zeroshot_text_features,
+)
 from upgradebench.compat import check_text_width
 from upgradebench.prompting import DEPTH_WHY, MAX_DEPTH, MAX_N_CTX, N_CTX_WHY
 

@@ -157,7 +157,7 @@ def fgvc_aircraft(root: Path) -> None:
     image_id = 1025794
     for s, n in PER_SPLIT.items():
         lines = []
-        for label, variant in enumerate(FGVC_VARIANTS):
+        for variant in FGVC_VARIANTS:
             for _ in range(n):
                 write_image(base / "images" / f"{image_id:07d}.jpg", image_id)
                 lines.append(f"{image_id:07d} {variant}")

@@ -42,7 +42,8 @@ def test_help_reflows_docstring_paragraphs() -> None:
     """A docstring's line breaks are not the terminal's: at any width a help paragraph wraps as one text
     (typer's default rich mode printed each source line as a line of its own)."""
     env = {**os.environ, "COLUMNS": "200"}
-    out = subprocess.run([sys.executable, "-c", "from upgradebench.cli import main; main()", "results", "show", "--help"],
+    out = subprocess.run([sys.executable, "-c", "from upgradebench.cli import main; main()",
+                          "results", "show", "--help"],
                          capture_output=True, text=True, env=env).stdout
     assert "where the runs have prediction ledgers, mean ± std over seeds" in out, out
 

@@ -92,7 +92,8 @@ def test_average_over_fewer_datasets_or_missing_ledgers_is_marked_and_intervals_
     folder = tmp_path / "res"
     for seed in (1, 2, 3):
         for i, ds in enumerate(("ds-a", "ds-b", "ds-c")):
-            _run(folder, "zeroshot", seed, ds, _pattern(60, 10 + 20 * i), _pattern(60, 15 + 20 * i), ledger=ds != "ds-a")
+            _run(folder, "zeroshot", seed, ds, _pattern(60, 10 + 20 * i), _pattern(60, 15 + 20 * i),
+                 ledger=ds != "ds-a")
             _run(folder, "coop", seed, ds, _pattern(60, 20 + 10 * i + seed, 1), _pattern(60, 25 + 5 * i + seed, 2))
         _run(folder, "contcoop", seed, "ds-b", _pattern(60, 40 + seed), _pattern(60, 45 - seed))
     summary = run_json(capsys, "results", "show", str(folder))

@@ -10,13 +10,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from .coop_fixtures import A_SUBSET, EXPECTED, FULL_CLASSES, IMAGENET_CLASSES, R_SUBSET, build, truncated_jpeg
 
 from upgradebench.cli import main
-from upgradebench.data import DATASETS, dataset_names, load_fewshot, get_dataset
+from upgradebench.data import DATASETS, dataset_names, get_dataset, load_fewshot
 from upgradebench.data.coop import SKIP_FILE
 from upgradebench.data.coop_spec import coop_classname, coop_specs
 from upgradebench.errors import UserError
+
+from .coop_fixtures import A_SUBSET, EXPECTED, FULL_CLASSES, IMAGENET_CLASSES, R_SUBSET, build, truncated_jpeg
 
 # docs/methods.md, "Templates" (CoOp's table).
 TEMPLATES = {
@@ -264,7 +265,7 @@ def test_malformed_split_file_names_the_file_and_the_problem(tmp_path, capsys, c
     path = split_file(tmp_path, "dtd")
     path.write_text(content)
     with pytest.raises(UserError) as info:
-        get_dataset("dtd", tmp_path).classnames
+        _ = get_dataset("dtd", tmp_path).classnames
     assert str(path) in info.value.message and problem in info.value.message
     code, _, err = cli(capsys, "datasets", "show", "dtd", "--data-root", str(tmp_path))
     assert code == 2 and path.name in err and "fix:" in err
@@ -274,13 +275,13 @@ def test_malformed_classnames_and_missing_class_folders(tmp_path):
     build(tmp_path, "imagenet", "imagenet_a")
     (tmp_path / "imagenet" / "classnames.txt").write_text("n01440764 tench\nn01443537\n")
     with pytest.raises(UserError, match=r"classnames\.txt:2: expected '<wnid> <class name>'"):
-        get_dataset("imagenet", tmp_path).classnames
+        _ = get_dataset("imagenet", tmp_path).classnames
     (tmp_path / "imagenet" / "classnames.txt").write_text("n01440764 tench\nn09999999 unicorn\n")
     with pytest.raises(UserError, match=r"1 of 2 class folders are missing under .*train: n09999999"):
-        get_dataset("imagenet", tmp_path).classnames
+        _ = get_dataset("imagenet", tmp_path).classnames
     (tmp_path / "imagenet-adversarial" / "imagenet-a" / "n09999999").mkdir()
     with pytest.raises(UserError, match="'n09999999' is not a wnid"):
-        get_dataset("imagenet_a", tmp_path).classnames
+        _ = get_dataset("imagenet_a", tmp_path).classnames
 
 
 def test_corrupt_and_truncated_images(tmp_path, capsys):

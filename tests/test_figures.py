@@ -11,7 +11,7 @@ import pytest
 
 from upgradebench.analysis.drift import DRIFT_SCHEMA, DRIFT_SCHEMA_VERSION, write_drift
 from upgradebench.analysis.tables import main_table, ranks, table2, table3, to_latex, to_markdown
-from upgradebench.plan import safe_name
+from upgradebench.guard import safe_name
 from upgradebench.results import SCHEMA_VERSION, read_results, summarize, write_rows
 
 from .cli_helpers import run_cli, run_json

@@ -8,14 +8,13 @@ import torch
 
 from upgradebench import memory
 from upgradebench.data import get_dataset, load_fewshot
+from upgradebench.discovery import get_method
 from upgradebench.features import FeatureCache
 from upgradebench.memory import TextShape, encode_text_bounded, saved_activation_bytes
-from upgradebench.discovery import get_method
+from upgradebench.methods.cocoop import MetaNet, conditional_logits, image_contexts
 from upgradebench.models import load_vlm
 from upgradebench.prompting import class_prompts
 from upgradebench.task import FewShotTask
-
-from upgradebench.methods.cocoop import MetaNet, conditional_logits, image_contexts
 
 NAMES = ["red", "green", "blue", "sea_lion", "annual crop land"]
 

@@ -42,7 +42,8 @@ def test_contcoop_with_zero_output_projection_equals_coop(vlm):
 def test_contcoop_reads_class_embeddings_from_the_model_in_use(micro_dirs):
     vlm = load_vlm(f"local-dir:{micro_dirs['eva']}", device="cpu")
     torch.manual_seed(0)
-    module = ContCoOpModule(torch.randn(16, vlm.text_width) * 0.02, ClassConditioner(vlm.text_width).requires_grad_(False))
+    module = ContCoOpModule(torch.randn(16, vlm.text_width) * 0.02,
+                            ClassConditioner(vlm.text_width).requires_grad_(False))
     before = module.prompt_context(vlm, NAMES).clone()
     coop = CoOpModule(module.ctx)
     coop_before = coop.logits(vlm, _feats(vlm), NAMES)
@@ -73,7 +74,8 @@ def test_multi_head_conditioner_shapes_and_padding_mask(vlm):
 def test_linear_probe_collapses_on_a_rotated_feature_space(micro_dirs, tiny_dataset):
     source = load_vlm(f"local-dir:{micro_dirs['clip']}", device="cpu")
     dataset = get_dataset(tiny_dataset)
-    module = get_method("linear-probe")().fit(source, fewshot_task(source, tiny_dataset, 8), get_method("linear-probe").Config(), 1)
+    module = get_method("linear-probe")().fit(source, fewshot_task(source, tiny_dataset, 8),
+                                              get_method("linear-probe").Config(), 1)
     test = dataset.split("test")
     feats = FeatureCache().get(source, dataset, "test", test, source.test_transform_spec)
     labels = torch.tensor([y for _, y in test])

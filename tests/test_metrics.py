@@ -8,16 +8,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from upgradebench.ledger import ledger_path, write_ledger
-from upgradebench.metrics import (Cell, cell_metrics, class_flips, compare, compat_summary, interval, mcnemar,
-                                  read_ledgers, resampling_weights, summarize_with_intervals)
 from upgradebench.errors import UserError
-from upgradebench.plan import safe_name
+from upgradebench.guard import safe_name
+from upgradebench.ledger import ledger_path, write_ledger
+from upgradebench.metrics import (
+    Cell,
+    cell_metrics,
+    class_flips,
+    compare,
+    compat_summary,
+    interval,
+    mcnemar,
+    read_ledgers,
+    resampling_weights,
+    summarize_with_intervals,
+)
 from upgradebench.results import SCHEMA_VERSION, read_results, write_rows
 
 from .cli_helpers import run_cli, run_json
-from .test_figures import result_rows
 from .rows import blank_row
+from .test_figures import result_rows
 
 SRC, TGT, DS = "src", "tgt", "ds"
 
@@ -257,7 +267,7 @@ def test_figures_show_the_ledger_metrics_with_intervals(tmp_path, capsys):
     folder = known_folder(tmp_path)
     out = run_json(capsys, "figures", "--results", str(folder), "--out", str(tmp_path / "f"))
     assert {"compat.md", "fig-base-new-src--tgt-16shot.png"} <= {p.split("/")[-1] for p in out["written"]}
-    line = next(l for l in (tmp_path / "f" / "compat.md").read_text().splitlines() if l.startswith("| m |"))
+    line = next(row for row in (tmp_path / "f" / "compat.md").read_text().splitlines() if row.startswith("| m |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[0] == "m" and cells[4].startswith("40.00 [") and cells[8].startswith("-1.000 [")  # NFR, recovery
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
+import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
 
-import open_clip
 from upgradebench.errors import UnknownNameError, UserError
 from upgradebench.models import describe_model, load_vlm, parse_model
 from upgradebench.world.modelio import create_model
@@ -21,7 +21,8 @@ def test_paper_aliases_name_the_right_architectures_and_tags():
     clip, eva = parse_model("clip"), parse_model("eva-clip")
     assert (clip.arch, clip.pretrained, clip.quick_gelu) == ("ViT-B-16-quickgelu", "openai", True)
     assert (eva.arch, eva.pretrained, eva.quick_gelu) == ("EVA02-B-16", "merged2b_s8b_b131k", False)
-    assert parse_model("clip-l").arch == "ViT-L-14-quickgelu" and parse_model("eva-clip-l").pretrained == "merged2b_s4b_b131k"
+    assert parse_model("clip-l").arch == "ViT-L-14-quickgelu"
+    assert parse_model("eva-clip-l").pretrained == "merged2b_s4b_b131k"
     for spec in (clip, eva, parse_model("clip-l"), parse_model("eva-clip-l")):
         assert open_clip.get_pretrained_cfg(spec.arch, spec.pretrained), spec  # a tag open_clip knows
     assert parse_model("open_clip:ViT-B-16/laion2b_s34b_b88k").pretrained == "laion2b_s34b_b88k"

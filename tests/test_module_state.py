@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from upgradebench.errors import UserError
-from upgradebench.integrity import tensors_digest
 from upgradebench.contract import Method, Module
 from upgradebench.discovery import METHODS, get_method
+from upgradebench.errors import UserError
+from upgradebench.integrity import tensors_digest
 from upgradebench.module_io import load_module
 
 RUNS = Path(__file__).resolve().parents[1] / "results" / "runs"

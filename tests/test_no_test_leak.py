@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from upgradebench.data import DATASETS, dataset_names, load_fewshot
-from upgradebench.features import FeatureCache
 from upgradebench.discovery import available_methods
+from upgradebench.features import FeatureCache
 from upgradebench.models import load_vlm
 from upgradebench.task import FewShotTask
 

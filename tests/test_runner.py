@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from upgradebench.data import load_fewshot, get_dataset
+from upgradebench.data import get_dataset, load_fewshot
 from upgradebench.features import FeatureCache
 from upgradebench.models import load_vlm
 from upgradebench.results import read_results, summarize
@@ -222,8 +222,8 @@ def _to_schema_1(results):
 
 
 def test_every_evaluation_writes_a_ledger_that_pairs_items_across_models(capsys, models, tiny_dataset, tmp_path):
+    from upgradebench.guard import safe_name
     from upgradebench.ledger import ledger_path, read_ledger
-    from upgradebench.runner import safe_name
 
     _run(capsys, models, tiny_dataset, tmp_path / "res")
     df = read_results(tmp_path / "res")
@@ -363,7 +363,8 @@ def test_the_planner_lists_every_run_and_the_runner_executes_only_the_plan_it_is
         ("coop", "base", models[0], (models[1],)), ("coop", "oracle", models[1], ()),
         ("zeroshot", "base", models[0], (models[1],))]
     largest = max(sum(y == c for _, y in get_dataset(tiny_dataset).split("train")) for c in range(4))
-    assert largest < 1000 and {p.shots for p in plans} == {largest}  # capped once, by the planner, for every run of the list
+    # capped once, by the planner, for every run of the list
+    assert largest < 1000 and {p.shots for p in plans} == {largest}
     outcome = runner.execute(plans[0])
     assert outcome.status == "fitted" and outcome.written == 2
     df = read_results(tmp_path / "res")

@@ -11,10 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from upgradebench import VLM, ModelSpec, UserError, clean_name, get_method, load_module, text_embedding
-from upgradebench.methods.clip_lora import (CLIPLoRAConfig, CLIPLoRAModule, LoRAFactors, attention_blocks,
-                                            training_dropout, with_lora)
+from upgradebench.methods.clip_lora import (
+    CLIPLoRAConfig,
+    CLIPLoRAModule,
+    LoRAFactors,
+    attention_blocks,
+    training_dropout,
+    with_lora,
+)
 from upgradebench.methods.coop import CoOpModule
-from upgradebench.methods.prograd import project_gradient, prograd_losses, template_context
+from upgradebench.methods.prograd import prograd_losses, project_gradient, template_context
 from upgradebench.methods.tcp import KnowledgeEmbedding, TCPModule
 from upgradebench.methods.zeroshot import ZeroShotModule
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
+import open_clip
 import pytest
 
-import open_clip
 from upgradebench.models import builtin_aliases, parse_model
 from upgradebench.models.upgrades import known_upgrades, upgrade_kinds, upgrade_of
 

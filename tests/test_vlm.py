@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import open_clip
 import pytest
 import torch
 
-import open_clip
 from upgradebench.models import VLM, ModelSpec, load_vlm
 
 PROMPTS = ["a photo of a dog.", "a centered satellite photo of annual crop land.", "x", "striped texture."]

@@ -7,11 +7,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import open_clip
 from upgradebench.data import DATASETS, dataset_names, get_dataset
 from upgradebench.errors import UserError
 from upgradebench.models import load_vlm
@@ -21,7 +21,6 @@ from upgradebench.world.datasets import task_table
 from upgradebench.world.modelio import read_config
 from upgradebench.world.recipes import recipe_table
 from upgradebench.world.training import TrainConfig, compact_token_embedding, parameter_groups, train_contrastive
-
 
 MAIN_TASKS = ["toy-shape", "toy-colour", "toy-pattern", "toy-colour-shape", "toy-size", "toy-background"]
 OOD = {"toy-shape-sketch": "toy-shape", "toy-shape-bg": "toy-shape"}
@@ -250,8 +249,8 @@ def test_close_ups_crop_a_fraction_of_the_batch_from_the_full_size_images():
     from upgradebench.world.training import close_ups, normalize_images
 
     full = torch.randint(0, 255, (8, 64, 64, 3), dtype=torch.uint8)
-    small = normalize_images(torch.nn.functional.interpolate(full.permute(0, 3, 1, 2).float(), size=32).permute(0, 2, 3, 1)
-                             .round().to(torch.uint8))
+    small = normalize_images(torch.nn.functional.interpolate(full.permute(0, 3, 1, 2).float(), size=32)
+                             .permute(0, 2, 3, 1).round().to(torch.uint8))
     idx = torch.arange(8)
     cfg = TrainConfig(steps=1, batch_size=8, lr=0.1, crop_scale=(0.08, 0.08), crop_fraction=0.5)
     out = close_ups(small, full, idx, cfg, torch.Generator().manual_seed(0))
@@ -441,7 +440,8 @@ def test_default_world_meets_its_mechanism_targets(in_default_world):
     fewshot = load_fewshot(ds, 16, 1)
     (xs, ys), (xv, yv) = _features(clip, ds, fewshot.train), _features(clip, ds, fewshot.val)
     xt, yt = _features(clip, ds, ds.split("test")[:600])
-    w, b = fit_logistic(xs, ys, ds.num_classes, search_c(xs, ys, xv, yv, ds.num_classes, LinearProbeConfig(search_steps=2)))
+    w, b = fit_logistic(xs, ys, ds.num_classes,
+                        search_c(xs, ys, xv, yv, ds.num_classes, LinearProbeConfig(search_steps=2)))
     probe = float(((xt.double() @ w.T + b).argmax(1) == yt).float().mean())
     assert probe >= _zero_shot(clip, ds, xt, yt) + 0.10
 
@@ -536,9 +536,9 @@ def test_the_context_learners_refit_their_committed_modules(method, in_default_w
     import pandas as pd
 
     from upgradebench.data import load_fewshot
+    from upgradebench.discovery import get_method
     from upgradebench.features import FeatureCache
     from upgradebench.ledger import ledger_path, read_ledger
-    from upgradebench.discovery import get_method
     from upgradebench.task import FewShotTask
 
     run = _committed_run(method, "toy-background")

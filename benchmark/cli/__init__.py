@@ -16,11 +16,22 @@ import typer
 from rich.markup import escape
 
 from ..errors import UserError
+from . import (
+    analyze,
+    cache,
+    datasets,
+    features,
+    fidelity,
+    figures,
+    leaderboard,
+    methods,
+    models,
+    results,
+    run,
+    sweep,
+    zoo,
+)
 from ._common import err_console
-from . import cache, datasets, features
-from . import analyze, fidelity, figures, leaderboard
-from . import methods, models, results, run, sweep
-from . import zoo
 
 app = typer.Typer(
     name="upgradebench",

@@ -56,7 +56,8 @@ def drift(
     src = load_vlm(source, weights.get(source), dev, download)
     frames = []
     for name in target:
-        err_console.print(f"[bold]drift[/] {escape(source)} -> {escape(name)} on {len(prompts)} prompts", highlight=False)
+        err_console.print(f"[bold]drift[/] {escape(source)} -> {escape(name)} on {len(prompts)} prompts",
+                          highlight=False)
         frames.append(drift_frame(src, load_vlm(name, weights.get(name), dev, download), prompts, dataset))
     df = pd.concat(frames, ignore_index=True)
     path = write_drift(df, path)

@@ -40,7 +40,8 @@ def prune(
     unbuilt: bool = typer.Option(False, "--unbuilt", help="Features of toy models whose fingerprint is no longer "
                                                          "built (their recipe changed and they were rebuilt), and "
                                                          "of toy datasets since redefined (a new world version)."),
-    older_than: float = typer.Option(None, "--older-than", min=0, help="Files last written this many days ago or earlier."),
+    older_than: float = typer.Option(None, "--older-than", min=0,
+                                     help="Files last written this many days ago or earlier."),
     everything: bool = typer.Option(False, "--all", help="The whole feature cache."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; remove nothing."),
     as_json: bool = Json,

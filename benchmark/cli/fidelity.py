@@ -43,7 +43,8 @@ def fidelity(
                     [[escape(str(c)) for c in row] for row in rows])
         tau = card.ranking
         console.print(f"Kendall tau of the method ranking vs the paper ({int(tau.get('methods') or 0)} methods): "
-                      f"New {format_value(tau.get('new'), True)}, H {format_value(tau.get('H'), True)}", highlight=False)
+                      f"New {format_value(tau.get('new'), True)}, H {format_value(tau.get('H'), True)}",
+                      highlight=False)
         if card.per_dataset:
             print_table("published vs measured, per dataset",
                         ["dataset", "method", "Base paper", "Base", "New paper", "New", "H paper", "H"],

@@ -131,7 +131,8 @@ def _print_report(report: dict) -> None:
         for command in e["fill"]:
             print_text(f"{e['label']}: to fill: {command}")
         for f in e["foreign_fingerprints"]:
-            print_text(f"{e['label']}: {f['kind']} {f['name']} has fingerprint {f['found']}, the reference {f['expected']}")
+            print_text(f"{e['label']}: {f['kind']} {f['name']} has fingerprint {f['found']}, "
+                       f"the reference {f['expected']}")
         for v in e["version_problems"]:
             print_text(f"{e['label']}: {v}")
         for m in e["mismatches"]:

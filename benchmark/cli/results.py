@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from ..paths import default_results_dir
 from ..errors import UserError
+from ..paths import default_results_dir
 from ._common import build_table, console, fits_console, print_json, print_text, show_table
 from ._options import Json
 
@@ -101,9 +101,11 @@ ACCURACY = 3  # ROWS[:3] are accuracies, the rest compatibility
 def show(
     folders: list[Path] = typer.Argument(None, help="Results folder(s) (default: $UPGRADEBENCH_HOME/results)."),
     target: str = typer.Option(None, "--target", help="Only this target model."),
-    method: list[str] = typer.Option(None, "--method", "-m", help="Only these methods (zero-shot stays as the reference)."),
+    method: list[str] = typer.Option(None, "--method", "-m",
+                                     help="Only these methods (zero-shot stays as the reference)."),
     dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Only these datasets."),
-    reference: bool = typer.Option(False, "--reference", help="Only reference configurations (no variants), as Table 2."),
+    reference: bool = typer.Option(False, "--reference",
+                                   help="Only reference configurations (no variants), as Table 2."),
     layout: str = typer.Option("auto", "--layout",
                                help="wide: a column per method, as the paper's Table 2; long: a table per dataset, a "
                                     "row per method; auto: wide where it fits the terminal, else long."),
@@ -119,6 +121,7 @@ def show(
 
     from ..metrics import read_ledgers, summarize_with_intervals
     from ..results import read_results
+    from ..roles import ZERO_SHOT
 
     if layout not in LAYOUTS:
         raise UserError(f"Unknown layout {layout!r}.", f"use one of {', '.join(LAYOUTS)}")
@@ -128,7 +131,7 @@ def show(
     if reference:
         rows = rows[rows.method_variant == ""]
     if method:
-        rows = rows[rows.method.isin(method) | (rows.method == "zeroshot")]
+        rows = rows[rows.method.isin(method) | (rows.method == ZERO_SHOT)]
     if dataset:
         rows = rows[rows.dataset.isin(dataset)]
     summary = summarize_with_intervals(rows, read_ledgers(*folders))
@@ -162,7 +165,8 @@ def show(
             seeds_of[(r.dataset, r.label)] = "" if _nan(r.seeds) else str(int(r.seeds))
             cells[(r.dataset, r.label)] = [
                 cell(float(getattr(r, metric)), getattr(r, f"{metric}_lo", math.nan),
-                     getattr(r, f"{metric}_hi", math.nan), getattr(r, f"{metric}_std", math.nan) if per_seed else math.nan)
+                     getattr(r, f"{metric}_hi", math.nan),
+                     getattr(r, f"{metric}_std", math.nan) if per_seed else math.nan)
                 for metric, _ in ROWS]
         footer = [f"Average of {len(measured)}: mean over {', '.join(measured)}"
                   + (" (OOD test sets are not in it)" if set(pair.dataset) & set(ood) else "")] + notes
@@ -192,7 +196,8 @@ def show(
 def compare(
     a: str = typer.Argument(..., help="Method label A (e.g. contcoop, or coop[n_ctx=4])."),
     b: str = typer.Argument(..., help="Method label B."),
-    results: list[Path] = typer.Option(None, "--results", "-r", help="Results folder(s) (default: $UPGRADEBENCH_HOME/results)."),
+    results: list[Path] = typer.Option(None, "--results", "-r",
+                                       help="Results folder(s) (default: $UPGRADEBENCH_HOME/results)."),
     target: str = typer.Option(None, "--target", help="Only this target model."),
     dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Only these datasets."),
     as_json: bool = Json,

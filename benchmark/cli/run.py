@@ -10,8 +10,19 @@ from rich.markup import escape
 from ..defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SOURCE, DEFAULT_TARGETS
 from ..guard import results_folder
 from ._common import err_console, print_json, print_table, print_text
-from ._options import (DataRoot, Device, Download, Json, Precision, Replace, Shots, Views, Workers, parse_pairs,
-                       plugin_output_to_stderr)
+from ._options import (
+    DataRoot,
+    Device,
+    Download,
+    Json,
+    Precision,
+    Replace,
+    Shots,
+    Views,
+    Workers,
+    parse_pairs,
+    plugin_output_to_stderr,
+)
 
 
 def run(
@@ -88,11 +99,11 @@ def run(
 
 def _summary_rows(df, method: str, source: str, targets: list[str]) -> list[dict]:
     from ..results import harmonic
-    from ..roles import BASE, NEW, REFERENCE_METHOD
+    from ..roles import BASE, NEW, ZERO_SHOT
 
     out = []
     mine = df[df.method == method]
-    zs = df[df.method == REFERENCE_METHOD]
+    zs = df[df.method == ZERO_SHOT]
     for (dataset, seed), g in mine.groupby(["dataset", "seed"], sort=False):
         base = float(g[g.role == BASE].top1.iloc[0])
         row = {"dataset": dataset, "seed": int(seed), "Base": round(base, 2)}

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from ..sweep import Grid
 
 EXECUTORS = ("local", "slurm", "submitit-local")
+# the defaults as the options' help shows them, computed once at import (as typer's option defaults are anyway)
+_SEEDS_SHOWN = " ".join(map(str, DEFAULT_SEEDS))
+_TARGETS_SHOWN = " ".join(DEFAULT_TARGETS)
 
 
 def sweep(
@@ -26,19 +29,19 @@ def sweep(
                                   "paper:table3 ... paper:table7, paper:fig2d, paper:fig4 (--dry-run lists them)."),
     method: list[str] = typer.Option(None, "--method", "-m", help="Method(s) (with --grid: only these of the grid)."),
     dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Dataset(s) (with --grid: only these)."),
-    seed: list[int] = typer.Option(None, "--seed", help=f"Seed(s) (default: {' '.join(map(str, DEFAULT_SEEDS))})."),
+    seed: list[int] = typer.Option(None, "--seed", help=f"Seed(s) (default: {_SEEDS_SHOWN})."),
     shots: list[int] = typer.Option(None, "--shots", "-k", help=f"Shots (default: {DEFAULT_SHOTS})."),
     source: str = typer.Option(None, "--source", "-s", help=f"Source model (default: {DEFAULT_SOURCE})."),
-    target: list[str] = typer.Option(None, "--target", "-t", help=f"Target(s) (default: {' '.join(DEFAULT_TARGETS)})."),
+    target: list[str] = typer.Option(None, "--target", "-t", help=f"Target(s) (default: {_TARGETS_SHOWN})."),
     results: Path = typer.Option(None, "--results", "-r", parser=results_folder, metavar="PATH",
                                  help="Results folder (default: $UPGRADEBENCH_HOME/results)."),
     executor: str = typer.Option("local", "--executor",
                                  help="local | slurm (submitit) | submitit-local (submitit's jobs as local processes, "
                                       "to try a SLURM setup without a cluster)."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1,
-                             help="With --executor local: runs in parallel (oracle and zero-shot runs are runs of their "
-                                  "own), each in its own process with its own GPU where GPUs exist (so at most one "
-                                  "per GPU)."),
+                             help="With --executor local: runs in parallel (oracle and zero-shot runs are runs of "
+                                  "their own), each in its own process with its own GPU where GPUs exist (so at most "
+                                  "one per GPU)."),
     wait: bool = typer.Option(False, "--wait", help="With --executor slurm: wait for the jobs and report them."),
     slurm_partition: str = typer.Option(None, "--slurm-partition", help="SLURM partition."),
     slurm_gpus: int = typer.Option(1, "--slurm-gpus", min=0, help="GPUs per SLURM job."),
@@ -82,8 +85,8 @@ def sweep(
         specs = g.specs()
         if executor == "slurm":
             check_slurm()  # before any planning: without SLURM, submitit would run the jobs here in the background
-        runner_kwargs: dict[str, Any] = {"results": results, "device": device, "data_root": data_root, "workers": workers,
-                         "replace": replace}
+        runner_kwargs: dict[str, Any] = {"results": results, "device": device, "data_root": data_root,
+                                         "workers": workers, "replace": replace}
         # every user mistake is reported before the first fit or submission; a submitting machine may have no GPU
         serial = executor == "local" and jobs == 1
         runner = Runner(**runner_kwargs) if serial else Runner(**{**runner_kwargs, "device": "cpu"})
@@ -118,10 +121,9 @@ def sweep(
 def _dry_run(grid: Grid, data_root: Path | None, as_json: bool) -> None:
     """List the runs (the planner's, zero-shot and oracle runs included), what the grid needs that is not on this
     machine, its estimated GPU cost, and the shipped grids."""
+    from ..cost import estimate  # imports the methods: only a dry run needs it
     from ..plan import plan_runs
     from ..sweep import missing_inputs, paper_grids
-
-    from ..cost import estimate  # imports the methods: only a dry run needs it
 
     with plugin_output_to_stderr(as_json):  # a plugin's prints must not break the JSON on stdout
         plans = plan_runs(grid.specs())

@@ -131,7 +131,8 @@ def pack(names: list[str] = typer.Argument(None, help="Built toy models to pack 
     names = names or [n for n in recipe_table() if zoo.is_built(n)]
     for name in names:
         if not zoo.is_built(name):
-            raise UserError(f"Toy model {name!r} is not built for its current recipe.", f"upgradebench zoo build {name}")
+            raise UserError(f"Toy model {name!r} is not built for its current recipe.",
+                            f"upgradebench zoo build {name}")
         record = shipped.pack(zoo.model_dir(name), world_name())
         mb = sum(s["bytes"] for s in record["shards"]) / 1e6
         print_text(f"packed {name}: {len(record['shards'])} shards, {mb:.1f} MB, "

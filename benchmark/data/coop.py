@@ -1,8 +1,8 @@
 """The real datasets of the paper, read from the CoOp layout under the data root.
 
 Every row of ``coop_datasets.json`` (11 benchmark datasets and the 4 ImageNet OOD variants) is a registered
-dataset (``families.json`` names :meth:`CoopDataset.from_catalogue` as their factory). Reading is lazy: building a dataset touches
-no file; the split files are parsed on first use of ``classnames`` or ``split``.
+dataset (``families.json`` names :meth:`CoopDataset.from_catalogue` as their factory). Reading is lazy: building a
+dataset touches no file; the split files are parsed on first use of ``classnames`` or ``split``.
 
 Decisions where CoOp is silent or unsafe:
 

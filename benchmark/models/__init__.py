@@ -14,7 +14,8 @@ from .spec import ModelSpec, alias_names, builtin_aliases, parse_model
 _LAZY = {"VLM": ".vlm", "describe_model": ".loader", "load_vlm": ".loader", "resolve_device": ".loader",
          "weights_problem": ".loader"}
 
-__all__ = ["VLM", "ModelSpec", "alias_names", "builtin_aliases", "describe_model", "load_vlm", "parse_model", "resolve_device", "weights_problem"]
+__all__ = ["VLM", "ModelSpec", "alias_names", "builtin_aliases", "describe_model", "load_vlm", "parse_model",
+           "resolve_device", "weights_problem"]
 
 
 def __getattr__(name: str) -> Any:

@@ -31,7 +31,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def _local_dir_for(spec: ModelSpec, allow_download: bool) -> str | None:
-    """The local-dir folder that holds ``spec`` (a provider's models, built if missing, and cached Hub repos), if any."""
+    """The local-dir folder that holds ``spec`` (a provider's models, built if missing, and cached Hub repos), if
+    any."""
     if spec.kind in providers():
         return str(provider_target(spec.kind, "folder")(spec.arch))
     if spec.kind == "local-dir":
@@ -97,7 +98,8 @@ def load_vlm(
     else:
         weights = require_weights(spec, allow_download)
         # OpenAI weights need QuickGELU; a plain arch name with the openai tag would silently use GELU.
-        force_quick = bool(open_clip.get_pretrained_cfg(spec.arch, spec.pretrained).get("quick_gelu")) and not spec.quick_gelu
+        force_quick = (bool(open_clip.get_pretrained_cfg(spec.arch, spec.pretrained).get("quick_gelu"))
+                       and not spec.quick_gelu)
         model = open_clip.create_model(
             spec.arch,
             pretrained=str(weights) if weights is not None else spec.pretrained,

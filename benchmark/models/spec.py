@@ -88,7 +88,8 @@ def parse_model(name: str, pretrained: str | None = None) -> ModelSpec:
                 if pretrained:
                     raise UserError(f"{name!r} is a model of {provider['title']}; --pretrained does not apply to it.")
                 return ModelSpec(name, kind, entry[kind], None, entry.get("description", ""))
-        return ModelSpec(name, "open_clip", entry["arch"], pretrained or entry["pretrained"], entry.get("description", ""))
+        return ModelSpec(name, "open_clip", entry["arch"], pretrained or entry["pretrained"],
+                         entry.get("description", ""))
     if name.startswith("open_clip:"):
         arch, _, tag = name[len("open_clip:") :].partition("/")
         import open_clip

@@ -142,5 +142,6 @@ class ToyDataset(Dataset):
         and the values of any restricted unlabelled attribute."""
         restricted = {"restricted": dict(self._restricted)} if self._restricted else {}  # keeps other fingerprints
         return {**super().fingerprint_payload(), "world": self.world, "seed": self._config["seed"],
-                "style": self.style, "stream": self.task["stream"], "generator": generator.generator_key(), **restricted}
+                "style": self.style, "stream": self.task["stream"], "generator": generator.generator_key(),
+                **restricted}
 

@@ -169,7 +169,8 @@ def shipped_tensors(world: str, name: str) -> dict[str, torch.Tensor]:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise UserError(f"The shipped shard {path} of toy model {name!r} is missing ({exc.strerror}).", fix) from exc
+            raise UserError(f"The shipped shard {path} of toy model {name!r} is missing ({exc.strerror}).",
+                            fix) from exc
         if hashlib.sha256(data).hexdigest() != shard["sha256"]:
             raise UserError(f"The shipped shard {path} of toy model {name!r} is damaged (its SHA-256 differs from "
                             f"the one {root / (name + '.json')} records).", fix)

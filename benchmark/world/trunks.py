@@ -7,8 +7,10 @@ be known to timm before any toy EVA model is created or loaded.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
+from types import MappingProxyType
 from typing import Any
 
 
@@ -30,7 +32,8 @@ def register_trunks() -> list[str]:
     for name, args in trunk_table().items():
         if name not in timm.list_models(name):
 
-            def entrypoint(pretrained: bool = False, _args=dict(args), **kwargs):
+            # the default binds this iteration's args (a read-only copy: a default is shared by every call)
+            def entrypoint(pretrained: bool = False, _args: Mapping[str, Any] = MappingProxyType(dict(args)), **kwargs):
                 if pretrained:
                     raise ValueError("the embedded world's trunks have no pretrained weights")
                 for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):

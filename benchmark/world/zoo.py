@@ -148,7 +148,8 @@ def ensure_model(name: str) -> Path:
             build_models([name])
     problem = weights_problem(name)
     if problem:
-        raise UserError(f"Toy model {name!r} is damaged: {problem}.", f"rebuild it: upgradebench zoo build {name} --force")
+        raise UserError(f"Toy model {name!r} is damaged: {problem}.",
+                        f"rebuild it: upgradebench zoo build {name} --force")
     return model_dir(name)
 
 
@@ -356,7 +357,8 @@ def build_models(names: Iterable[str] | None = None, force: bool = False, into: 
                     progress.console.print(f"training {name} ({steps} steps)", markup=False, highlight=False)
                 parent = parent_of(name)
                 if parent and parent not in todo and weights_problem(parent):  # never inherit damaged weights
-                    raise UserError(f"Toy model {parent!r}, the parent of {name!r}, is damaged: {weights_problem(parent)}.",
+                    raise UserError(f"Toy model {parent!r}, the parent of {name!r}, is damaged: "
+                                    f"{weights_problem(parent)}.",
                                     f"rebuild it: upgradebench zoo build {parent} --force")
                 folder = into if into is not None and name in names else model_dir(name)
                 folder.parent.mkdir(parents=True, exist_ok=True)
@@ -368,7 +370,8 @@ def build_models(names: Iterable[str] | None = None, force: bool = False, into: 
                              "parent": ({"name": parent, "fingerprint": build_record(parent)["fingerprint"]}
                                         if parent else None)}
                     build_model(r, pool, extra["seed"], tmp, model_dir(parent) if parent else None,
-                                lambda step, loss: progress.update(task, advance=1, note=f"loss {loss:.3f}"), extra)
+                                lambda step, loss, task=task: progress.update(task, advance=1,
+                                                                             note=f"loss {loss:.3f}"), extra)
                     _install(tmp, folder)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)

@@ -177,8 +177,8 @@ def subset(tiny_dataset):
 
 def test_subset_test_set_is_scored_on_the_modules_columns(capsys, micro_dirs, tiny_dataset, subset, tmp_path):
     from upgradebench.features import FeatureCache
-    from upgradebench.module_io import load_module
     from upgradebench.models import load_vlm
+    from upgradebench.module_io import load_module
 
     src, tgt = f"local-dir:{micro_dirs['clip']}", f"local-dir:{micro_dirs['eva']}"
     run_json(capsys, "run", "--method", "linear-probe", "--source", src, "--target", tgt, "--dataset", tiny_dataset,
@@ -355,7 +355,7 @@ def test_kill_9_of_a_run_at_three_moments_loses_nothing(capsys, tmp_path):
     for i, (name, moment) in enumerate(RUN_MOMENTS.items()):
         res = tmp_path / f"killed-{i}"
         proc, log = _start(tmp_path, *RUN, "--results", str(res))
-        _kill_when(proc, log, lambda: moment(res, log))
+        _kill_when(proc, log, lambda moment=moment, res=res, log=log: moment(res, log))
         code, out, err = run_cli(capsys, *RUN, "--results", str(res))
         assert code == 0 and json.loads(out)["rows"], f"{name}: {err}"
         _same_rows(res, tmp_path / "full")
@@ -380,7 +380,7 @@ def test_kill_9_of_a_sweep_at_three_moments_loses_nothing(capsys, tmp_path, jobs
     for i, (name, moment) in enumerate(SWEEP_MOMENTS.items()):
         res = tmp_path / f"killed-{i}"
         proc, log = _start(tmp_path, *sweep, "--jobs", jobs, "--results", str(res))
-        _kill_when(proc, log, lambda: moment(res))
+        _kill_when(proc, log, lambda moment=moment, res=res: moment(res))
         code, out, err = run_cli(capsys, *sweep, "--results", str(res))
         report = json.loads(out)
         assert code == 0 and len(report["completed"]) == 6 and not report["failed"], f"{name}: {err}"

@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from upgradebench.errors import UserError
 from upgradebench.integrity import DIGEST_KEY, json_intact, tensors_digest
-from upgradebench.ledger import LEDGER_SCHEMA, check_against_rows, ledger_path
 from upgradebench.leaderboard.submission import sample_runs
+from upgradebench.ledger import LEDGER_SCHEMA, check_against_rows, ledger_path
 from upgradebench.metrics import read_ledgers
 from upgradebench.results import read_results, write_rows
 
@@ -81,7 +81,8 @@ def test_a_forged_row_with_a_recomputed_hash_is_caught_by_re_evaluation(capsys, 
     assert entry["verification"] == "mismatch"
     [mismatch] = entry["mismatches"]
     assert mismatch["run_id"] == run_id and mismatch["model"] == models[1]
-    assert mismatch["row_top1"] == pytest.approx(forged) and mismatch["recomputed_top1"] == pytest.approx(row.top1.iloc[0])
+    assert mismatch["row_top1"] == pytest.approx(forged)
+    assert mismatch["recomputed_top1"] == pytest.approx(row.top1.iloc[0])
     assert "forgery" in report["trust"]
     # the table view names the run, the model and both numbers, and says what hashes do not prove
     code, out, _ = run_cli(capsys, "leaderboard", "check", str(submission), "--against", str(reference),
@@ -222,7 +223,8 @@ def test_re_computation_tolerates_near_ties_only():
 
     ledger = frame([0, 1, 2], [True, False, False], [1e-5, -0.5, -2.0])
     assert items_differing(ledger, frame([3, 1, 2], [False, False, False], [-1e-5, -0.5, -2.0])) == 0  # a tie
-    assert items_differing(ledger, frame([0, 3, 2], [True, False, False], [1e-5, -0.50002, -2.0])) == 0  # two wrong tied
+    # two wrong, tied
+    assert items_differing(ledger, frame([0, 3, 2], [True, False, False], [1e-5, -0.50002, -2.0])) == 0
     # a right answer the module does not give (whatever margin the ledger claims), a wrong one swapped for another
     assert items_differing(ledger, frame([0, 1, 0], [True, False, False], [1e-5, -0.5, -1.0])) == 1
     assert items_differing(frame([0, 1, 1], [True, False, True], [1e-5, -0.5, 1e-4]),
