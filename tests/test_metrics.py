@@ -33,7 +33,7 @@ SRC, TGT, DS = "src", "tgt", "ds"
 
 
 def write_run(folder, method: str, seed: int, correct: dict[str, list[int]], role_of=None, ledger: bool = True,
-              labels=None, dataset: str = DS, shots: int = 16) -> None:
+              labels=None, dataset: str = DS, shots: int = 16, train_dataset: str = DS) -> None:
     """One run's row files (and ledgers) on ``dataset`` (an OOD test set unless it is DS): ``correct[model]``
     is the per-item correctness on that model."""
     run_id = safe_name(f"{method}-s{seed}-{next(iter(correct))}" + ("" if shots == 16 else f"-k{shots}"))
@@ -43,7 +43,7 @@ def write_run(folder, method: str, seed: int, correct: dict[str, list[int]], rol
         pred = np.where(np.asarray(right, bool), label, 1 - label).astype("int16")
         role = (role_of or {}).get(model, "base" if model == SRC else "new")
         row = blank_row(schema_version=SCHEMA_VERSION, run_id=run_id, method=method, method_variant="", dataset=dataset,
-                        train_dataset=DS, shots=shots, seed=seed, source=SRC if role != "oracle" else TGT,
+                        train_dataset=train_dataset, shots=shots, seed=seed, source=SRC if role != "oracle" else TGT,
                         eval_model=model, role=role, top1=100 * float(np.mean(right)), n_test=n, fit_seconds=2.0,
                         eval_seconds=0.1, trainable_params=10, needs_image_encoder=False, device="cpu")
         path = folder / run_id / f"{model}--{dataset}.parquet"
@@ -291,6 +291,30 @@ def test_average_recovery_uses_only_the_datasets_with_oracle_runs():
     assert math.isnan(coop.loc["toy-d", "recovery"])                # by less than a point: -1 / 0.5 is noise
     # over toy-a, toy-c, toy-d only (the datasets with oracles): gain (10 - 2 - 1) / 3, room (20 - 5 + 0.5) / 3
     assert coop.loc["Average", "recovery"] == pytest.approx(7 / 15.5)
+
+
+def test_average_recovery_from_ledgers_is_the_mean_gain_over_the_mean_room(tmp_path):
+    """With ledgers too, an Average's recovery is its mean gain over its mean room (the rows' definition), not a
+    mean of per-dataset ratios, which a dataset whose oracle barely beats zero-shot sends anywhere; and its
+    interval contains it (it did not, once every task had an oracle: -0.08 over [-3.83, -1.30])."""
+    folder, n, rng = tmp_path / "res", 200, np.random.default_rng(0)
+
+    def draw(p: float) -> list[int]:
+        return (rng.random(n) < p).astype(int).tolist()
+
+    for ds, (zs, new, oracle) in {"a": (0.5, 0.6, 0.9), "b": (0.5, 0.45, 0.52)}.items():
+        write_run(folder, "m", 1, {SRC: draw(0.6), TGT: draw(new)}, dataset=ds, train_dataset=ds)
+        write_run(folder, "zeroshot", 1, {SRC: draw(0.5), TGT: draw(zs)}, dataset=ds, train_dataset=ds)
+        write_run(folder, "m", 1, {TGT: draw(oracle)}, role_of={TGT: "oracle"}, dataset=ds, train_dataset=ds)
+    rows = read_results(folder)
+    top1 = {(m, r, d): t for m, r, d, t in zip(rows.method, rows.role, rows.dataset, rows.top1) if r != "base"}
+    gain = [top1[("m", "new", d)] - top1[("zeroshot", "new", d)] for d in "ab"]
+    room = [top1[("m", "oracle", d)] - top1[("zeroshot", "new", d)] for d in "ab"]
+    avg = compat_summary(rows, read_ledgers(folder), n_boot=200).set_index(["label", "dataset"]).loc[("m", "Average")]
+    assert avg.recovery == pytest.approx(np.mean(gain) / np.mean(room))
+    assert avg.recovery_lo <= avg.recovery <= avg.recovery_hi
+    assert summarize_with_intervals(rows, read_ledgers(folder)).set_index(["label", "dataset"]).loc[
+        ("m", "Average"), "recovery"] == pytest.approx(avg.recovery)
 
 
 def test_a_ledger_that_disagrees_with_its_row_is_reported_not_used(tmp_path):
