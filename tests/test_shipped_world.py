@@ -83,6 +83,18 @@ def test_a_damaged_shard_is_named_and_a_damaged_install_is_repaired(packed):
     assert shard.name in str(err.value)
 
 
+def test_an_install_whose_config_is_cut_short_is_installed_again(packed):
+    """A truncated ``open_clip_config.json`` (a disk that filled, an interrupted copy) is a damaged install: the
+    listing says the model is not built, and first use installs it again instead of raising a JSON traceback."""
+    zoo.ensure_model("toy-clip")
+    config = zoo.model_dir("toy-clip") / "open_clip_config.json"
+    whole = config.read_text()
+    config.write_text(whole[:100])
+    assert not zoo.is_built("toy-clip")
+    zoo.ensure_model("toy-clip")
+    assert config.read_text() == whole and zoo.weights_problem("toy-clip") is None
+
+
 def test_an_edited_recipe_is_trained_not_installed(packed, monkeypatch):
     assert zoo.ships("toy-eva-drift")
     monkeypatch.setattr(zoo, "build_key", lambda name: "edited")

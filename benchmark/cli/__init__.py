@@ -6,6 +6,7 @@ the fix, and exits with status 2, never with a traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -95,6 +96,10 @@ app.add_typer(cache.app, name="cache")
 _PARSE_ERRORS = (click.exceptions.ClickException, typer.TyperException)
 
 
+# a full disk, a quota or a read-only folder under the results or the home: the user's to fix, not a bug
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
+
 class _Warnings(logging.Handler):
     """Prints upgradebench's warnings (a damaged cache rebuilt, fewer images than K, overlapping folders) on
     stderr as ``warning: ...`` lines."""
@@ -126,6 +131,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.fix:
             err_console.print(f"[bold]fix:[/] {escape(exc.fix)}", highlight=False)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise  # anything else is a bug, and its traceback is what a report needs
+        where = f" ({exc.filename})" if exc.filename else ""
+        err_console.print(f"[bold red]error:[/] {escape(exc.strerror or str(exc))}{escape(where)}", highlight=False)
+        err_console.print("[bold]fix:[/] free space there or make it writable, or write elsewhere (--results, --out, "
+                          "UPGRADEBENCH_HOME); finished runs are kept, so the same command resumes", highlight=False)
         sys.exit(2)
     except (click.exceptions.Abort, typer.Abort):
         err_console.print("aborted")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,23 @@ def weights_problem(name: str, pretrained: str | None = None) -> str | None:
     return None
 
 
+def _created(spec: ModelSpec, source: str, create: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+    """``create()``'s model and tokenizer; a file or folder that open_clip cannot build them from (not a checkpoint,
+    truncated, a config cut short) is a user error naming it, not a traceback from deep inside the loader."""
+    try:
+        return create()
+    except UserError:
+        raise
+    except Exception as exc:  # torch.load, safetensors, json and open_clip raise many types for a bad file
+        raise UserError(
+            f"Could not build model {spec.alias!r} ({spec.arch}) from {source}: {type(exc).__name__}: "
+            f"{(str(exc).strip().splitlines() or [''])[0]}",
+            "check that it is an open_clip / OpenAI checkpoint of that architecture (or a complete local-dir folder: "
+            "open_clip_config.json + open_clip_model.safetensors); for the embedded world run "
+            "`upgradebench zoo install --force`",
+        ) from exc
+
+
 def load_vlm(
     name: str | ModelSpec,
     pretrained: str | None = None,
@@ -90,24 +108,23 @@ def load_vlm(
         provider_target(kind, "setup")()
     folder = _local_dir_for(spec, allow_download)
     if folder is not None:
-        model = open_clip.create_model(f"local-dir:{folder}", device="cpu")
-        tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+        name = f"local-dir:{folder}"
+        model, tokenizer = _created(spec, str(folder), lambda: (
+            open_clip.create_model(name, device="cpu"), open_clip.get_tokenizer(name)))
     elif spec.kind == "hf-hub":
-        model = open_clip.create_model(f"hf-hub:{spec.arch}", device="cpu")
-        tokenizer = open_clip.get_tokenizer(f"hf-hub:{spec.arch}")
+        name = f"hf-hub:{spec.arch}"
+        model, tokenizer = _created(spec, name, lambda: (
+            open_clip.create_model(name, device="cpu"), open_clip.get_tokenizer(name)))
     else:
         weights = require_weights(spec, allow_download)
         # OpenAI weights need QuickGELU; a plain arch name with the openai tag would silently use GELU.
         force_quick = (bool(open_clip.get_pretrained_cfg(spec.arch, spec.pretrained).get("quick_gelu"))
                        and not spec.quick_gelu)
-        model = open_clip.create_model(
-            spec.arch,
-            pretrained=str(weights) if weights is not None else spec.pretrained,
-            device="cpu",
-            force_quick_gelu=force_quick,
-            load_weights=True,
-        )
-        tokenizer = open_clip.get_tokenizer(spec.arch)
+        source = str(weights) if weights is not None else spec.pretrained
+        model, tokenizer = _created(spec, str(source), lambda: (
+            open_clip.create_model(spec.arch, pretrained=source, device="cpu", force_quick_gelu=force_quick,
+                                   load_weights=True),
+            open_clip.get_tokenizer(spec.arch)))
     return VLM(model, tokenizer, spec, device)
 
 

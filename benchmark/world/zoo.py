@@ -108,7 +108,10 @@ def build_record(name: str) -> dict[str, Any] | None:
     folder = model_dir(name)
     if not (folder / "open_clip_config.json").is_file():
         return None
-    record = read_config(folder).get("upgradebench", {})
+    try:
+        record = read_config(folder).get("upgradebench", {})
+    except (ValueError, AttributeError):  # a config cut short, or not an object: a damaged copy, installed again
+        return None
     return record if record.get("build_key") == build_key(name) else None
 
 

@@ -187,6 +187,37 @@ def test_damaged_toy_model_is_reported_by_zoo_and_never_used(capsys, tiny_datase
     assert not list((tmp_path / "res").rglob("*.parquet"))
 
 
+def test_a_weights_file_that_is_no_checkpoint_is_a_one_line_error(capsys, tiny_dataset, tmp_path):
+    """``--pretrained`` pointing at something open_clip cannot load (not a checkpoint, truncated) is named in one
+    line with the fix, not a traceback from torch.load; nothing is written."""
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"not a checkpoint")
+    code, _, err = run_cli(capsys, "run", "--method", "zeroshot", "--source", "open_clip:ViT-B-32", "--pretrained",
+                           str(bad), "--target", "toy-eva", "--dataset", tiny_dataset, "--results", str(tmp_path / "r"))
+    assert code == 2 and "Traceback" not in err
+    assert f"from {bad}" in " ".join(err.split()) and "checkpoint" in err
+    assert not list((tmp_path / "r").rglob("*.parquet"))
+
+
+def test_a_full_disk_is_a_one_line_error_and_the_same_command_resumes(capsys, models, tiny_dataset, tmp_path,
+                                                                      monkeypatch):
+    import errno
+
+    from upgradebench import runner
+
+    def full(rows, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(runner, "write_rows", full)
+    code, _, err = _run(capsys, models, tiny_dataset, tmp_path / "res")
+    assert code == 2 and "Traceback" not in err
+    assert "No space left on device" in err and str(tmp_path / "res") in " ".join(err.split()) and "resumes" in err
+    monkeypatch.undo()
+    code, out, err = _run(capsys, models, tiny_dataset, tmp_path / "res")
+    assert code == 0, err
+    assert len(_rows(tmp_path / "res")) == 4  # coop and zero-shot, each on source and target
+
+
 # ---- ordinary use that gave wrong numbers -----------------------------------------------------------------------
 def test_more_shots_than_images_takes_all_without_replacement(capsys, models, tiny_dataset, tmp_path):
     src, tgt = models
