@@ -116,32 +116,31 @@ def _cell_text(cell: Cell) -> str:
     return f"{source}->{target} {dataset} k{shots} s{seed}"
 
 
-def missing_summary(cells: Sequence[Cell]) -> list[str]:
-    """``cells`` in a few lines: per (source, target, shots) and set of seeds, the datasets that lack them."""
+def _by_pair_shots_and_seeds(cells: Sequence[Cell]) -> dict[tuple, list[str]]:
+    """``cells`` grouped: (source, target, shots, seeds) -> the datasets that lack exactly those seeds, sorted."""
     seeds: dict[tuple, list] = {}
     for source, target, dataset, shots, seed in cells:
         seeds.setdefault((source, target, shots, dataset), []).append(seed)
-    datasets: dict[tuple, list] = {}
+    groups: dict[tuple, list[str]] = {}
     for (source, target, shots, dataset), found in seeds.items():
-        datasets.setdefault((source, target, shots, tuple(sorted(found))), []).append(dataset)
+        groups.setdefault((source, target, shots, tuple(sorted(found))), []).append(dataset)
+    return {key: sorted(datasets) for key, datasets in sorted(groups.items())}
+
+
+def missing_summary(cells: Sequence[Cell]) -> list[str]:
+    """``cells`` in a few lines: per (source, target, shots) and set of seeds, the datasets that lack them."""
     return [f"{source}->{target} k{shots} seed{'s' if len(ss) > 1 else ''} {', '.join(map(str, ss))}: "
-            f"{', '.join(sorted(ds))}" for (source, target, shots, ss), ds in sorted(datasets.items())]
+            f"{', '.join(ds)}" for (source, target, shots, ss), ds in _by_pair_shots_and_seeds(cells).items()]
 
 
 def fill_commands(method: str, variant: str, cells: Sequence[Cell], results: str = "RESULTS") -> list[str]:
     """The ``upgradebench run`` commands that add ``cells`` of entry (``method``, ``variant``) to ``results``: one
     per (source, target, shots) and set of seeds, over the datasets that lack them (runs already there are reused)."""
     config = [part for part in variant.split(",") if part] if variant else []
-    seeds: dict[tuple, list] = {}
-    for source, target, dataset, shots, seed in cells:
-        seeds.setdefault((source, target, shots, dataset), []).append(seed)
-    groups: dict[tuple, list] = {}
-    for (source, target, shots, dataset), found in seeds.items():
-        groups.setdefault((source, target, shots, tuple(sorted(found))), []).append(dataset)
     out = []
-    for (source, target, shots, seed_list), datasets in sorted(groups.items()):
+    for (source, target, shots, seed_list), datasets in _by_pair_shots_and_seeds(cells).items():
         words = ["upgradebench", "run", "--method", method, *(w for c in config for w in ("--config", c)),
-                 "--source", source, "--target", target, *(w for d in sorted(datasets) for w in ("--dataset", d)),
+                 "--source", source, "--target", target, *(w for d in datasets for w in ("--dataset", d)),
                  "--shots", str(shots), *(w for s in seed_list for w in ("--seed", str(s))), "--results", results]
         out.append(shlex.join(words))
     return out

@@ -35,15 +35,6 @@ def reference(tmp_path_factory) -> Path:
                              methods=("zeroshot", "coop"), full=False)
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """Fail the test if any model is loaded: paths and names are checked first."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the paths were checked")
-    monkeypatch.setattr("upgradebench.models.load_vlm", refuse)
-    monkeypatch.setattr("upgradebench.runner.load_vlm", refuse)
-
-
 def _rewritten(source: Path, target: Path, **values) -> Path:
     """The rows of ``source`` with ``values`` put in, written (with a valid row hash) to ``target``."""
     rows = read_results(source).drop(columns="row_hash").assign(**values)

@@ -26,24 +26,11 @@ from upgradebench.results import read_results
 from ..cli_helpers import run_cli, run_json
 from ..test_figures import PAIRS, synthetic_results
 from ..tiny_data import COLOURS, TinyColours
+from .conftest import MICRO_RUN, grid_file
 
-MICRO_RUN = ["--source", "toy-clip", "--target", "toy-eva", "--dataset", "toy-shape", "--shots", "2", "--views", "2",
-             "--workers", "0"]
 KEY = ["run_id", "eval_model", "dataset", "role"]
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """Fail the test if any model is loaded: validation must come first."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the options were validated")
-    monkeypatch.setattr("upgradebench.runner.load_vlm", refuse)
-
-
-def _grid(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "grid.yaml"
-    path.write_text(text)
-    return str(path)
 
 
 def _rows(folder: Path) -> pd.DataFrame:
@@ -83,7 +70,7 @@ def test_run_refuses_bad_values_before_any_model_loads(capsys, no_model_loads, t
     ("methods: [coop]\ndatasets: [toy-shape]\nviews: 0\n", "--views must be a positive number"),
 ])
 def test_grid_values_are_checked_in_a_dry_run(capsys, tmp_path, grid, message):
-    code, _, err = run_cli(capsys, "sweep", "--grid", _grid(tmp_path, grid), "--dry-run")
+    code, _, err = run_cli(capsys, "sweep", "--grid", grid_file(tmp_path, grid), "--dry-run")
     assert code == 2 and message in err and "Traceback" not in err
 
 
@@ -216,7 +203,7 @@ FAILING = "variants: {coop: [{ctx_init: 'a photo of', n_ctx: 5}]}\n"  # passes v
 
 @pytest.mark.slow
 def test_parallel_sweep_matches_serial_and_reports_failures(capsys, tmp_path):
-    grid = _grid(tmp_path, SWEEP + FAILING)
+    grid = grid_file(tmp_path, SWEEP + FAILING)
     serial = run_cli(capsys, "sweep", "--grid", grid, "--results", str(tmp_path / "serial"), "--workers", "0", "--json")
     parallel = run_cli(capsys, "sweep", "--grid", grid, "--results", str(tmp_path / "par"), "--workers", "0",
                        "--jobs", "2", "--json")
@@ -255,13 +242,13 @@ def test_submitit_local_executor_rows_kill_and_resume(capsys, tmp_path):
 
     one = "source: toy-clip\ntargets: [toy-eva]\nmethods: [zeroshot]\ndatasets: [toy-shape]\nseeds: [1]\nshots: [2]\n"
     crash = "variants: {zeroshot: [{template: '{0} {1}'}]}\n"  # passes validation, raises IndexError in the job
-    code, out, err = run_cli(capsys, "sweep", "--grid", _grid(tmp_path, one + crash),
+    code, out, err = run_cli(capsys, "sweep", "--grid", grid_file(tmp_path, one + crash),
                              "--results", str(tmp_path / "sub"),
                              "--workers", "0", "--executor", "submitit-local", "--json")
     report = json.loads(out)
     assert code == 1 and report["completed"] == ["zeroshot toy-shape k=2 seed=1"], err
     assert "IndexError" in report["failed"]["zeroshot[template={0} {1}] toy-shape k=2 seed=1"]
-    code, _, _ = run_cli(capsys, "sweep", "--grid", _grid(tmp_path, one), "--results", str(tmp_path / "serial"),
+    code, _, _ = run_cli(capsys, "sweep", "--grid", grid_file(tmp_path, one), "--results", str(tmp_path / "serial"),
                          "--workers", "0", "--json")
     assert code == 0
     _same_rows(tmp_path / "sub", tmp_path / "serial")
@@ -276,7 +263,7 @@ def test_submitit_local_executor_rows_kill_and_resume(capsys, tmp_path):
     killed = wait_jobs([plan], [job])
     assert killed.completed == [] and list(killed.failed) == ["zeroshot toy-shape k=2 seed=1"]
     assert not list((tmp_path / "killed").rglob("*.parquet"))
-    code, out, _ = run_cli(capsys, "sweep", "--grid", _grid(tmp_path, one), "--workers", "0",
+    code, out, _ = run_cli(capsys, "sweep", "--grid", grid_file(tmp_path, one), "--workers", "0",
                            "--results", str(tmp_path / "killed"), "--executor", "submitit-local", "--json")
     assert code == 0 and json.loads(out)["completed"] == ["zeroshot toy-shape k=2 seed=1"]
     _same_rows(tmp_path / "killed", tmp_path / "serial")
@@ -373,7 +360,7 @@ SWEEP_MOMENTS = {  # the first row / the first coop module / a row of the second
 def test_kill_9_of_a_sweep_at_three_moments_loses_nothing(capsys, tmp_path, jobs):
     """The killed sweep runs with ``--jobs``; the uninterrupted one and the resumes run serially (the parallel
     executor's rows equal the serial ones: test_parallel_sweep_matches_serial_and_reports_failures)."""
-    grid = _grid(tmp_path, SWEEP + "variants: {coop: [{epochs: 20, n_ctx: 4}]}\n")
+    grid = grid_file(tmp_path, SWEEP + "variants: {coop: [{epochs: 20, n_ctx: 4}]}\n")
     sweep = ["sweep", "--grid", grid, "--workers", "0", "--json"]
     code, out, err = run_cli(capsys, *sweep, "--results", str(tmp_path / "full"))
     assert code == 0 and json.loads(out)["total"] == 6, err

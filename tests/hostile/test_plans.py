@@ -9,31 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
 from upgradebench.results import read_results
 
 from ..cli_helpers import run_cli
+from .conftest import MICRO_RUN as RUN
+from .conftest import grid_file
 
-RUN = ["--source", "toy-clip", "--target", "toy-eva", "--dataset", "toy-shape", "--shots", "2", "--views", "2",
-       "--workers", "0"]
 GRID = "source: toy-clip\ntargets: [toy-eva]\nmethods: [coop]\ndatasets: [toy-shape]\n"
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """Fail the test if any model is loaded: validation must come first."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the options were validated")
-    monkeypatch.setattr("upgradebench.runner.load_vlm", refuse)
-
-
-def _grid(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "grid.yaml"
-    path.write_text(text)
-    return str(path)
 
 
 def _one_line_error(code: int, out: str, err: str, message: str) -> None:
@@ -59,7 +46,7 @@ def test_bad_grid_values_are_refused_in_a_dry_run(capsys, no_model_loads, tmp_pa
     """Grid values that used to plan (``shots: [0]``, ``oracle: "false"`` read as true) or crash (``views: [1, 2]``,
     a seed beyond int64) are refused before anything runs, naming the grid."""
     grid = GRID.replace("targets: [toy-eva]\n", "") if extra.startswith("targets") else GRID
-    code, out, err = run_cli(capsys, "sweep", "--grid", _grid(tmp_path, grid + extra), "--dry-run")
+    code, out, err = run_cli(capsys, "sweep", "--grid", grid_file(tmp_path, grid + extra), "--dry-run")
     _one_line_error(code, out, err, message)
     # the grid's own values name the file; the models are checked as planned (--source/--target may override them)
     assert "grid.yaml" in err or "the grid's targets" in err
@@ -83,7 +70,7 @@ def test_slurm_options_and_a_missing_slurm_are_refused_before_planning(capsys, m
     """``--slurm-minutes -5`` is refused; ``--executor slurm`` where there is no SLURM never says "submitted" (submitit
     would run the jobs here, in the background)."""
     pytest.importorskip("submitit")
-    grid = _grid(tmp_path, GRID)
+    grid = grid_file(tmp_path, GRID)
     code, out, err = run_cli(capsys, "sweep", "--grid", grid, "--slurm-minutes", "-5", "--executor", "slurm")
     assert code == 2 and "--slurm-minutes" in err and "Traceback" not in err
     monkeypatch.setattr("shutil.which", lambda name, *args, **kwargs: None)  # no sbatch on this machine
@@ -214,7 +201,7 @@ def test_plugin_prints_never_reach_json_stdout(capsys, hostile_plugin, tmp_path)
     assert json.loads(out)["rows_written"] == 4 and "hello from the plugin's import" in err
     assert "hello from the plugin's fit" in err and "hello from the plugin's logits" in err
     sys.modules.pop("hostile_plugin", None)
-    grid = _grid(tmp_path, GRID.replace("[coop]", f"[{hostile_plugin}]") + "shots: [2]\nseeds: [1]\n")
+    grid = grid_file(tmp_path, GRID.replace("[coop]", f"[{hostile_plugin}]") + "shots: [2]\nseeds: [1]\n")
     code, out, err = run_cli(capsys, "sweep", "--grid", grid, "--results", str(tmp_path / "r"), "--workers", "0",
                              "--json")
     assert code == 0 and json.loads(out)["reused"] == 2, err
