@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -64,7 +65,8 @@ def build(
     ledgers = read_ledgers(*results)
     protocol = load_protocol(against) if against else protocol_of(read_results(results[0]), str(results[0]))
     reference = reference_index(results, against)
-    recomputed, rejected = set(), []
+    recomputed: set[tuple[int, str]] = set()
+    rejected: list[dict[str, Any]] = []
     if verify:
         checker = Runner(results=os.devnull, device=device, data_root=data_root)
         merged, recomputed, rejected = verify_folders(merged, results, protocol, reference, checker, salt)
