@@ -58,7 +58,7 @@ def build(
     from ..results import merge_results, read_results
     from ..runner import Runner, check_writable
 
-    out = output_folder(out, force=force)
+    site = output_folder(out, force=force)
     if rescore_on:  # checked before anything is read: re-scored rows never land in a --results folder
         rescored = apart_from(rescored or home() / "rescored", results, "--rescored")
     merged = merge_results(*results)
@@ -76,7 +76,7 @@ def build(
         check_writable(rescored)
         runner = Runner(results=rescored, device=device, data_root=data_root)
         rows = rescore(list(results), list(rescore_on), rescored, runner)
-    written = build_site(merged.rows, out, figures, ledgers, flips, protocol, rows, unverified, rejected)
+    written = build_site(merged.rows, site, figures, ledgers, flips, protocol, rows, unverified, rejected)
     if as_json:
         print_json({"index": str(written[0]), "written": [str(p) for p in written],
                     "rescored": str(rescored) if rescore_on else None})
