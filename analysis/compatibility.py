@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, cast
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -22,7 +23,7 @@ from upgradebench.roles import ZERO_SHOT
 from .figures import PALETTE, plot_style, save
 from .outputs import MissingInput, Outputs
 from .selection import main_summary_with_intervals, ordered_labels, ordered_pairs, slug
-from .tables import Table, TableDoc, write_doc
+from .tables import Cell, Table, TableDoc, write_doc
 
 COMPAT_METRICS = (("base", "Base"), ("new", "New"), ("H", "H"), ("nfr", "NFR"), ("btc", "BTC"),
                   ("nfr_zs", "NFR vs ZS"), ("reuse_gain", "Reuse gain"), ("recovery", "Recovery"))
@@ -50,10 +51,11 @@ def compat_table(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame]) -> Ta
             cells = avg.set_index("label")
             # an Average over fewer datasets than the others' is another quantity: marked, as in Table 2
             partial = set(cells.index[cells.datasets < cells.datasets.max()])
-            rows = [[f"{label}*" if label in partial else label] +
-                    [interval_text(float(cells.loc[label, m]), cells.loc[label, f"{m}_lo"],
-                                   cells.loc[label, f"{m}_hi"], 3 if m == "recovery" else 2)
-                     for m, _ in COMPAT_METRICS] for label in ordered_labels(avg.label)]
+            # the cast widens the label's one-item list to the cells it is joined with
+            rows: list[list[Cell]] = [[cast(Cell, f"{label}*" if label in partial else label)] +
+                                      [interval_text(float(cells.loc[label, m]), cells.loc[label, f"{m}_lo"],
+                                                     cells.loc[label, f"{m}_hi"], 3 if m == "recovery" else 2)
+                                       for m, _ in COMPAT_METRICS] for label in ordered_labels(avg.label)]
             heading = f"{source} → {target}, {int(shots)} shots, average over datasets"
             if partial:
                 heading += f" (* average over fewer datasets: {', '.join(sorted(partial))})"
@@ -86,7 +88,7 @@ def fig_base_new(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], out: 
                     xerr = [[r.base - r.base_lo], [r.base_hi - r.base]] if not math.isnan(r.base_lo) else None
                     yerr = [[r.new - r.new_lo], [r.new_hi - r.new]] if not math.isnan(r.new_lo) else None
                     if label == ZERO_SHOT:  # the reference, in black, so that no method shares its colour
-                        style = {"fmt": "*", "color": "0.1", "markersize": 10}
+                        style: dict[str, Any] = {"fmt": "*", "color": "0.1", "markersize": 10}
                     else:  # the palette has 10 colours: the marker changes with each round of them
                         i = fitted.index(label)
                         style = {"fmt": MARKERS[i // len(PALETTE) % len(MARKERS)], "color": PALETTE[i % len(PALETTE)]}

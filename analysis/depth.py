@@ -8,6 +8,7 @@ so its rows land in the same parquet store (method ``coop``, variant ``depth=k``
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -35,7 +36,7 @@ def parse_layers(text: str) -> list[int]:
     return sorted(depths)
 
 
-def depth_specs(dataset: str, layers: Sequence[int], seeds: Sequence[int], **spec: object) -> list[RunSpec]:
+def depth_specs(dataset: str, layers: Sequence[int], seeds: Sequence[int], **spec: Any) -> list[RunSpec]:
     """One CoOp :class:`RunSpec` per (depth, seed); ``spec`` holds the other RunSpec fields
     (``config`` holds further ``key=value`` overrides, which must not set ``depth`` themselves)."""
     config = dict(spec.pop("config", None) or {})

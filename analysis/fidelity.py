@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -162,7 +162,7 @@ def _main_findings(paper: dict[str, dict[str, float]], measured: dict[str, dict[
 
     def group_mean(table: dict[str, dict[str, float]], group: Sequence[str], metric: str) -> float | None:
         values = [_get(table, m, metric) for m in group]
-        return None if None in values else sum(values) / len(values)
+        return None if None in values else sum(cast(list[float], values)) / len(values)
 
     out = []
 
@@ -240,8 +240,8 @@ def _best(rows: pd.DataFrame | list[dict[str, Any]], knobs: Sequence[str], value
           candidates: Sequence[Sequence[Any]]) -> float | None:
     """Rank (1 = best) of ``values`` by H among those ``candidates`` that were measured; None unless ``values``
     and at least one other candidate were."""
-    scores = {json.dumps(list(c)): _lookup(rows, knobs, c, "H") for c in candidates}
-    scores = {k: v for k, v in scores.items() if v is not None}
+    looked_up = {json.dumps(list(c)): _lookup(rows, knobs, c, "H") for c in candidates}
+    scores = {k: v for k, v in looked_up.items() if v is not None}
     mine = scores.get(json.dumps(list(values)))
     if mine is None or len(scores) < 2:
         return None

@@ -232,6 +232,7 @@ def fig_paper_vs_measured(df: pd.DataFrame, out: Path) -> list[Path]:
         points = pd.DataFrame(per_dataset_comparison(rows, source, target, table) if table else [])
         if points.empty:
             continue
+        assert table is not None  # no paper table, no points
         points = points[points.dataset != "Average"]
         methods = ordered_labels(points.method)
         with plot_style():

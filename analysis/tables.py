@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import pandas as pd
 
@@ -213,7 +214,7 @@ def table3(df: pd.DataFrame) -> TableDoc:
                     values = [float(cells.loc[(label, d), metric]) if (label, d) in cells.index else None
                               for d in targets]
                     # Avg. over the OOD datasets (summarize's Average covers in-distribution datasets only)
-                    average = sum(values) / len(values) if values and None not in values else None
+                    average = sum(cast(list[float], values)) / len(values) if values and None not in values else None
                     rows.append(row + values + [average])
                 tables.append(Table(f"trained on {train}, {shots} shots, {source} → {target}: {role}",
                                     ["Method", train, *targets, "Avg."], rows, rank="column"))
@@ -236,7 +237,7 @@ def sweep_sections(df: pd.DataFrame, knobs: Sequence[str]) -> list[tuple[str, pd
     return out
 
 
-def _values_as_columns(knob: str, name: str, fmt: Callable[[object], str]) -> Callable[[str, pd.DataFrame], Table]:
+def _values_as_columns(knob: str, name: str, fmt: Callable[[Any], str]) -> Callable[[str, pd.DataFrame], Table]:
     def table(heading: str, part: pd.DataFrame) -> Table:
         rows: list[list[Cell]] = [[metric_name] + [float(v) for v in part[metric]] for metric, metric_name in METRICS]
         return Table(heading, [name] + [fmt(v) for v in part[knob]], rows, rank="row")
@@ -244,7 +245,7 @@ def _values_as_columns(knob: str, name: str, fmt: Callable[[object], str]) -> Ca
 
 
 def _values_as_rows(knobs: Sequence[str], names: Sequence[str],
-                    fmt: Callable[[object], str]) -> Callable[[str, pd.DataFrame], Table]:
+                    fmt: Callable[[Any], str]) -> Callable[[str, pd.DataFrame], Table]:
     def table(heading: str, part: pd.DataFrame) -> Table:
         rows: list[list[Cell]] = [[fmt(r[k]) for k in knobs] + [float(r[m]) for m, _ in METRICS]
                                   for _, r in part.iterrows()]

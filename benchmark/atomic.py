@@ -45,7 +45,7 @@ def _new_tmp(target: Path) -> Path:
         return tmp
 
 
-def write_atomic(target: str | os.PathLike[str], writer: Callable[[Path], None]) -> Path:
+def write_atomic(target: str | os.PathLike[str], writer: Callable[[Path], object]) -> Path:
     """Call ``writer(tmp_path)`` and move the result onto ``target`` atomically."""
     with atomic_path(target) as tmp:
         writer(tmp)

@@ -339,6 +339,7 @@ class FeatureCache:
             known = set(refs)
             extra = [i for i, ref in enumerate(disk_refs) if ref not in known]
             if extra:
+                assert disk_feats is not None  # _read gives features whenever it gives refs
                 refs = refs + [disk_refs[i] for i in extra]
                 feats = torch.cat([feats, disk_feats[torch.tensor(extra, dtype=torch.long)]])
             feats = feats.contiguous()

@@ -117,7 +117,7 @@ def read_ledger_files(paths: Sequence[str | Path]) -> dict[tuple[str, str, str],
     together (:meth:`ParquetSchema.read_many`). A file given twice is read once, and of two files with the same
     key and the same predictions (a folder read through two paths) one is kept; two files with the same key and
     other predictions are a user error naming both: neither may silently win."""
-    first = {}
+    first: dict[Path, str | Path] = {}
     for path in paths:
         first.setdefault(Path(path).resolve(), path)
     frame = LEDGER_SCHEMA.read_many(list(first.values()))

@@ -23,6 +23,7 @@ never from the device, so a run's numbers do not depend on the machine it runs o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -50,7 +51,7 @@ class TextShape:
     @classmethod
     def of(cls, vlm: VLM) -> TextShape:
         """The text tower of ``vlm`` (an unknown activation counts as QuickGELU, the larger)."""
-        block = vlm.text_modules["block_0"]
+        block: Any = vlm.text_modules["block_0"]  # open_clip's block: nn.Module types attn, mlp as Tensor | Module
         act = getattr(block.mlp, "gelu", None)
         saves = 1 if isinstance(act, torch.nn.GELU) else 2
         return cls(vlm.text_width, vlm.num_text_layers, block.attn.num_heads, block.mlp.c_fc.out_features, saves)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -101,9 +101,9 @@ def cells(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame]) -> dict[tu
     out: dict[tuple, Cell] = {}
     for (source, target, method, variant, dataset, shots), group in pairs.groupby(
             ["source", "target", "method", "method_variant", "dataset", "shots"], sort=True):
-        items = None
-        arrays: dict[str, list[np.ndarray]] = {"base": [], "new": [], "zs": [], "oracle": []}
-        labels = None
+        items: np.ndarray | None = None
+        arrays: dict[str, list[np.ndarray | None]] = {"base": [], "new": [], "zs": [], "oracle": []}
+        labels: np.ndarray | None = None
         complete = True
         for r in group.sort_values("seed").itertuples():
             b = _correct(ledgers, (r.run_id, r.eval_model, dataset), items)
@@ -129,9 +129,13 @@ def cells(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame]) -> dict[tu
             arrays["oracle"].append(None if ol is None else ol.correct.to_numpy())
         if not complete:
             continue
-        stacked = {k: (np.stack(v) if v and all(a is not None for a in v) else None) for k, v in arrays.items()}
+        stacked = {k: (np.stack(cast(list[np.ndarray], v)) if v and all(a is not None for a in v) else None)
+                   for k, v in arrays.items()}  # the cast: all(...) checked that none is None
+        base_stack, new_stack = stacked["base"], stacked["new"]
+        # a complete group ran every seed (a group has at least one), each with its base and new ledgers
+        assert items is not None and labels is not None and base_stack is not None and new_stack is not None
         out[(source, target, method_label(method, variant), method, dataset, shots)] = Cell(
-            seeds=sorted(group.seed.tolist()), items=items, base=stacked["base"], new=stacked["new"],
+            seeds=sorted(group.seed.tolist()), items=items, base=base_stack, new=new_stack,
             zs=stacked["zs"], oracle=stacked["oracle"], labels=labels)
     return out
 
@@ -310,6 +314,7 @@ def compare(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], label_a:
             raise UserError(f"No runs with ledgers of {label!r} in these results.",
                             f"methods with ledgers: {', '.join(sorted(labels)) or 'none'} "
                             "(rows of schema 1 get theirs when their run is re-run)")
+    pooled: dict[tuple[str, str, int], list[tuple[np.ndarray, np.ndarray]]]
     records, diffs, pooled, seeds_of = [], {}, {}, {}
     for key, a in found.items():
         source, target, label, method, dataset, shots = key
@@ -353,7 +358,9 @@ def _restrict(cell: Cell, seeds: list[int]) -> Cell:
     def pick(x: np.ndarray | None) -> np.ndarray | None:
         return None if x is None else x[rows]
 
-    return Cell(seeds=seeds, items=cell.items, base=pick(cell.base), new=pick(cell.new), zs=pick(cell.zs),
+    # base and new are arrays, so pick gives arrays
+    return Cell(seeds=seeds, items=cell.items, base=cast(np.ndarray, pick(cell.base)),
+                new=cast(np.ndarray, pick(cell.new)), zs=pick(cell.zs),
                 oracle=pick(cell.oracle), labels=cell.labels)
 
 

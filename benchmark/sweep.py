@@ -120,7 +120,7 @@ def _grid_text(ref: str | Path) -> tuple[str, str]:
         if name not in known:
             raise UserError(f"No shipped grid named {name!r}.",
                             f"use one of: {', '.join(PAPER_PREFIX + n for n in known)}")
-        return text, resources.files(__package__).joinpath("grids", f"{name}.yaml").read_text(encoding="utf-8")
+        return text, resources.files(__package__).joinpath("grids").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
     path = Path(ref)
     fix = "pass --grid FILE.yaml or --grid paper:NAME"
     try:

@@ -25,6 +25,7 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from importlib.resources import files
 from pathlib import Path
@@ -142,7 +143,7 @@ def split_entries(df: pd.DataFrame, protocol: Protocol) -> tuple[pd.DataFrame, l
 
 
 def unverified_entries(merged: MergedResults, folders: Sequence[Path], ledgers: dict[LedgerKey, pd.DataFrame],
-                       reference: int | None, recomputed: set[tuple[int, str]] = frozenset()) -> dict[str, str]:
+                       reference: int | None, recomputed: AbstractSet[tuple[int, str]] = frozenset()) -> dict[str, str]:
     """Why each entry (label) of ``merged`` (the rows of ``folders``) is not verified; entries not named are.
 
     A row is unverified when it carries no row hash (written before schema 3), has no prediction ledger, its
@@ -225,14 +226,15 @@ def board(df: pd.DataFrame, held_out: pd.DataFrame | None = None) -> list[dict[s
     runs = _runs(rows)
     run_totals = runs.groupby(level=["source", "target", "shots", "label"]).sum()
     configs = _configs(rows)
-    sections = []
+    sections: list[dict[str, Any]] = []
     for source, target in ordered_pairs(summary):
         pair = summary[(summary.source == source) & (summary.target == target)]
         for shots in sorted(pair.shots.unique(), reverse=True):
             part = pair[pair.shots == shots]
             avg = part[part.dataset == "Average"].sort_values("H", ascending=False)
             n_datasets = part[part.dataset != "Average"].dataset.nunique()
-            ranked, variant_rows = [], []
+            ranked: list[dict[str, Any]] = []
+            variant_rows: list[dict[str, Any]] = []
             for _, row in avg.iterrows():
                 entry = {**_entry(row, int(run_totals.loc[(source, target, shots, row.label)])),
                          "config": configs.get(row.label, ""),
@@ -395,7 +397,7 @@ def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = N
     # every file is written atomically: a build killed midway leaves the previous page whole
     written = []
     for name in ASSETS:
-        source = files("upgradebench.leaderboard").joinpath("templates", name)
+        source = files("upgradebench.leaderboard").joinpath("templates").joinpath(name)
         written.append(write_text(out / "assets" / name, source.read_text(encoding="utf-8")))
     copied = []
     for png in figure_files:

@@ -12,10 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import pprint
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..contract import Method
 
 
-def describe(cls: type) -> dict[str, Any]:
+def describe(cls: type[Method]) -> dict[str, Any]:
     """Version, description and config defaults (as JSON values) of method class ``cls``."""
     config = {f.name: _default(f) for f in dataclasses.fields(cls.Config)}
     return {"version": cls.version, "description": cls.description, "config": json.loads(json.dumps(config))}

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.markup import escape
@@ -73,7 +73,7 @@ def show_dataset(
 ) -> None:
     """Show one dataset as loaded: template, class names (after CoOp's rules), split sizes, fingerprint."""
     dataset = get_dataset(name, resolve_data_root(data_root))
-    info = {
+    info: dict[str, Any] = {
         "name": dataset.name, "template": dataset.template, "num_classes": dataset.num_classes,
         "classnames": dataset.classnames,
         "splits": {s: len(dataset.split(s)) for s in ("train", "val", "test") if dataset.has_split(s)},

@@ -30,14 +30,14 @@ def figures(
     from ..metrics import read_ledgers
     from ..results import read_results
 
-    out = output_folder(out, force=force)  # a wrong --out fails before anything is read
+    folder = output_folder(out, force=force)  # a wrong --out fails before anything is read
     drift_rows = read_drift(drift) if drift is not None else None
     df = read_results(*results)
     ledgers = read_ledgers(*results)
-    outputs = write_figures(df, drift_rows, out, ledgers)
-    outputs.extend(write_tables(df, out))
-    outputs.extend(write_compatibility(df, ledgers, out))
-    outputs.extend(write_scorecards(df, drift_rows, out))
+    outputs = write_figures(df, drift_rows, folder, ledgers)
+    outputs.extend(write_tables(df, folder))
+    outputs.extend(write_compatibility(df, ledgers, folder))
+    outputs.extend(write_scorecards(df, drift_rows, folder))
     if as_json:
         print_json(outputs.as_dict())
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -57,14 +58,15 @@ def build(
     from ..results import merge_results, read_results
     from ..runner import Runner, check_writable
 
-    out = output_folder(out, force=force)
+    site = output_folder(out, force=force)
     if rescore_on:  # checked before anything is read: re-scored rows never land in a --results folder
         rescored = apart_from(rescored or home() / "rescored", results, "--rescored")
     merged = merge_results(*results)
     ledgers = read_ledgers(*results)
     protocol = load_protocol(against) if against else protocol_of(read_results(results[0]), str(results[0]))
     reference = reference_index(results, against)
-    recomputed, rejected = set(), []
+    recomputed: set[tuple[int, str]] = set()
+    rejected: list[dict[str, Any]] = []
     if verify:
         checker = Runner(results=os.devnull, device=device, data_root=data_root)
         merged, recomputed, rejected = verify_folders(merged, results, protocol, reference, checker, salt)
@@ -74,7 +76,7 @@ def build(
         check_writable(rescored)
         runner = Runner(results=rescored, device=device, data_root=data_root)
         rows = rescore(list(results), list(rescore_on), rescored, runner)
-    written = build_site(merged.rows, out, figures, ledgers, flips, protocol, rows, unverified, rejected)
+    written = build_site(merged.rows, site, figures, ledgers, flips, protocol, rows, unverified, rejected)
     if as_json:
         print_json({"index": str(written[0]), "written": [str(p) for p in written],
                     "rescored": str(rescored) if rescore_on else None})

@@ -71,6 +71,7 @@ class CoopDataset(Dataset):
                 f"extract the {spec.title} images into {self.image_root}, as described in {DATASETS_MD}"))
         files = [spec.classes_file] if spec.classes_file else []
         if spec.layout == "split_json":
+            assert spec.split_file is not None  # a split_json dataset names its split file (read_split_json asserts it)
             files.append(spec.split_file)
         elif spec.layout == "fgvc_variants":
             files += [spec.split_file_of(s) for s in spec.splits]

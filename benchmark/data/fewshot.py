@@ -17,6 +17,7 @@ import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import cast
 
 from ..atomic import write_json
 from ..errors import UserError
@@ -88,7 +89,9 @@ def sample_fewshot(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
     train = _per_class(dataset.split("train"), dataset.num_classes, shots, rng, f"{dataset.name} train")
     val_items = dataset.split("val") if dataset.has_split("val") else []
     val = _per_class(val_items, dataset.num_classes, min(shots, 4), rng, f"{dataset.name} val") if val_items else []
-    return FewShotSplit(dataset.name, shots, seed, [tuple(i) for i in train], [tuple(i) for i in val])
+    # tuple() keeps each (ref, label) pair, whatever sequence the dataset gave it as
+    return FewShotSplit(dataset.name, shots, seed, [cast(Item, tuple(i)) for i in train],
+                        [cast(Item, tuple(i)) for i in val])
 
 
 def _key_mismatch(data: dict, dataset: Dataset, shots: int, seed: int) -> str | None:

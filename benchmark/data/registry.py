@@ -39,7 +39,7 @@ def _register_builtins(registry: Registry[DatasetFactory]) -> None:
     families = read_catalogue(f"{__package__}/families.json")
     for kind, family in families.items():
         for name, row in read_catalogue(family["catalogue"]).items():
-            meta = {key: row.get(field) for key, field in family["meta"].items()}
+            meta: dict[str, Any] = {key: row.get(field) for key, field in family["meta"].items()}
             registry.register(name, partial(_build, family["factory"], name), kind=kind, **meta)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import UserError
 from .checkpoints import locate_hub_file, locate_pretrained, require_weights
@@ -47,8 +47,9 @@ def _local_dir_for(spec: ModelSpec, allow_download: bool) -> str | None:
     if spec.kind == "hf-hub":
         cfg = locate_hub_file(spec.arch, ("open_clip_config.json",))
         weights = locate_hub_file(spec.arch, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
-        if cfg.present and weights.present and cfg.path.parent == weights.path.parent:
-            return str(cfg.path.parent)  # a Hub snapshot folder is exactly open_clip's local-dir layout
+        # the casts: present means the path is not None
+        if cfg.present and weights.present and cast(Path, cfg.path).parent == cast(Path, weights.path).parent:
+            return str(cast(Path, cfg.path).parent)  # a Hub snapshot folder is exactly open_clip's local-dir layout
         if not allow_download:
             raise UserError(
                 f"Model {spec.alias!r} is not in the Hugging Face cache ({'; '.join(cfg.searched)}).",

@@ -91,6 +91,7 @@ def parse_model(name: str, pretrained: str | None = None) -> ModelSpec:
         return ModelSpec(name, "open_clip", entry["arch"], pretrained or entry["pretrained"],
                          entry.get("description", ""))
     if name.startswith("open_clip:"):
+        tag: str | None
         arch, _, tag = name[len("open_clip:") :].partition("/")
         import open_clip
 

@@ -9,6 +9,7 @@ position, running positions ``0..max(eot)`` only gives the same features as the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,10 @@ class VLM:
         self.tokenizer = tokenizer
         self.spec = spec
         self.device = torch.device(device)
-        tower = model.text if hasattr(model, "text") else model
-        self._tower = tower
+        # Any: the tower's parts (token_embedding, transformer.resblocks, attn_mask, text_projection, ...) are open_clip
+        # attributes that nn.Module's __getattr__ can only type as Tensor | Module
+        tower: Any = model.text if hasattr(model, "text") else model
+        self._tower: Any = tower
         pool = getattr(tower, "text_pool_type", getattr(tower, "pool_type", "argmax"))
         if pool != "argmax" or getattr(tower, "cls_emb", None) is not None or tower.attn_mask is None:
             raise UserError(
@@ -84,7 +87,8 @@ class VLM:
     @property
     def logit_scale(self) -> float:
         """``exp(logit_scale)`` of the model (100 for OpenAI CLIP)."""
-        return float(self.model.logit_scale.detach().exp().item())
+        scale = cast(torch.Tensor, self.model.logit_scale)  # a parameter of CLIP / CustomTextCLIP
+        return float(scale.detach().exp().item())
 
     @property
     def text_modules(self) -> dict[str, nn.Module | nn.Parameter]:
@@ -114,7 +118,8 @@ class VLM:
     @torch.no_grad()
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
         """Image features (not normalised) of a batch of transformed images."""
-        return self.model.encode_image(batch.to(self.device)).float()
+        clip: Any = self.model  # open_clip's CLIP / CustomTextCLIP, whose encode_image nn.Module cannot type
+        return clip.encode_image(batch.to(self.device)).float()
 
     # ---- text -----------------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str] | str) -> torch.Tensor:

@@ -65,7 +65,8 @@ class TrainingPool:
         if size == self.images.shape[1]:
             return self.images
         if size not in self._resized:
-            resized = [Image.fromarray(image.numpy()).resize((size, size), Image.BICUBIC) for image in self.images]
+            resized = [Image.fromarray(image.numpy()).resize((size, size), Image.Resampling.BICUBIC)
+                       for image in self.images]
             self._resized[size] = torch.from_numpy(np.stack([np.asarray(image) for image in resized]))
         return self._resized[size]
 
@@ -143,6 +144,7 @@ def build_model(
         assert parent_dir is not None
         inherit(model, parent_dir, parts)
     if "text" in parts:  # the inherited table keeps the parent's fill in its untrained rows
+        assert parent_dir is not None  # as above: parts are copied from the parent
         token_seed = read_config(parent_dir)["upgradebench"]["token_table_seed"]
     else:  # a new text tower: its token table starts from a fill every CPU reproduces
         token_seed = seed

@@ -64,7 +64,7 @@ def seeded_token_table(seed: int, rows: int, width: int, std: float = 0.02) -> t
 
 def shipped_root(world: str) -> Path:
     """The folder of ``world``'s shipped weights inside the package (it may not exist)."""
-    return Path(str(resources.files(__package__).joinpath("shipped", world)))
+    return Path(str(resources.files(__package__).joinpath("shipped").joinpath(world)))
 
 
 def shipped_record(world: str, name: str) -> dict[str, Any] | None:
@@ -133,7 +133,11 @@ def pack(model_dir: Path, world: str, out_root: Path | None = None) -> dict[str,
         digest = hashlib.sha256(data).hexdigest()
         path = out_root / "shards" / f"{digest[:32]}.safetensors"
         if not path.is_file():
-            write_atomic(path, lambda tmp, data=data: tmp.write_bytes(data))
+
+            def write(tmp: Path, data: bytes = data) -> None:  # binds this shard's bytes
+                tmp.write_bytes(data)
+
+            write_atomic(path, write)
         listed.append({"file": f"shards/{path.name}", "sha256": digest, "bytes": len(data)})
     record = {"open_clip_config": config, "token_table": {"key": key, "seed": build["token_table_seed"],
                                                           "shape": list(table.shape), "stored_rows": len(moved)},

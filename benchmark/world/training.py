@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -90,8 +90,12 @@ class TrainConfig:
         return cls(**table)
 
 
-def text_tower(model: nn.Module) -> nn.Module:
-    """The module that holds the text transformer (``model.text`` for CustomTextCLIP, else the model)."""
+def text_tower(model: nn.Module) -> Any:
+    """The module that holds the text transformer (``model.text`` for CustomTextCLIP, else the model).
+
+    Typed ``Any``: its parts (``token_embedding``, ``transformer.resblocks``, ``attn_mask``, ...) are open_clip
+    attributes that nn.Module's ``__getattr__`` can only type as ``Tensor | Module``.
+    """
     return model.text if hasattr(model, "text") else model
 
 
@@ -155,7 +159,7 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]
     for p in [*tower.ln_final.parameters(), tower.text_projection]:
         depth_of[id(p)] = len(blocks) + 1
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    visual = {id(p) for p in model.visual.parameters()}
+    visual = {id(p) for p in cast(nn.Module, model.visual).parameters()}
     for name, param in model.named_parameters():
         if cfg.freeze_visual and id(param) in visual:
             param.requires_grad_(False)
@@ -288,9 +292,10 @@ def close_ups(images: torch.Tensor, full_size: torch.Tensor, idx: torch.Tensor, 
     return out
 
 
-def _train(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, cfg: TrainConfig, seed: int,
+def _train(model: Any, images: torch.Tensor, tokens: torch.Tensor, cfg: TrainConfig, seed: int,
            on_step: Callable[[int, float], None] | None, attributes: dict[str, torch.Tensor],
            full_size: torch.Tensor | None) -> list[float]:
+    # model: an open_clip CLIP / CustomTextCLIP, Any for the reason text_tower gives
     if cfg.logit_scale is not None:
         with torch.no_grad():
             model.logit_scale.fill_(math.log(cfg.logit_scale))
@@ -310,6 +315,7 @@ def _train(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, cfg: Tr
             flip = torch.rand(len(idx), generator=batches.gen) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         if cfg.crop_scale is not None:
+            assert full_size is not None  # checked above: crop_scale needs it
             x = close_ups(x, full_size, idx, cfg, batches.gen)
         factor = _lr_factor(step, cfg)
         for group in opt.param_groups:

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import UnknownNameError, UserError
 from .modelio import read_config
@@ -130,7 +130,7 @@ def weights_problem(name: str) -> str | None:
         found = file_fingerprint(path)
     except Exception as exc:  # a missing, truncated or garbled file: safetensors raises several types
         return f"{path} is unreadable ({type(exc).__name__})"
-    recorded = build_record(name)["fingerprint"]
+    recorded = cast(dict[str, Any], build_record(name))["fingerprint"]  # name is built (see above)
     return None if found == recorded else f"{path} holds weights {found}, not the {recorded} its build recorded"
 
 
@@ -324,7 +324,7 @@ def build_models(names: Iterable[str] | None = None, force: bool = False, into: 
     instead of the model's own, from its parent as installed. Shows a rich progress bar on stderr.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from .builder import TrainingPool, build_model, training_stages
 
@@ -356,6 +356,10 @@ def build_models(names: Iterable[str] | None = None, force: bool = False, into: 
                 r = recipe(name)
                 steps = sum(stage.steps for stage in training_stages(r["train"]))
                 task = progress.add_task(f"training {name}", total=steps, note="")
+
+                def advance(step: int, loss: float, task: TaskID = task) -> None:  # binds this model's bar
+                    progress.update(task, advance=1, note=f"loss {loss:.3f}")
+
                 if not progress.console.is_terminal:  # a log file sees the bars only at the end: say what runs
                     progress.console.print(f"training {name} ({steps} steps)", markup=False, highlight=False)
                 parent = parent_of(name)
@@ -370,11 +374,11 @@ def build_models(names: Iterable[str] | None = None, force: bool = False, into: 
                 try:
                     extra = {"model": name, "world": world_name(), "build_key": build_key(name),
                              "seed": cfg["seed"] + r.get("seed", 0),
-                             "parent": ({"name": parent, "fingerprint": build_record(parent)["fingerprint"]}
+                             "parent": ({"name": parent,
+                                         # the parent is built: earlier in this build order, or before it
+                                         "fingerprint": cast(dict[str, Any], build_record(parent))["fingerprint"]}
                                         if parent else None)}
-                    build_model(r, pool, extra["seed"], tmp, model_dir(parent) if parent else None,
-                                lambda step, loss, task=task: progress.update(task, advance=1,
-                                                                             note=f"loss {loss:.3f}"), extra)
+                    build_model(r, pool, extra["seed"], tmp, model_dir(parent) if parent else None, advance, extra)
                     _install(tmp, folder)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
