@@ -17,14 +17,14 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
 import pandas as pd
 
-from upgradebench.atomic import write_atomic, write_json
+from upgradebench.atomic import write_json, write_text
 from upgradebench.errors import UserError
 from upgradebench.results import harmonic
 from upgradebench.roles import REFERENCE_METHOD, ZERO_SHOT
@@ -144,6 +144,11 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
+def _new_over_zeroshot(method: str, table: dict[str, dict[str, float]]) -> float | None:
+    """``method``'s New minus zero-shot's New (None when either is missing)."""
+    return _diff(_get(table, method, "new"), _get(table, ZERO_SHOT, "new"))
+
+
 def _rank(table: dict[str, dict[str, float]], method: str, metric: str, methods: Sequence[str]) -> float | None:
     """1-based rank of ``method`` by ``metric`` among ``methods`` (all must be measured)."""
     if any(m not in table for m in methods):
@@ -180,10 +185,10 @@ def _main_findings(paper: dict[str, dict[str, float]], measured: dict[str, dict[
                          ("clip-adapter", "CLIP-Adapter falls below the target's zero-shot"),
                          ("tip-adapter-f", "Tip-Adapter-F falls below the target's zero-shot")):
         add(f"{method}_below_target_zeroshot", f"{what}: {method} New - zero-shot New", "<0",
-            lambda t, m=method: _diff(_get(t, m, "new"), _get(t, ZERO_SHOT, "new")))
+            partial(_new_over_zeroshot, method))
     for method in ("coop", "cocoop", "kgcoop", REFERENCE_METHOD):
         add(f"{method}_beats_target_zeroshot", f"{method} New - zero-shot New (the module still helps)", ">0",
-            lambda t, m=method: _diff(_get(t, m, "new"), _get(t, ZERO_SHOT, "new")))
+            partial(_new_over_zeroshot, method))
     add("shallow_beats_deep_new", "shallow-layer methods transfer better: mean New of CoOp/CoCoOp/KgCoOp - "
         "mean New of LP/CLIP-Adapter/Tip-Adapter-F", ">0",
         lambda t: _diff(group_mean(t, shallow, "new"), group_mean(t, deep, "new")))
@@ -192,7 +197,7 @@ def _main_findings(paper: dict[str, dict[str, float]], measured: dict[str, dict[
     for metric in ("new", "H"):
         add(f"contcoop_best_{metric.lower()}",
             f"ContCoOp ranks first on {'New' if metric == 'new' else metric} among the paper's 8 methods",
-            "rank 1", lambda t, k=metric: _rank(t, REFERENCE_METHOD, k, methods))
+            "rank 1", partial(_rank, method=REFERENCE_METHOD, metric=metric, methods=methods))
     return out
 
 
@@ -445,8 +450,7 @@ def write_scorecards(df: pd.DataFrame, drift: pd.DataFrame | None, out: str | Pa
         written = []
         for card in cards:
             stem = out / f"fidelity-{slug(card.source, card.target)}"
-            written.append(write_atomic(stem.with_suffix(".md"),
-                                        lambda tmp, c=card: tmp.write_text(to_markdown(c), encoding="utf-8")))
+            written.append(write_text(stem.with_suffix(".md"), to_markdown(card)))
             written.append(write_json(stem.with_suffix(".json"), card.as_dict()))
         return written
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -93,7 +94,8 @@ def _render(table: Table, text: Callable[[str], str], best: Callable[[str], str]
                 cells.append(missing)
             elif isinstance(cell, float):
                 value = f"{cell:.2f}"
-                cells.append({1: best, 2: second}.get(marks.get((i, j)), str)(value))
+                mark = marks.get((i, j))
+                cells.append(({1: best, 2: second}.get(mark, str) if mark is not None else str)(value))
             else:
                 cells.append(text(cell))
         out.append(cells)
@@ -290,9 +292,12 @@ def write_tables(df: pd.DataFrame, out: str | Path) -> Outputs:
     outputs = Outputs()
     builders: dict[str, Callable[[], TableDoc]] = {
         "table2": lambda: table2(df), "table3": lambda: table3(df),
-        **{name: (lambda n=name: sweep_table(df, n)) for name in SWEEP_TABLES},
+        **{name: partial(sweep_table, df, name) for name in SWEEP_TABLES},
         "table8": lambda: table8(df),
     }
+    def write(build: Callable[[], TableDoc]) -> list[Path]:
+        return write_doc(build(), out)
+
     for name, build in builders.items():
-        outputs.attempt(name, lambda b=build: write_doc(b(), out))
+        outputs.attempt(name, partial(write, build))
     return outputs

@@ -149,7 +149,8 @@ class Method(Generic[ConfigT], metaclass=_Named):
     ``module_class`` (required: a dataclass subclass of :class:`Module`), ``description``, ``uses_train_views``
     (False for methods that need no training images, e.g. zero-shot) and ``needs_image_encoder`` (True for a method
     whose ``fit`` encodes pixels itself through ``task.load_images()`` instead of using only cached features; a cost
-    column of the result rows). ``name`` is read-only: the registry's name of the class (its entry point's).
+    column of the result rows). ``name`` is a read-only class attribute (``type(self).name`` from an instance): the
+    registry's name of the class (its entry point's).
     """
 
     version: ClassVar[str]
@@ -158,13 +159,6 @@ class Method(Generic[ConfigT], metaclass=_Named):
     description: ClassVar[str] = ""
     uses_train_views: ClassVar[bool] = True
     needs_image_encoder: ClassVar[bool] = False
-
-    @property
-    def name(self) -> str:
-        """The name this method's class is registered under."""
-        from .discovery import registered_name  # the registry imports this module
-
-        return registered_name(type(self))
 
     @abstractmethod
     def fit(self, source: VLM, task: FewShotTask, config: ConfigT, seed: int) -> Module:

@@ -254,6 +254,7 @@ class FeatureCache:
         out = []
         for view in views:
             refs, feats = stored[view]
+            assert feats is not None  # every item was computed above, so every view holds features
             index = {r: i for i, r in enumerate(refs)}
             out.append(feats[torch.tensor([index[ref] for ref, _ in items], dtype=torch.long)])
         return torch.stack(out)
@@ -278,7 +279,8 @@ class FeatureCache:
                         refs, old = stored[view]
                         stored[view] = (refs + missing[done:done + new.shape[1]],
                                         new[i] if old is None else torch.cat([old, new[i]]))
-                        stored[view] = self._write(self.path(vlm, dataset, split, transform, view), *stored[view],
+                        refs, feats = stored[view]
+                        stored[view] = self._write(self.path(vlm, dataset, split, transform, view), refs, feats,
                                                    vlm, dataset, split, transform, view)
                     done, fresh = done + new.shape[1], []
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +41,8 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str] 
         t = tensors[name].detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{tuple(tensors[name].shape)}|".encode())
         if t.numel():
-            h.update(t.view(torch.uint8).numpy())  # the buffer itself: no copy of the bytes
+            # the buffer itself, no copy of the bytes (numpy types the buffer protocol only for Python 3.12+)
+            h.update(cast(Any, t.view(torch.uint8).numpy()))
     h.update(json.dumps(dict(sorted((meta or {}).items()))).encode())
     return h.hexdigest()
 

@@ -27,6 +27,7 @@ import shutil
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import replace
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -401,7 +402,7 @@ def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = N
         written.append(write_text(out / "assets" / name, source.read_text(encoding="utf-8")))
     copied = []
     for png in figure_files:
-        written.append(write_atomic(out / "figures" / png.name, lambda tmp, png=png: shutil.copyfile(png, tmp)))
+        written.append(write_atomic(out / "figures" / png.name, partial(shutil.copyfile, png)))
         copied.append({"src": f"figures/{quote(png.name)}", "name": png.stem})
     # rows' and plugins' text reaches the page without control characters (autoescaping does not remove them)
     context = clean_data({"sections": sections, "unranked": unranked, "protocol_where": protocol.where,

@@ -144,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         err_console.print("aborted")
         sys.exit(130)
     except _PARSE_ERRORS as exc:  # bad option values, unknown options: click's usage message, no traceback
-        exc.show()
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+        else:  # typer's own exceptions have no show()
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(rv if isinstance(rv, int) else 0)

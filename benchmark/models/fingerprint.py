@@ -7,7 +7,7 @@ import json
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:  # a weights file is fingerprinted without torch (file_fingerprint: zoo list, zoo verify)
     import torch
@@ -32,7 +32,8 @@ def tensors_fingerprint(tensors: Mapping[str, torch.Tensor], length: int = 16) -
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         if t.numel():
-            h.update(t.view(torch.uint8).numpy())  # the buffer itself: no copy of the bytes
+            # the buffer itself, no copy of the bytes (numpy types the buffer protocol only for Python 3.12+)
+            h.update(cast(Any, t.view(torch.uint8).numpy()))
     return h.hexdigest()[:length]
 
 
