@@ -272,6 +272,9 @@ def compatibility(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
     summary = main_summary_with_intervals(df, ledgers)
     costs = cost_summary(df).set_index(["source", "label", "shots"])
     found = cells(in_distribution(df[df.method_variant == ""]), ledgers)
+    if flips is not None and flips not in {key[2] for key in found}:  # never a page silently without the section
+        raise UserError(f"--flips {flips!r} names no method with prediction ledgers in these results.",
+                        f"use one of: {', '.join(sorted({key[2] for key in found})) or 'none (no ledgers)'}")
     out = {}
     for (source, target, shots), part in summary[summary.dataset == "Average"].groupby(["source", "target", "shots"]):
         entries = []

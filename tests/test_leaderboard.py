@@ -219,6 +219,17 @@ def ledger_site(tmp_path_factory) -> tuple[Path, Path]:
     return folder, out
 
 
+def test_flips_of_a_method_the_results_lack_is_a_user_error_not_a_missing_section(capsys, ledger_site, tmp_path):
+    folder, _ = ledger_site
+    code, _, err = run_cli(capsys, "leaderboard", "build", "--results", str(folder), "--out", str(tmp_path / "site"),
+                           "--flips", "nonexistent[x=1]")
+    assert code == 2 and "nonexistent[x=1]" in err and "m, zeroshot" in err
+    assert not (tmp_path / "site" / "index.html").exists()
+    code, _, err = run_cli(capsys, "leaderboard", "build", "--results", str(folder), "--out", str(tmp_path / "ok"),
+                           "--flips", "m")
+    assert code == 0, err
+
+
 def test_compatibility_table_shows_the_ledger_metrics_and_cost(ledger_site):
     from upgradebench.metrics import compat_summary, read_ledgers
 
