@@ -144,9 +144,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         err_console.print("aborted")
         sys.exit(130)
     except _PARSE_ERRORS as exc:  # bad option values, unknown options: click's usage message, no traceback
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-        else:  # typer's own exceptions have no show()
+        # click's exceptions, and those of the click that recent typer releases vendor, show their usage message;
+        # typer's own base class declares no show()
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(rv if isinstance(rv, int) else 0)
