@@ -323,8 +323,9 @@ def reevaluate(folder: Path, df: pd.DataFrame, run_ids: Sequence[str], runner: R
 
 
 NEAR_TIE = 1e-3
-"""Logit difference under which two classes tie: the same features computed in other batches or on another
-device differ by ~1e-5 in the logits, so an item this close to a tie may fall either way on re-computation."""
+"""Logit difference under which two classes tie: re-computing the committed results from a cold cache flipped
+items ~1e-5 from a tie (another device or CPU kernel set moves logits by as much), so an item this close to a tie
+may fall either way on re-computation."""
 
 
 def items_differing(ledger: pd.DataFrame, preds: pd.DataFrame) -> int:

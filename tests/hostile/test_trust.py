@@ -214,8 +214,9 @@ def test_every_committed_module_carries_its_content_hashes():
 
 
 def test_re_computation_tolerates_near_ties_only():
-    """The same features computed in other batches differ by ~1e-5 in the logits (the committed results, checked
-    from a cold cache, flip 6 such items): a tie may fall either way, a forged answer may not."""
+    """Re-computing the committed results from a cold cache flipped 6 items whose logit margins were ~1e-5 from a
+    tie (not from the image features, which are the same bits in any batch and thread count; the cause is not
+    pinned down): a tie may fall either way, a forged answer may not."""
     from upgradebench.leaderboard.submission import items_differing
 
     def frame(pred, correct, margin):
