@@ -82,6 +82,11 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
+def is_run_id(value: Any) -> bool:
+    """Whether ``value`` is a valid run id: a folder name directly inside a results folder, never a path."""
+    return _run_id_problem(value) is None
+
+
 def check_run_id(value: Any, where: str | os.PathLike[str]) -> str:
     """``value`` if it is a valid run id (a folder name: not empty, not absolute, no path separator, no ``..``,
     no control character), else a :class:`UserError` naming ``where`` (the file it was read from) and the value."""

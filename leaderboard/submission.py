@@ -34,6 +34,7 @@ import pandas as pd
 from safetensors import safe_open
 
 from upgradebench.errors import UnknownNameError, UserError
+from upgradebench.guard import is_run_id
 from upgradebench.integrity import DIGEST_KEY
 from upgradebench.ledger import agrees
 from upgradebench.metrics import read_ledgers
@@ -252,11 +253,6 @@ def sample_runs(df: pd.DataFrame, every: bool = False, salt: str = "") -> list[s
     return sorted(chosen.run_id)
 
 
-def _is_name(run_id: str) -> bool:
-    """Whether ``run_id`` names a folder directly inside a results folder (never a path out of it)."""
-    return bool(run_id) and run_id not in (".", "..") and Path(run_id).name == run_id and "\\" not in run_id
-
-
 def reevaluate(folder: Path, df: pd.DataFrame, run_ids: Sequence[str], runner: Runner,
                ledgers: dict[tuple[str, str, str], pd.DataFrame]) -> dict[str, dict[str, list]]:
     """Re-compute the rows of ``run_ids`` (rows of ``df``, read from ``folder``) from their saved modules: each
@@ -271,7 +267,7 @@ def reevaluate(folder: Path, df: pd.DataFrame, run_ids: Sequence[str], runner: R
         found: dict[str, list] = {"mismatches": [], "unverified": [], "recomputed": []}
         out[run_id] = found
         rows = df[(df.run_id == run_id) & (df.role != "rescore")]
-        if not _is_name(run_id):
+        if not is_run_id(run_id):
             found["unverified"].append(f"run id {run_id!r} is not a folder name, so it has no module to re-evaluate")
             continue
         try:
@@ -359,7 +355,7 @@ def integrity_gaps(folder: Path, df: pd.DataFrame, hashed: pd.Series,
         if unledgered:
             gaps.append(f"no prediction ledger for {', '.join(unledgered)}")
         config_path = folder / run_id / "module" / MODULE_CONFIG
-        if _is_name(run_id) and config_path.is_file():
+        if is_run_id(run_id) and config_path.is_file():
             try:
                 config = json.loads(config_path.read_text(encoding="utf-8"))
             except ValueError:
