@@ -1,4 +1,5 @@
-"""``upgradebench analyze drift`` and ``upgradebench analyze depth``: why modules break (paper Fig. 2b-d)."""
+"""``upgradebench analyze drift`` and ``upgradebench analyze depth``: why modules break (paper Fig. 2b-d);
+``upgradebench analyze matrix``: the upgrade matrix of mapped modules and the drift predictors."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from rich.markup import escape
 from ..data import get_dataset
 from ..defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SOURCE, DEFAULT_TARGETS
 from ..errors import UserError
-from ..guard import output_file, results_folder
-from ..paths import home
+from ..guard import output_file, output_folder, results_folder
+from ..paths import default_results_dir, home
 from ._common import err_console, print_json, print_table, print_text
 from ._options import DataRoot, Device, Download, Json, Shots, Views, parse_pairs
 
-app = typer.Typer(help="Analyses: text-encoder drift and the CoOp depth study.", no_args_is_help=True)
+app = typer.Typer(help="Analyses: text-encoder drift, the CoOp depth study and the upgrade matrix.",
+                  no_args_is_help=True)
 
 Source = typer.Option(DEFAULT_SOURCE, "--source", "-s", help="Source model.")
 Targets = typer.Option(list(DEFAULT_TARGETS), "--target", "-t", help="Upgraded model(s); repeatable.")
@@ -116,6 +118,102 @@ def depth(
     print_table(f"CoOp depth study on {dataset}: {source} -> {', '.join(target)}", cols,
                 [[r[c] for c in cols] for r in rows])
     print_text(f"rows written under {runner.results}", err=True)
+
+
+@app.command("matrix")
+def matrix(
+    results: list[Path] = typer.Option(None, "--results", "-r",
+                                       help="Results folder(s) (default: $UPGRADEBENCH_HOME/results); repeatable."),
+    out: str = typer.Option(None, "--out", "-o", help="Folder for the matrix and predictor figures (PNG and PDF)."),
+    model_measures: bool = typer.Option(False, "--model-measures",
+                                        help="Also load each pair's models for the token-embedding map residual and "
+                                             "the text-feature CKA (the zero-shot agreement needs no model)."),
+    pretrained: list[str] = Pretrained,
+    device: str = Device,
+    data_root: Path = DataRoot,
+    download: bool = Download,
+    force: bool = typer.Option(False, "--force", help="Write into an --out folder that holds other files."),
+    as_json: bool = Json,
+) -> None:
+    """Per (method, upgrade kind, mapper): New, NFR against the source, reuse gain over the target's zero-shot,
+    recovery against the oracle and the mapper's cost; then how well cheap drift measures predict the reuse gain
+    (docs/metrics.md, "Upgrade matrix")."""
+    from upgradebench.analysis.matrix import fig_matrix, has_mapped_rows, matrix_table
+    from upgradebench.analysis.predictors import fig_predictors, identity_gains, pair_measures, predictor_table
+
+    from ..metrics import read_ledgers
+    from ..results import read_results
+
+    folders = list(results) if results else [default_results_dir()]
+    folder = output_folder(out, force=force) if out is not None else None  # a wrong --out fails before reading
+    rows = read_results(*folders)
+    if not has_mapped_rows(rows):
+        raise UserError(f"{', '.join(map(str, folders))} hold(s) no rows of modules carried by a mapper (role "
+                        "'mapped'), so there is no upgrade matrix to show.",
+                        "run modules onto their targets through a mapper first (docs/metrics.md, "
+                        "\"Upgrade matrix\"), or pass the folder those runs wrote")
+    ledgers = read_ledgers(*folders)
+    table = matrix_table(rows, ledgers)
+    loaded = _model_measures(rows, parse_pairs(pretrained, "--pretrained"), device, data_root, download) \
+        if model_measures else None
+    measures = pair_measures(rows, ledgers, loaded)
+    gains = identity_gains(table)
+    stats = predictor_table(measures, gains)
+    written = []
+    if folder is not None:
+        written += fig_matrix(table, folder)
+        if not stats.empty and (stats.pairs > 0).any():
+            written += fig_predictors(measures, gains, stats, folder)
+    if as_json:
+        print_json({"results": [str(f) for f in folders], "rows": table.to_dict(orient="records"),
+                    "pairs": measures.merge(gains, on=["source", "target"], how="outer").to_dict(orient="records"),
+                    "predictors": stats.to_dict(orient="records"), "written": [str(p) for p in written]})
+        return
+    columns = ["kind", "pair", "method", "mapper", "budget", "shots", "New", "NFR", "reuse gain", "recovery",
+               "map s", "map shots", "seeds", "datasets"]
+    print_table("Upgrade matrix: mean over seeds and datasets [95% interval]", columns, [
+        [r.kind, f"{r.source} -> {r.target}", r.method, r.mapper, r.budget, r.shots,
+         *(_with_interval(getattr(r, m), getattr(r, f"{m}_lo"), getattr(r, f"{m}_hi"), 3 if m == "recovery" else 2)
+           for m in ("new", "nfr", "reuse_gain", "recovery")),
+         f"{r.map_seconds:.1f}", f"{r.mapper_shots:g}", r.seeds, r.datasets] for r in table.itertuples()])
+    print_table("Drift predictors: Spearman rho across pairs with the mean reuse gain under identity",
+                ["measure", "pairs", "rho [95% interval]"],
+                [[s.measure, s.pairs, _with_interval(s.rho, s.rho_lo, s.rho_hi, 2)] for s in stats.itertuples()])
+    for path in written:
+        print_text(f"wrote {path}", err=True)
+
+
+def _with_interval(mean: float, lo: float, hi: float, digits: int) -> str:
+    """``mean [lo, hi]``, the mean alone without an interval, ``-`` when missing (never a NaN shown as a number)."""
+    from upgradebench.analysis.compatibility import interval_text
+
+    return interval_text(mean, lo, hi, digits) or "-"
+
+
+def _model_measures(rows, weights: dict[str, str], device: str, data_root: Path, download: bool):
+    """The measures that load models (:func:`upgradebench.analysis.predictors.model_measures`) of every (source,
+    target) pair of ``rows``, on the datasets its modules were trained on."""
+    import pandas as pd
+
+    from upgradebench.analysis.predictors import model_measures
+
+    from ..models import load_vlm, resolve_device
+
+    dev = resolve_device(device)
+    pairs = rows[rows.role.isin(["new", "mapped"])][["source", "eval_model", "train_dataset"]].drop_duplicates()
+    models: dict = {}
+
+    def model(name: str):
+        if name not in models:
+            models[name] = load_vlm(name, weights.get(name), dev, download)
+        return models[name]
+
+    records = []
+    for (source, target), part in pairs.groupby(["source", "eval_model"], sort=True):
+        err_console.print(f"[bold]measures[/] {escape(source)} -> {escape(target)}", highlight=False)
+        datasets = [get_dataset(d, data_root) for d in sorted(set(part.train_dataset))]
+        records.append({"source": source, "target": target, **model_measures(model(source), model(target), datasets)})
+    return pd.DataFrame(records, columns=["source", "target", "embedding_residual", "text_cka"])
 
 
 def _is_drift(path: Path) -> bool:

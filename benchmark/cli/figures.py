@@ -18,13 +18,15 @@ def figures(
     force: bool = Force,
     as_json: bool = Json,
 ) -> None:
-    """Regenerate Fig. 2a-d, Fig. 4, Tables 2-8, the compatibility table, the Base-vs-New figures and the
-    fidelity scorecards from parquet alone; missing inputs skip only their item."""
+    """Regenerate Fig. 2a-d, Fig. 4, Tables 2-8, the compatibility table, the Base-vs-New figures, the upgrade
+    matrix (when modules were carried by mappers) and the fidelity scorecards from parquet alone; missing inputs
+    skip only their item."""
     # imported here: matplotlib is slow to import and only this command needs it
     from upgradebench.analysis.compatibility import write_compatibility
     from upgradebench.analysis.drift import read_drift
     from upgradebench.analysis.fidelity import write_scorecards
     from upgradebench.analysis.figures import write_figures
+    from upgradebench.analysis.matrix import write_matrix
     from upgradebench.analysis.tables import write_tables
 
     from ..metrics import read_ledgers
@@ -37,6 +39,7 @@ def figures(
     outputs = write_figures(df, drift_rows, folder, ledgers)
     outputs.extend(write_tables(df, folder))
     outputs.extend(write_compatibility(df, ledgers, folder))
+    outputs.extend(write_matrix(df, ledgers, folder))
     outputs.extend(write_scorecards(df, drift_rows, folder))
     if as_json:
         print_json(outputs.as_dict())

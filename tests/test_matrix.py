@@ -1,0 +1,123 @@
+"""The upgrade matrix (issue 25 point 4): known answers on a hand-built world, the figure's absent cells, the drift
+predictors' statistics, `analyze matrix` and the leaderboard's section."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from upgradebench.analysis.matrix import fig_matrix, matrix_grid, matrix_table, ordered_kinds, panel_order
+from upgradebench.analysis.predictors import (
+    identity_gains,
+    linear_cka,
+    predictor_table,
+    spearman,
+    spearman_interval,
+    zeroshot_agreement,
+)
+
+from .matrix_world import CHAINED, DRIFT, RETUNE, TEXT, TGT, VOCAB, in_memory, matrix_world
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    rows, ledgers = in_memory(matrix_world())
+    return matrix_table(rows, ledgers, n_boot=50)
+
+
+def cell(table: pd.DataFrame, target: str, mapper: str, method: str = "m") -> pd.Series:
+    hit = table[(table.target == target) & (table.mapper == mapper) & (table.method == method)]
+    assert len(hit) == 1, hit
+    return hit.iloc[0]
+
+
+def test_identity_row_new_nfr_reuse_gain_and_recovery(table):
+    r = cell(table, TGT, "identity")
+    assert (r.kind, r.budget, r.seeds, r.datasets) == ("inherited-text-tower", "none", 1, 1)
+    assert r.new == pytest.approx(40)
+    assert r.nfr == pytest.approx(40)                      # items 1 and 4: right on the source, wrong here
+    assert r.reuse_gain == pytest.approx(40 - 60)          # zero-shot on toy-eva: 60
+    assert r.recovery == pytest.approx((40 - 60) / (80 - 60))  # oracle: 80
+    assert r.map_seconds == 0 and r.mapper_shots == 0
+    zs = cell(table, TGT, "identity", "zeroshot")
+    assert zs.reuse_gain == 0 and zs.nfr == pytest.approx(20)  # what the upgrade alone flips
+
+
+def test_mapped_rows_are_their_own_rows_with_their_cost(table):
+    r = cell(table, TGT, "vocab-map")
+    assert (r.new, r.nfr, r.reuse_gain, r.recovery) == pytest.approx((60, 20, 0, 0))
+    assert (r.budget, r.map_seconds, r.mapper_shots) == ("none", VOCAB[4], 0)
+    r = cell(table, TEXT, "vocab-map")
+    assert r.kind == "independent-retraining"
+    assert (r.new, r.nfr, r.reuse_gain) == pytest.approx((80, 20, 20))
+    assert math.isnan(r.recovery)                           # no oracle on toy-eva-text: missing, not 0
+    r = cell(table, TGT, "retune")
+    assert (r.new, r.nfr, r.reuse_gain, r.recovery) == pytest.approx((100, 0, 40, 2))
+    assert (r.budget, r.mapper_shots, r.map_seconds) == ("labeled", RETUNE[3], RETUNE[4])
+    r = cell(table, DRIFT, f"vocab-map via {TGT}")
+    assert (r.new, r.nfr, r.reuse_gain, r.map_seconds) == pytest.approx((60, 0, 20, CHAINED[4]))
+    # zero-shot has no module to map; identity was refused on toy-eva-text: no row, never a 0
+    assert not ((table.mapper != "identity") & (table.method == "zeroshot")).any()
+    assert table[(table.target == TEXT) & (table.mapper == "identity") & (table.method == "m")].empty
+
+
+def test_matrix_without_mapped_rows_is_the_identity_rows():
+    rows, ledgers = in_memory(matrix_world(mapped=False))
+    t = matrix_table(rows, ledgers, n_boot=20)
+    assert set(t.mapper) == {"identity"} and set(t.method) == {"m", "zeroshot"}
+
+
+def test_figure_hatches_absent_cells_and_orders_panels_by_budget(table, tmp_path):
+    assert panel_order(table) == ["identity", "vocab-map", f"vocab-map via {TGT}", "retune"]
+    kinds = ordered_kinds(list(table.kind))
+    grid = matrix_grid(table, "identity", ["m"], kinds)
+    inherited, independent = kinds.index("inherited-text-tower"), kinds.index("independent-retraining")
+    assert np.isnan(grid[0, independent])                   # absent: hatched, not 0
+    assert grid[0, inherited] == pytest.approx(-20)         # toy-eva: the one such pair under identity
+    written = fig_matrix(table, tmp_path)
+    assert sorted(p.name for p in written) == ["fig-matrix-16shot.pdf", "fig-matrix-16shot.png"]
+
+
+def test_spearman_of_a_monotone_relation_is_one_with_an_interval_in_bounds():
+    x = [0.1, 0.4, 0.2, 0.9, 0.5, 0.7]
+    y = [np.exp(v) - 3 for v in x]                          # monotone, not linear
+    assert spearman(x, y) == pytest.approx(1.0)
+    assert spearman(x, [-v for v in y]) == pytest.approx(-1.0)
+    lo, hi = spearman_interval(x, y, n_boot=200, seed=3)
+    assert -1.0 <= lo <= hi <= 1.0 and hi == pytest.approx(1.0)
+    assert spearman_interval(x, y, n_boot=200, seed=3) == (lo, hi)  # seeded: the same interval again
+    assert math.isnan(spearman(x[:2], y[:2])) and math.isnan(spearman(x, [1.0] * len(x)))
+
+
+def test_predictor_table_correlates_each_measure_with_the_identity_gain():
+    pairs = [("s", f"t{i}") for i in range(5)]
+    gains = pd.DataFrame({"source": [s for s, _ in pairs], "target": [t for _, t in pairs], "kind": "unknown",
+                          "reuse_gain": [-10.0, -4.0, 0.0, 3.0, 8.0], "methods": 2})
+    measures = pd.DataFrame({"source": [s for s, _ in pairs], "target": [t for _, t in pairs],
+                             "embedding_residual": [0.9, 0.7, 0.5, 0.2, 0.1],   # more drift, less gain
+                             "zeroshot_agreement": [20.0, 40.0, 50.0, 80.0, 90.0]})
+    stats = predictor_table(measures, gains, n_boot=100).set_index("measure")
+    assert list(stats.index) == ["embedding_residual", "zeroshot_agreement"]
+    assert stats.loc["embedding_residual", "rho"] == pytest.approx(-1.0)
+    assert stats.loc["zeroshot_agreement", "rho"] == pytest.approx(1.0)
+    assert (stats.pairs == 5).all() and stats.rho_lo.between(-1, 1).all() and stats.rho_hi.between(-1, 1).all()
+
+
+def test_zeroshot_agreement_and_identity_gain_from_the_hand_built_world(table):
+    rows, ledgers = in_memory(matrix_world(seeds=(1, 2)))
+    agreement = zeroshot_agreement(rows, ledgers).set_index("target").zeroshot_agreement
+    # labels alternate 0, 1: two models predict alike where both are right or both wrong (two classes)
+    assert agreement.to_dict() == pytest.approx({TGT: 60.0, TEXT: 20.0, DRIFT: 40.0})
+    gains = identity_gains(table)
+    assert gains[["target", "reuse_gain", "methods"]].values.tolist() == [[TGT, -20.0, 1]]  # zero-shot left out
+
+
+def test_linear_cka_is_one_under_rotation_and_scale():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 5))
+    q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    assert linear_cka(x, 3 * x @ q) == pytest.approx(1.0)
+    assert linear_cka(x, rng.normal(size=(12, 7))) < 0.9
