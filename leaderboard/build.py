@@ -17,6 +17,9 @@ the protocol does not ask for (more seeds) are set aside too. An entry that rest
 (a folder other than the reference, unless ``--verify`` re-evaluated its sample of modules) or that no hash or
 ledger covers is marked *unverified* wherever it is ranked; one whose re-computation does not match is left out.
 Re-scored rows (``rescore``: modules evaluated on held-out models) add one column per model to the rankings.
+Rows of modules carried to a target by a mapper (role ``mapped``) are never ranked: they are listed in a section
+of their own, the upgrade matrix (:func:`upgradebench.analysis.matrix.matrix_table`), and every check and ranking
+of entries reads the unmapped rows only.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader
 
+from upgradebench.analysis.matrix import MAPPED, has_mapped_rows, matrix_table
 from upgradebench.analysis.selection import main_summary_with_intervals, ordered_datasets, ordered_pairs
 from upgradebench.atomic import write_atomic, write_text
 from upgradebench.data import get_dataset
@@ -296,6 +300,14 @@ def compatibility(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
     return out
 
 
+# ---- upgrade matrix (mapped modules, never ranked) ------------------------------------------------------------------
+def upgrade_matrix(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame]) -> dict[str, Any]:
+    """The page's "Upgrade matrix" section: one entry per row of :func:`upgradebench.analysis.matrix.matrix_table`
+    (in-distribution rows), in its order."""
+    table = matrix_table(in_distribution(df), ledgers)
+    return {"entries": table.drop(columns="mapper_config").to_dict(orient="records")}
+
+
 def _value(cost: Any, key: str) -> Any:
     value = cost.get(key) if hasattr(cost, "get") else None
     return None if value is None or pd.isna(value) else value
@@ -370,6 +382,8 @@ def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = N
     """
     out = Path(out)
     all_rows = df
+    matrix = upgrade_matrix(df, ledgers or {}) if has_mapped_rows(df) else None
+    df = df[df.role != MAPPED]  # mapped modules are listed in the matrix, never ranked against unmapped ones
     protocol = protocol or protocol_of(df, "the results themselves")
     df, unranked = split_entries(df, protocol)
     unranked += rejected or []
@@ -408,8 +422,11 @@ def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = N
         written.append(write_atomic(out / "figures" / png.name, partial(shutil.copyfile, png)))
         copied.append({"src": f"figures/{quote(png.name)}", "name": png.stem})
     # rows' and plugins' text reaches the page without control characters (autoescaping does not remove them)
+    if matrix is not None:
+        matrix["figures"] = [f for f in copied if f["name"].startswith("fig-matrix")]
     context = clean_data({"sections": sections, "unranked": unranked, "protocol_where": protocol.where,
-                          "provenance": provenance(all_rows), "figures": copied, "fidelity": fidelity})
+                          "provenance": provenance(all_rows), "figures": copied, "fidelity": fidelity,
+                          "matrix": matrix})
     index = write_text(out / "index.html", _environment().get_template("index.html").render(**context,
                                                                                            generated=now()))
     return [index, *written]

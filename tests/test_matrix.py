@@ -18,8 +18,10 @@ from upgradebench.analysis.predictors import (
     spearman_interval,
     zeroshot_agreement,
 )
+from upgradebench.leaderboard.build import build_site
 
-from .matrix_world import CHAINED, DRIFT, RETUNE, TEXT, TGT, VOCAB, in_memory, matrix_world
+from .matrix_world import CHAINED, DRIFT, RETUNE, SRC, TEXT, TGT, VOCAB, in_memory, matrix_world
+from .test_leaderboard import Tables
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +123,30 @@ def test_linear_cka_is_one_under_rotation_and_scale():
     q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
     assert linear_cka(x, 3 * x @ q) == pytest.approx(1.0)
     assert linear_cka(x, rng.normal(size=(12, 7))) < 0.9
+
+
+def _page(rows: pd.DataFrame, ledgers: dict, out) -> tuple[str, Tables]:
+    """The page of ``rows`` on toy-eva alone, so that m covers the protocol and is ranked (its other targets have
+    only mapped rows); mapped rows on the other targets stay."""
+    rows = rows[(rows.role == "mapped") | rows.eval_model.isin([SRC, TGT])]
+    build_site(rows, out, ledgers=ledgers)
+    html = (out / "index.html").read_text()
+    return html, Tables(html)
+
+
+def test_leaderboard_lists_mapped_modules_apart_and_never_ranks_them(tmp_path):
+    with_mapped = in_memory(matrix_world(seeds=(1, 2)))
+    without = in_memory(matrix_world(seeds=(1, 2), mapped=False))
+    html, tables = _page(*with_mapped, tmp_path / "mapped")
+    plain_html, plain = _page(*without, tmp_path / "plain")
+    assert "Upgrade matrix" in html and 'id="upgrade-matrix"' in html
+    assert "never ranked against" in html
+    assert "Upgrade matrix" not in plain_html and "never ranked against" not in plain_html
+    # the ranking reads the unmapped rows only: the same with and without mapped rows
+    assert tables.with_class("ranking")[0]["rows"] == plain.with_class("ranking")[0]["rows"]
+    m = next(r["cells"] for r in tables.with_class("ranking")[0]["rows"] if r["cells"][1].startswith("m"))
+    assert m[3] == "40.00"                                   # New of m unchanged, not a mapped row's 60 or 100
+    matrix = tables.with_class("matrix")[0]["rows"]
+    mappers = {(r["cells"][1], r["cells"][2], r["cells"][3]) for r in matrix}
+    assert (f"toy-clip → {TEXT}", "m", "vocab-map") in mappers and (f"toy-clip → {TGT}", "m", "retune") in mappers
+    assert (f"toy-clip → {TEXT}", "m", "identity") not in mappers  # refused: no row
