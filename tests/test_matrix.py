@@ -20,7 +20,8 @@ from upgradebench.analysis.predictors import (
 )
 from upgradebench.leaderboard.build import build_site
 
-from .matrix_world import CHAINED, DRIFT, RETUNE, SRC, TEXT, TGT, VOCAB, in_memory, matrix_world
+from .cli_helpers import run_cli
+from .matrix_world import CHAINED, DRIFT, RETUNE, SRC, TEXT, TGT, VOCAB, in_memory, matrix_world, write_world
 from .test_leaderboard import Tables
 
 
@@ -150,3 +151,11 @@ def test_leaderboard_lists_mapped_modules_apart_and_never_ranks_them(tmp_path):
     mappers = {(r["cells"][1], r["cells"][2], r["cells"][3]) for r in matrix}
     assert (f"toy-clip → {TEXT}", "m", "vocab-map") in mappers and (f"toy-clip → {TGT}", "m", "retune") in mappers
     assert (f"toy-clip → {TEXT}", "m", "identity") not in mappers  # refused: no row
+
+
+def test_analyze_matrix_on_a_folder_without_mapped_rows_is_a_user_error_naming_it(capsys, tmp_path):
+    folder = tmp_path / "plain"
+    write_world(matrix_world(mapped=False), folder)
+    code, out, err = run_cli(capsys, "analyze", "matrix", "--results", str(folder))
+    assert code == 2 and not out
+    assert str(folder) in err and "no rows of modules carried by a mapper" in err and "Traceback" not in err
