@@ -4,6 +4,7 @@ predictors' statistics, `analyze matrix` and the leaderboard's section."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ import pytest
 
 from upgradebench.analysis.matrix import fig_matrix, matrix_grid, matrix_table, ordered_kinds, panel_order
 from upgradebench.analysis.predictors import (
+    fig_predictors,
     identity_gains,
     linear_cka,
     predictor_table,
@@ -20,7 +22,7 @@ from upgradebench.analysis.predictors import (
 )
 from upgradebench.leaderboard.build import build_site
 
-from .cli_helpers import run_cli
+from .cli_helpers import run_cli, run_json
 from .matrix_world import CHAINED, DRIFT, RETUNE, SRC, TEXT, TGT, VOCAB, in_memory, matrix_world, write_world
 from .test_leaderboard import Tables
 
@@ -158,4 +160,40 @@ def test_analyze_matrix_on_a_folder_without_mapped_rows_is_a_user_error_naming_i
     write_world(matrix_world(mapped=False), folder)
     code, out, err = run_cli(capsys, "analyze", "matrix", "--results", str(folder))
     assert code == 2 and not out
-    assert str(folder) in err and "no rows of modules carried by a mapper" in err and "Traceback" not in err
+    assert str(folder) in err and "No rows of modules carried by a mapper" in err and "Traceback" not in err
+
+
+def test_analyze_matrix_json_table_and_figures(capsys, tmp_path):
+    folder = tmp_path / "results"
+    write_world(matrix_world(seeds=(1, 2)), folder)
+    got = run_json(capsys, "analyze", "matrix", "--results", str(folder), "--out", str(tmp_path / "figs"))
+    rows = {(r["target"], r["method"], r["mapper"]): r for r in got["rows"]}
+    assert rows[(TGT, "m", "vocab-map")]["nfr"] == pytest.approx(20)
+    assert rows[(TGT, "m", "identity")]["reuse_gain"] == pytest.approx(-20)
+    assert rows[(TEXT, "m", "vocab-map")]["recovery"] is None  # no oracle: null, never NaN or 0
+    agreement = {p["target"]: p["zeroshot_agreement"] for p in got["pairs"]}
+    assert agreement[TGT] == pytest.approx(60)
+    assert {p["measure"] for p in got["predictors"]} == {"zeroshot_agreement"}  # models not loaded
+    assert sorted(Path(p).name for p in got["written"]) == ["fig-matrix-16shot.pdf", "fig-matrix-16shot.png",
+                                                             "fig-predictors.pdf", "fig-predictors.png"]
+    code, out, err = run_cli(capsys, "analyze", "matrix", "--results", str(folder))
+    assert code == 0 and "Upgrade matrix" in out and "vocab-map via toy-eva" in out and "Drift predictors" in out
+
+
+def test_figures_command_draws_the_matrix_only_with_mapped_rows(capsys, tmp_path):
+    mapped, plain = tmp_path / "mapped", tmp_path / "plain"
+    write_world(matrix_world(), mapped)
+    write_world(matrix_world(mapped=False), plain)
+    got = run_json(capsys, "figures", "--results", str(mapped), "--out", str(tmp_path / "f1"))
+    assert any(Path(p).name == "fig-matrix-16shot.png" for p in got["written"])
+    got = run_json(capsys, "figures", "--results", str(plain), "--out", str(tmp_path / "f2"))
+    assert not any("matrix" in p for p in got["written"]) and "fig-matrix" not in got["skipped"]  # silently
+
+
+def test_predictor_figure_names_each_pair(tmp_path):
+    pairs = pd.DataFrame({"source": "s", "target": ["a", "b", "c"]})
+    measures = pairs.assign(zeroshot_agreement=[10.0, 50.0, 90.0])
+    gains = pairs.assign(kind="unknown", reuse_gain=[-5.0, 0.0, 5.0], methods=1)
+    stats = predictor_table(measures, gains, n_boot=50)
+    written = fig_predictors(measures, gains, stats, tmp_path)
+    assert [p.name for p in written] == ["fig-predictors.png", "fig-predictors.pdf"]

@@ -143,13 +143,14 @@ def matrix(
 
     from ..metrics import read_ledgers
     from ..results import read_results
+    from .results import cell
 
     folders = list(results) if results else [default_results_dir()]
     folder = output_folder(out, force=force) if out is not None else None  # a wrong --out fails before reading
     rows = read_results(*folders)
     if not has_mapped_rows(rows):
-        raise UserError(f"{', '.join(map(str, folders))} hold(s) no rows of modules carried by a mapper (role "
-                        "'mapped'), so there is no upgrade matrix to show.",
+        raise UserError(f"No rows of modules carried by a mapper (role 'mapped') in {', '.join(map(str, folders))}: "
+                        "there is no upgrade matrix to show.",
                         "run modules onto their targets through a mapper first (docs/metrics.md, "
                         "\"Upgrade matrix\"), or pass the folder those runs wrote")
     ledgers = read_ledgers(*folders)
@@ -169,25 +170,19 @@ def matrix(
                     "pairs": measures.merge(gains, on=["source", "target"], how="outer").to_dict(orient="records"),
                     "predictors": stats.to_dict(orient="records"), "written": [str(p) for p in written]})
         return
-    columns = ["kind", "pair", "method", "mapper", "budget", "shots", "New", "NFR", "reuse gain", "recovery",
-               "map s", "map shots", "seeds", "datasets"]
+    columns = ["method · mapper\nsource -> target", "kind", "target data", "shots", "New", "NFR", "reuse gain",
+               "recovery", "map s", "map shots", "seeds", "datasets"]
     print_table("Upgrade matrix: mean over seeds and datasets [95% interval]", columns, [
-        [r.kind, f"{r.source} -> {r.target}", r.method, r.mapper, r.budget, r.shots,
-         *(_with_interval(getattr(r, m), getattr(r, f"{m}_lo"), getattr(r, f"{m}_hi"), 3 if m == "recovery" else 2)
-           for m in ("new", "nfr", "reuse_gain", "recovery")),
-         f"{r.map_seconds:.1f}", f"{r.mapper_shots:g}", r.seeds, r.datasets] for r in table.itertuples()])
+        [f"{r.method} · {r.mapper}\n{r.source} -> {r.target}", r.kind, r.budget, r.shots,
+         *(cell(getattr(r, m), getattr(r, f"{m}_lo"), getattr(r, f"{m}_hi")) for m in ("new", "nfr", "reuse_gain",
+                                                                                      "recovery")),
+         f"{r.map_seconds:.1f}", f"{r.mapper_shots:g}", r.seeds, r.datasets] for r in table.itertuples()],
+        parts=[(" (metrics)", slice(0, 7)), (" (cost and counts)", slice(7, None))])
     print_table("Drift predictors: Spearman rho across pairs with the mean reuse gain under identity",
                 ["measure", "pairs", "rho [95% interval]"],
-                [[s.measure, s.pairs, _with_interval(s.rho, s.rho_lo, s.rho_hi, 2)] for s in stats.itertuples()])
+                [[s.measure, s.pairs, cell(s.rho, s.rho_lo, s.rho_hi)] for s in stats.itertuples()])
     for path in written:
         print_text(f"wrote {path}", err=True)
-
-
-def _with_interval(mean: float, lo: float, hi: float, digits: int) -> str:
-    """``mean [lo, hi]``, the mean alone without an interval, ``-`` when missing (never a NaN shown as a number)."""
-    from upgradebench.analysis.compatibility import interval_text
-
-    return interval_text(mean, lo, hi, digits) or "-"
 
 
 def _model_measures(rows, weights: dict[str, str], device: str, data_root: Path, download: bool):
@@ -195,12 +190,14 @@ def _model_measures(rows, weights: dict[str, str], device: str, data_root: Path,
     target) pair of ``rows``, on the datasets its modules were trained on."""
     import pandas as pd
 
+    from upgradebench.analysis.matrix import MAPPED
     from upgradebench.analysis.predictors import model_measures
 
     from ..models import load_vlm, resolve_device
+    from ..roles import NEW
 
     dev = resolve_device(device)
-    pairs = rows[rows.role.isin(["new", "mapped"])][["source", "eval_model", "train_dataset"]].drop_duplicates()
+    pairs = rows[rows.role.isin([NEW, MAPPED])][["source", "eval_model", "train_dataset"]].drop_duplicates()
     models: dict = {}
 
     def model(name: str):
