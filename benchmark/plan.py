@@ -90,8 +90,21 @@ class MapperPlan:
 
     def label(self) -> str:
         """The row files' suffix for this mapper: ``<name>-<hash of version, config and via>``."""
-        version = get_mapper(self.name).version
-        return f"{safe_name(self.name)}-{stable_hash([self.name, version, self.config, self.via], 6)}"
+        return _label(self.name, get_mapper(self.name).version, self.config, self.via)
+
+
+def _label(name: str, version: str, config: str, via: str) -> str:
+    return f"{safe_name(name)}-{stable_hash([name, version, config, via], 6)}"
+
+
+def mapper_label(mapper: str, recorded: str) -> str:
+    """The file-name suffix (``<model>--<dataset>@<label>``) of a row of ``mapper`` whose ``mapper_config`` is
+    ``recorded``: what :meth:`MapperPlan.label` gave when the row was written (its version as recorded)."""
+    values = json.loads(recorded)
+    via, version = values.pop(VIA, ""), str(values.pop("version", ""))
+    for key in RECORDED_ONLY:
+        values.pop(key, None)
+    return _label(mapper, version, json.dumps(values, sort_keys=True), via)
 
 
 def make_mapper_plans(requests: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[MapperPlan, ...]:

@@ -44,7 +44,7 @@ from .errors import UserError
 from .features import FeatureCache
 from .guard import safe_name
 from .integrity import clean_stale_tmp
-from .ledger import ledger_path, predictions, top1_of, write_ledger
+from .ledger import MAPPED_MARK, ledger_path, predictions, top1_of, write_ledger
 from .mapping import Mapper, Refused, TargetData, width_problem
 from .models import VLM, load_vlm, resolve_device
 from .module_io import MODULE_CONFIG, load_module
@@ -270,7 +270,7 @@ class Runner:
         for role, vlm, label, mapped in evaluations:
             made: tuple[Module, dict[str, Any]] | None = None
             for eval_ds in [dataset] + [self.dataset(d) for d in plan.ood]:
-                name = f"{safe_name(vlm.name)}--{safe_name(eval_ds.name)}" + (f"@{label}" if label else "")
+                name = f"{safe_name(vlm.name)}--{safe_name(eval_ds.name)}" + (f"{MAPPED_MARK}{label}" if label else "")
                 path = run_dir / f"{name}.parquet"
                 existing = self._reusable(path, vlm, eval_ds)
                 if existing is not None:

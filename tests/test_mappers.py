@@ -180,9 +180,19 @@ def test_retune_with_zero_steps_is_its_start_and_rows_record_the_mapper(capsys, 
     assert mapped.loc["retune", "mapper_budget"] == "labeled" and mapped.loc["retune", "mapper_shots"] == 2
     assert json.loads(mapped.loc["retune", "mapper_config"])["resolved_start"] == "vocab-map"
     assert mapped.loc["retune", "top1"] == mapped.loc["vocab-map", "top1"]  # zero steps: the start module itself
-    assert out["rows"][0][f"retune:steps=0,start=vocab-map,shots=2 {pair_names[1]}"] == pytest.approx(mapped.loc["retune", "top1"], abs=0.01)
+    shown = out["rows"][0][f"retune:steps=0,start=vocab-map,shots=2 {pair_names[1]}"]
+    assert shown == pytest.approx(mapped.loc["retune", "top1"], abs=0.01)
     new = coop[coop.role == "new"].iloc[0]
     assert new.mapper == "identity" and new.mapper_config == "{}"
+    # its ledger is keyed apart from the unchanged module's, under the row's mapper label
+    from upgradebench.metrics import read_ledgers, read_mapped_ledgers
+    from upgradebench.plan import mapper_label
+
+    run = mapped.loc["retune", "run_id"]
+    label = mapper_label("retune", mapped.loc["retune", "mapper_config"])
+    ledger = read_mapped_ledgers(tmp_path / "r")[(run, pair_names[1], tiny_dataset, label)]
+    assert 100 * ledger.correct.mean() == pytest.approx(mapped.loc["retune", "top1"])
+    assert (run, pair_names[1], tiny_dataset) in read_ledgers(tmp_path / "r")  # the identity row's, unmixed
     # resumable: the mapped rows are reused, not mapped again
     before = read_results(tmp_path / "r").created_at.tolist()
     _run_mapped(capsys, pair_names, tiny_dataset, tmp_path / "r", "vocab-map", "retune:steps=0,start=vocab-map,shots=2")
