@@ -227,3 +227,33 @@ def test_mappers_list_gives_budgets(capsys) -> None:
     budgets = {row["name"]: row["budget"] for row in out["mappers"]}
     assert budgets == {"identity": "none", "vocab-map": "none", "feature-map": "unlabeled", "retune": "labeled"}
     assert [row["name"] for row in out["mappers"]][-1] == "retune"  # ordered by budget
+
+
+def test_the_mapper_plugin_of_the_guide_runs(capsys, micro_dirs, tiny_dataset, tmp_path, monkeypatch) -> None:
+    """docs/mappers.md's example, registered as its entry point would register it, carries a linear probe."""
+    import re
+    import types
+    from pathlib import Path
+
+    from upgradebench.discovery import MAPPERS, discover_mappers
+    from upgradebench.results import read_results
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "mappers.md").read_text()
+    (code,) = re.findall(r"```python\n(# my_mappers/__init__.py\n.*?)```", guide, re.S)
+    plugin = types.ModuleType("my_mappers")
+    monkeypatch.setitem(__import__("sys").modules, "my_mappers", plugin)  # as an installed package would be
+    exec(compile(code, "docs/mappers.md", "exec"), plugin.__dict__)
+    discover_mappers()
+    MAPPERS.register("norm-scale", plugin.NormScale, origin="my-mappers", builtin=False)
+    try:
+        src, tgt = f"local-dir:{micro_dirs['clip']}", f"local-dir:{micro_dirs['eva']}"
+        run_json(capsys, "run", "--method", "linear-probe", "--source", src, "--target", tgt, "--dataset",
+                 tiny_dataset, "--shots", "2", "--mapper", "norm-scale", "--results", str(tmp_path / "r"))
+        listed = run_json(capsys, "mappers", "list")
+    finally:
+        MAPPERS.unregister("norm-scale")
+    df = read_results(tmp_path / "r")
+    row = df[(df.method == "linear-probe") & (df.role == "mapped")].iloc[0]
+    assert (row.mapper, row.mapper_budget, row.eval_model) == ("norm-scale", "unlabeled", tgt)
+    assert {"name": "norm-scale", "budget": "unlabeled"}.items() <= next(
+        m for m in listed["mappers"] if m["name"] == "norm-scale").items()
