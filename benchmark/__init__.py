@@ -25,7 +25,7 @@ from .errors import UnknownNameError, UserError
 
 if TYPE_CHECKING:
     from .config import Range, ranged
-    from .contract import COVECTOR, REPEATED, Method, Module, transient
+    from .contract import COVECTOR, REPEATED, UNIT, Method, Module, transient
     from .discovery import available_mappers, available_methods, get_mapper, get_method
     from .mapping import BUDGETS, LABELED, NONE, UNLABELED, Mapper, Refused, TargetData, carry, width_problem
     from .models import VLM, ModelSpec, load_vlm
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 # public name -> the module that defines it; these import torch, so they load on first access (PEP 562)
 _LAZY = {
-    **dict.fromkeys(["COVECTOR", "REPEATED", "Method", "Module", "transient"], "contract"),
+    **dict.fromkeys(["COVECTOR", "REPEATED", "UNIT", "Method", "Module", "transient"], "contract"),
     **dict.fromkeys(["Range", "ranged"], "config"),
     **dict.fromkeys(["available_mappers", "available_methods", "get_mapper", "get_method"], "discovery"),
     **dict.fromkeys(["BUDGETS", "LABELED", "NONE", "UNLABELED", "Mapper", "Refused", "TargetData", "carry",
@@ -71,7 +71,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "BUDGETS", "COVECTOR", "JOINT", "LABELED", "NONE", "REPEATED", "TOKEN", "UNLABELED", "LinearMap", "Mapper",
+    "BUDGETS", "COVECTOR", "JOINT", "LABELED", "NONE", "REPEATED", "TOKEN", "UNIT", "UNLABELED", "LinearMap", "Mapper",
     "Refused", "TargetData", "available_mappers", "carry", "fit_map", "get_mapper", "token_map", "width_problem",
     "VLM", "ClassPrompts", "FewShotTask", "Method", "ModelSpec", "Module", "Range", "SGDRecipe", "UnknownNameError",
     "UserError", "__version__", "assemble", "available_methods", "check_method", "class_prompts", "clean_name",

@@ -35,6 +35,10 @@ TRANSIENT = "upgradebench.transient"
 COVECTOR = "*"
 """Suffix of an axis label of :attr:`Module.spaces` for a covector (weights that take a dot product with vectors of
 the space: the input side of a linear layer), e.g. ``"joint*"``."""
+UNIT = "~"
+"""Suffix of an axis label of :attr:`Module.spaces` for an axis that only ever meets unit-normalised vectors (a
+meta-net reading normalised image or text features): a map carries it without its overall scale, e.g.
+``"joint*~"``."""
 REPEATED = "[]"
 """Suffix of an axis label of :attr:`Module.spaces` for an axis holding several vectors end to end, e.g.
 ``"token[]"`` for an ``n x D`` output flattened to one axis."""
@@ -55,8 +59,9 @@ class Module(ABC):
 
     ``spaces`` tells mappers (``upgradebench.mapping``) what the tensors are: for each tensor name of
     :meth:`tensors`, one label per axis: ``"token"`` (a vector of the text tower's token-embedding space),
-    ``"joint"`` (of the joint image-text embedding space), either with :data:`COVECTOR` (``"joint*"``: the input
-    side of a linear layer) or :data:`REPEATED` (``"token[]"``), or None (an axis in no space). Every floating
+    ``"joint"`` (of the joint image-text embedding space), with :data:`COVECTOR` (``"joint*"``: the input side of
+    a linear layer), :data:`UNIT` (``"joint*~"``: it only meets unit-normalised vectors) or :data:`REPEATED`
+    (``"token[]"``) as they apply, or None (an axis in no space). Every floating
     tensor must be listed. None (the default) declares nothing: only the identity mapper carries such a module.
     """
 

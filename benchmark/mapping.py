@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import torch
 
 from .config import parse_config
-from .contract import COVECTOR, REPEATED, Module
+from .contract import COVECTOR, REPEATED, UNIT, Module
 from .errors import UserError
 from .spaces import JOINT, SPACES, TOKEN, LinearMap
 
@@ -139,15 +139,28 @@ class Mapper(Generic[ConfigT], metaclass=_Named):
 
 # ---- reading and carrying a module's spaces --------------------------------------------------------------------
 
-def axis_space(label: str | None) -> tuple[str | None, bool, bool]:
-    """(space, covector, repeated) of an axis label of :attr:`Module.spaces` (e.g. ``"token"``, ``"joint*"``,
-    ``"token[]"``); (None, False, False) for an axis in no space."""
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    """An axis label of :attr:`Module.spaces` read: its space (None: in no space), and whether it is a covector,
+    only meets unit-normalised vectors, or holds several vectors end to end."""
+
+    space: str | None
+    covector: bool = False
+    unit: bool = False
+    repeated: bool = False
+
+
+def axis_space(label: str | None) -> Axis:
+    """The :class:`Axis` of a label of :attr:`Module.spaces` (e.g. ``"token"``, ``"joint*"``, ``"joint*~"``,
+    ``"token[]"``)."""
     if label is None:
-        return None, False, False
+        return Axis(None)
     repeated = label.endswith(REPEATED)
     base = label[: -len(REPEATED)] if repeated else label
+    unit = base.endswith(UNIT)
+    base = base[: -len(UNIT)] if unit else base
     covector = base.endswith(COVECTOR)
-    return (base[:-1] if covector else base), covector, repeated
+    return Axis(base[:-1] if covector else base, covector, unit, repeated)
 
 
 def declared_spaces(module: Module, who: str) -> dict[str, tuple[str | None, ...]]:
@@ -173,7 +186,7 @@ def space_axes(module: Module) -> dict[str, int]:
     counts: dict[str, int] = {}
     for axes in (type(module).spaces or {}).values():
         for label in axes:
-            space = axis_space(label)[0]
+            space = axis_space(label).space
             if space is not None:
                 counts[space] = counts.get(space, 0) + 1
     return counts
@@ -183,7 +196,7 @@ def acting_inside(module: Module, space: str) -> list[str]:
     """Tensors of ``module`` with two or more axes in ``space`` (linear maps acting inside it, e.g. an attention):
     only an orthogonal map carries them."""
     return [name for name, axes in (type(module).spaces or {}).items()
-            if sum(axis_space(label)[0] == space for label in axes) > 1]
+            if sum(axis_space(label).space == space for label in axes) > 1]
 
 
 def width_of(vlm: VLM, space: str) -> int:
@@ -196,12 +209,13 @@ def width_problem(module: Module, target: VLM, unchanged: tuple[str, ...] = SPAC
     spaces = type(module).spaces or {}
     for name, tensor in module.tensors().items():
         for axis, label in enumerate(spaces.get(name, ())):
-            space, _, repeated = axis_space(label)
-            if space not in unchanged:
+            read = axis_space(label)
+            space = read.space
+            if space is None or space not in unchanged:
                 continue
             width = width_of(target, space)
             size = tensor.shape[axis]
-            fits = size % width == 0 if repeated else size == width
+            fits = size % width == 0 if read.repeated else size == width
             if not fits:
                 what = "text width" if space == TOKEN else "image-text embedding width"
                 return (f"{type(module).__name__}'s tensor {name!r} has {size} entries along an axis in the {space} "
@@ -225,7 +239,7 @@ def carry(module: Module, maps: dict[str, LinearMap], target: VLM, who: str) -> 
     out: dict[str, torch.Tensor] = {}
     for name, tensor in module.tensors().items():
         axes = spaces.get(name, ()) if tensor.is_floating_point() else ()
-        mapped_spaces = [space for space in (axis_space(label)[0] for label in axes) if space in maps]
+        mapped_spaces = [space for space in (axis_space(label).space for label in axes) if space in maps]
         for inside in set(mapped_spaces):
             if mapped_spaces.count(inside) > 1 and not maps[inside].orthogonal:
                 raise Refused(f"{who} cannot carry {type(module).__name__}'s tensor {name!r}: it acts inside the "
@@ -233,17 +247,19 @@ def carry(module: Module, maps: dict[str, LinearMap], target: VLM, who: str) -> 
                               "it computes.", "use a mapper with an orthogonal map (kind=procrustes: equal widths) "
                                               "or re-tune on target shots")
         for axis, label in enumerate(axes):
-            space, covector, repeated = axis_space(label)
-            if space is None or space not in maps:
+            read = axis_space(label)
+            if read.space is None or read.space not in maps:
                 continue
-            tensor = _carry_axis(tensor, axis, maps[space], covector, repeated)
+            tensor = _carry_axis(tensor, axis, maps[read.space], read)
         out[name] = tensor
     return type(module).from_state(out, module.meta())
 
 
-def _carry_axis(tensor: torch.Tensor, axis: int, linear: LinearMap, covector: bool, repeated: bool) -> torch.Tensor:
-    apply = linear.covectors if covector else linear.vectors
-    if not repeated:
+def _carry_axis(tensor: torch.Tensor, axis: int, linear: LinearMap, read: Axis) -> torch.Tensor:
+    if read.unit:  # normalised vectors carry the map's directions, not its scale
+        linear = dataclasses.replace(linear, matrix=linear.matrix / linear.scale)
+    apply = linear.covectors if read.covector else linear.vectors
+    if not read.repeated:
         return apply(tensor, axis)
     # an axis holding several vectors end to end (e.g. TCP's n_ctx x D output): carry each block
     width = linear.matrix.shape[1]
@@ -253,5 +269,5 @@ def _carry_axis(tensor: torch.Tensor, axis: int, linear: LinearMap, covector: bo
     return carried.reshape(*moved.shape[:-1], -1).movedim(-1, axis).contiguous()
 
 
-__all__ = ["BUDGETS", "JOINT", "LABELED", "NONE", "TOKEN", "UNLABELED", "Mapper", "Refused", "TargetData",
+__all__ = ["BUDGETS", "JOINT", "LABELED", "NONE", "TOKEN", "UNLABELED", "Axis", "Mapper", "Refused", "TargetData",
            "acting_inside", "axis_space", "carry", "declared_spaces", "space_axes", "width_of", "width_problem"]

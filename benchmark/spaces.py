@@ -48,6 +48,11 @@ class LinearMap:
     anchors: int
 
     @property
+    def scale(self) -> float:
+        """The map's overall scale: its RMS singular value (``s`` of a Procrustes map ``s Q``)."""
+        return float(torch.linalg.norm(self.matrix) / min(self.matrix.shape) ** 0.5)
+
+    @property
     def orthogonal(self) -> bool:
         """Whether the map is a multiple of an orthogonal matrix (it preserves angles: dot products scale by a
         constant), so a linear layer acting inside the space can be carried by conjugation."""

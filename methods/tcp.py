@@ -31,6 +31,7 @@ from upgradebench import (
     JOINT,
     REPEATED,
     TOKEN,
+    UNIT,
     VLM,
     ClassPrompts,
     Module,
@@ -124,7 +125,7 @@ def knowledge(vlm: VLM, class_names: list[str], template: str) -> torch.Tensor:
 class TCPModule(Module):
     """Context + knowledge embedding + insertion layer; class knowledge comes from the model in use."""
 
-    spaces = {"ctx": (None, TOKEN), "meta_net.linear1.weight": (None, JOINT + COVECTOR),
+    spaces = {"ctx": (None, TOKEN), "meta_net.linear1.weight": (None, JOINT + COVECTOR + UNIT),
               "meta_net.linear1.bias": (None,), "meta_net.linear2.weight": (TOKEN + REPEATED, None),
               "meta_net.linear2.bias": (TOKEN + REPEATED,)}
 

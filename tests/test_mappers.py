@@ -107,6 +107,33 @@ def test_carry_transforms_vectors_and_covectors_consistently() -> None:
     assert torch.allclose(mapped.weight @ (m.double() @ f.T), probe.weight @ f.T, atol=1e-4)
 
 
+def test_an_axis_that_meets_only_unit_vectors_is_carried_without_the_maps_scale() -> None:
+    """A meta-net reading normalised features (CoCoOp's, TCP's): W' normalize(M f) = W normalize(f) for M = s Q."""
+    from dataclasses import dataclass
+
+    from upgradebench import COVECTOR, UNIT, Module
+
+    @dataclass
+    class Reader(Module):
+        spaces = {"w": (None, JOINT + COVECTOR + UNIT)}
+        w: torch.Tensor
+
+        def logits(self, vlm, image_features, class_names):
+            return torch.nn.functional.normalize(image_features, dim=-1) @ self.w.T
+
+    q = _orthogonal(16, 9)
+    fitted = fit_map(torch.randn(50, 16), torch.randn(50, 16), "procrustes")
+    fitted.matrix = 3.0 * q
+
+    class Target:
+        name, text_width, embed_dim = "t", 8, 16
+
+    module = Reader(torch.randn(4, 16))
+    mapped = carry(module, {JOINT: fitted}, Target(), "test")  # type: ignore[arg-type]
+    f = torch.randn(5, 16)
+    assert torch.allclose(mapped.logits(None, f @ (3.0 * q).T, []), module.logits(None, f, []), atol=1e-5)
+
+
 def test_attention_inside_the_token_space_is_refused_under_a_non_orthogonal_map(pair, wide) -> None:
     source = pair[0]
     other = load_vlm(wide, device="cpu")
