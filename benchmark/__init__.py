@@ -2,10 +2,11 @@
 
 The public API that methods and plugins use is re-exported here (``__all__``): the contract (``Method``,
 ``Module``, ``transient``; ``contract.py``), what ``fit`` receives (``FewShotTask``, ``VLM``), config ranges
-(``ranged``; ``config.py``), CoOp's training recipe (``training.py``), the prompt building blocks
-(``prompting.py``), the registry (``discovery.py``), saved modules (``module_io.py``) and the method test kit
-(``check_method``; ``testing.py``). Every name is imported on first use, so that ``upgradebench --help`` starts
-without torch.
+(``ranged``; ``config.py``), the mapper contract (``Mapper``, ``TargetData``, ``carry``; ``mapping.py``) and
+the spaces it maps (``TOKEN``, ``JOINT``, ``fit_map``; ``spaces.py``), CoOp's training recipe (``training.py``),
+the prompt building blocks (``prompting.py``), the registry (``discovery.py``), saved modules
+(``module_io.py``) and the method test kit (``check_method``; ``testing.py``). Every name is imported on first
+use, so that ``upgradebench --help`` starts without torch.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from .errors import UnknownNameError, UserError
 
 if TYPE_CHECKING:
     from .config import Range, ranged
-    from .contract import Method, Module, transient
-    from .discovery import available_methods, get_method
+    from .contract import COVECTOR, REPEATED, UNIT, Method, Module, transient
+    from .discovery import available_mappers, available_methods, get_mapper, get_method
+    from .mapping import BUDGETS, LABELED, NONE, UNLABELED, Mapper, Refused, TargetData, carry, width_problem
     from .models import VLM, ModelSpec, load_vlm
     from .module_io import load_module
     from .prompting import (
@@ -38,15 +40,19 @@ if TYPE_CHECKING:
         text_embedding,
         zeroshot_text_features,
     )
+    from .spaces import JOINT, TOKEN, LinearMap, fit_map, token_map
     from .task import FewShotTask
     from .testing import check_method
     from .training import SGDRecipe, coop_epochs, fit_epochs, fit_recipe
 
 # public name -> the module that defines it; these import torch, so they load on first access (PEP 562)
 _LAZY = {
-    **dict.fromkeys(["Method", "Module", "transient"], "contract"),
+    **dict.fromkeys(["COVECTOR", "REPEATED", "UNIT", "Method", "Module", "transient"], "contract"),
     **dict.fromkeys(["Range", "ranged"], "config"),
-    **dict.fromkeys(["available_methods", "get_method"], "discovery"),
+    **dict.fromkeys(["available_mappers", "available_methods", "get_mapper", "get_method"], "discovery"),
+    **dict.fromkeys(["BUDGETS", "LABELED", "NONE", "UNLABELED", "Mapper", "Refused", "TargetData", "carry",
+                     "width_problem"], "mapping"),
+    **dict.fromkeys(["JOINT", "TOKEN", "LinearMap", "fit_map", "token_map"], "spaces"),
     **dict.fromkeys(["VLM", "ModelSpec", "load_vlm"], "models"),
     "load_module": "module_io",
     **dict.fromkeys(["ClassPrompts", "assemble", "class_prompts", "clean_name", "condition_embeddings",
@@ -65,6 +71,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BUDGETS", "COVECTOR", "JOINT", "LABELED", "NONE", "REPEATED", "TOKEN", "UNIT", "UNLABELED", "LinearMap", "Mapper",
+    "Refused", "TargetData", "available_mappers", "carry", "fit_map", "get_mapper", "token_map", "width_problem",
     "VLM", "ClassPrompts", "FewShotTask", "Method", "ModelSpec", "Module", "Range", "SGDRecipe", "UnknownNameError",
     "UserError", "__version__", "assemble", "available_methods", "check_method", "class_prompts", "clean_name",
     "condition_embeddings", "coop_epochs", "encode_prompts", "fit_epochs", "fit_recipe", "get_method", "load_module",

@@ -32,6 +32,16 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 TRANSIENT = "upgradebench.transient"
+COVECTOR = "*"
+"""Suffix of an axis label of :attr:`Module.spaces` for a covector (weights that take a dot product with vectors of
+the space: the input side of a linear layer), e.g. ``"joint*"``."""
+UNIT = "~"
+"""Suffix of an axis label of :attr:`Module.spaces` for an axis that only ever meets unit-normalised vectors (a
+meta-net reading normalised image or text features): a map carries it without its overall scale, e.g.
+``"joint*~"``."""
+REPEATED = "[]"
+"""Suffix of an axis label of :attr:`Module.spaces` for an axis holding several vectors end to end, e.g.
+``"token[]"`` for an ``n x D`` output flattened to one axis."""
 
 
 class Module(ABC):
@@ -46,7 +56,16 @@ class Module(ABC):
     computed once per call; a module whose cost is per image (CoCoOp) batches internally. A field with
     ``init=False`` (derived from the others in ``__post_init__``) is saved for readers of ``module.json`` and
     ``from_weights``, and not passed back to the constructor.
+
+    ``spaces`` tells mappers (``upgradebench.mapping``) what the tensors are: for each tensor name of
+    :meth:`tensors`, one label per axis: ``"token"`` (a vector of the text tower's token-embedding space),
+    ``"joint"`` (of the joint image-text embedding space), with :data:`COVECTOR` (``"joint*"``: the input side of
+    a linear layer), :data:`UNIT` (``"joint*~"``: it only meets unit-normalised vectors) or :data:`REPEATED`
+    (``"token[]"``) as they apply, or None (an axis in no space). Every floating
+    tensor must be listed. None (the default) declares nothing: only the identity mapper carries such a module.
     """
+
+    spaces: ClassVar[dict[str, tuple[str | None, ...]] | None] = None
 
     @abstractmethod
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:

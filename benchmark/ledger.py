@@ -21,6 +21,7 @@ import pyarrow as pa
 import torch
 
 from .errors import UserError
+from .roles import MAPPED
 from .store import Column, ParquetSchema
 
 LEDGER_VERSION = 1
@@ -59,6 +60,16 @@ def ledger_path(row_path: str | Path) -> Path:
 def is_ledger_file(path: Path) -> bool:
     """Whether ``path`` (a parquet file inside a results folder) is a ledger rather than a row file."""
     return path.parent.name == LEDGER_DIR
+
+
+MAPPED_MARK = "@"
+"""What separates a mapped row's file name from its mapper label: ``<model>--<dataset>@<label>.parquet``."""
+
+
+def mapped_label(path: Path) -> str:
+    """The mapper label of a row or ledger file of a mapped row (``<model>--<dataset>@<label>``), or "" for a file
+    of the module unchanged (identity)."""
+    return path.stem.partition(MAPPED_MARK)[2]
 
 
 def top1_of(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -112,20 +123,23 @@ def _check_consistent(df: pd.DataFrame, files: pd.Series) -> None:
                         "edited ledger).", _REWRITE)
 
 
-def read_ledger_files(paths: Sequence[str | Path]) -> dict[tuple[str, str, str], pd.DataFrame]:
-    """Ledger files by ``(run_id, eval_model, dataset)``, each sorted by item and checked against itself; read
-    together (:meth:`ParquetSchema.read_many`). A file given twice is read once, and of two files with the same
-    key and the same predictions (a folder read through two paths) one is kept; two files with the same key and
-    other predictions are a user error naming both: neither may silently win."""
+def read_ledger_files(paths: Sequence[str | Path], labelled: bool = False) -> dict[tuple[str, ...], pd.DataFrame]:
+    """Ledger files by ``(run_id, eval_model, dataset)`` (``labelled``: by ``(run_id, eval_model, dataset, mapper
+    label)``, the key of a mapped row's ledger: :func:`mapped_label`), each sorted by item and checked against
+    itself; read together (:meth:`ParquetSchema.read_many`). A file given twice is read once, and of two files
+    with the same key and the same predictions (a folder read through two paths) one is kept; two files with the
+    same key and other predictions are a user error naming both: neither may silently win."""
     first: dict[Path, str | Path] = {}
     for path in paths:
         first.setdefault(Path(path).resolve(), path)
     frame = LEDGER_SCHEMA.read_many(list(first.values()))
     _check_consistent(frame, frame["_file"])
-    out: dict[tuple[str, str, str], pd.DataFrame] = {}
-    where: dict[tuple[str, str, str], str] = {}
+    out: dict[tuple[str, ...], pd.DataFrame] = {}
+    where: dict[tuple[str, ...], str] = {}
     for file, df in frame.drop(columns="_version").groupby("_file", sort=False, observed=True):
-        key = (str(df.run_id.iloc[0]), str(df.eval_model.iloc[0]), str(df.dataset.iloc[0]))
+        key: tuple[str, ...] = (str(df.run_id.iloc[0]), str(df.eval_model.iloc[0]), str(df.dataset.iloc[0]))
+        if labelled:
+            key = (*key, mapped_label(Path(str(file))))
         df = df.drop(columns="_file").sort_values("item", kind="stable").reset_index(drop=True)
         if key in out:
             if not _same_predictions(out[key], df):
@@ -150,6 +164,7 @@ def check_against_rows(ledgers: dict[tuple[str, str, str], pd.DataFrame], rows: 
     copied in from another evaluation, is reported instead of feeding the ledger metrics.
     """
     keys = ["run_id", "eval_model", "dataset"]
+    rows = rows[rows.role != MAPPED]  # a mapped row's ledger has a key of its own (read_ledger_files(labelled=True))
     found = pd.DataFrame([(*key, len(ledger), 100 * ledger.correct.mean()) for key, ledger in ledgers.items()],
                          columns=[*keys, "items", "ledger_top1"])
     # one vectorised join: ledgers without a row among ``rows`` (filtered out by the caller) are not checked
@@ -174,7 +189,8 @@ def ledger_markdown() -> str:
         "on every model, so ledgers of one run on the source and on a target pair up item by item. Rows of",
         "schema 1 have no ledger; metrics that need one are reported as missing, never as zero. A ledger has",
         "no hash of its own: whenever metrics read it, it is checked against its row (item count and top-1; the",
-        "row carries `row_hash`) and against itself (`correct` equals `pred == label`).",
+        "row carries `row_hash`) and against itself (`correct` equals `pred == label`). A row of role `mapped`",
+        "(`<eval_model>--<dataset>@<mapper label>.parquet`) has its ledger under the same name.",
         "",
         *LEDGER_SCHEMA.markdown_table(),
     ]

@@ -31,7 +31,7 @@ import pandas as pd
 
 from .errors import UserError
 from .guard import input_files
-from .ledger import check_against_rows, is_ledger_file, read_ledger_files
+from .ledger import check_against_rows, is_ledger_file, mapped_label, read_ledger_files
 from .provenance import stable_hash
 from .results import harmonic, method_label, summarize
 from .roles import ORACLE, ZERO_SHOT
@@ -49,10 +49,20 @@ with less room, (reuse gain) / (room) divides by noise (a room of 0.01 turns a 1
 
 
 def read_ledgers(*paths: str | Path) -> dict[LedgerKey, pd.DataFrame]:
-    """Every prediction ledger under the given result folders, sorted by item, by (run_id, eval_model, dataset)."""
-    files = [f for root in paths for f in input_files(root, "*.parquet", what="results folder")
-             if not f.name.startswith(".") and is_ledger_file(f)]
-    return read_ledger_files(files)
+    """Every prediction ledger of an unmapped row (the module unchanged) under the given result folders, sorted by
+    item, by (run_id, eval_model, dataset)."""
+    return read_ledger_files(_ledger_files(paths, mapped=False))  # type: ignore[return-value]
+
+
+def read_mapped_ledgers(*paths: str | Path) -> dict[tuple[str, str, str, str], pd.DataFrame]:
+    """Every prediction ledger of a mapped row (role ``mapped``) under the given result folders, sorted by item, by
+    (run_id, eval_model, dataset, mapper label): :func:`upgradebench.plan.mapper_label` of the row."""
+    return read_ledger_files(_ledger_files(paths, mapped=True), labelled=True)  # type: ignore[return-value]
+
+
+def _ledger_files(paths: tuple[str | Path, ...], mapped: bool) -> list[Path]:
+    return [f for root in paths for f in input_files(root, "*.parquet", what="results folder")
+            if not f.name.startswith(".") and is_ledger_file(f) and bool(mapped_label(f)) == mapped]
 
 
 @dataclass

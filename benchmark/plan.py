@@ -25,7 +25,7 @@ from .contract import Method
 from .data import Dataset, class_columns
 from .data.fewshot import effective_shots
 from .defaults import DEFAULT_DATASET, DEFAULT_SEED, DEFAULT_SHOTS, DEFAULT_SOURCE, DEFAULT_TARGETS, DEFAULT_VIEWS
-from .discovery import get_method
+from .discovery import get_mapper, get_method
 from .errors import UserError
 from .guard import safe_name
 from .models import parse_model
@@ -42,7 +42,9 @@ class RunSpec:
     """Everything one ``upgradebench run`` asks for, as given: ``config`` holds ``--config key=value`` strings
     or a grid's typed values (both are parsed to the method's config types by :func:`make_plan`). Where it runs
     (device, precision, results folder, data root) is the :class:`~upgradebench.runner.Runner`'s.
-    ``zeroshot_reference`` plans the zero-shot run beside it, ``oracle`` a run fitted on each target."""
+    ``zeroshot_reference`` plans the zero-shot run beside it, ``oracle`` a run fitted on each target. ``mappers``:
+    mapper name -> its config overrides (``key=value`` strings or typed values; the key ``via`` names a model to
+    map through, step by step), each applied to every target besides the module unchanged (``identity``)."""
 
     method: str
     source: str = DEFAULT_SOURCE
@@ -56,6 +58,70 @@ class RunSpec:
     pretrained: dict[str, str] = field(default_factory=dict)
     zeroshot_reference: bool = True
     oracle: bool = False
+    mappers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+VIA = "via"
+"""The key of a mapper request that names a model to map through (source -> via -> target, one step each)."""
+
+
+RECORDED_ONLY = ("version", "resolved_start")
+"""Keys a row's ``mapper_config`` adds to the mapper's config: its version, and the start mapper a mapper that
+starts from another one (retune) resolved."""
+
+
+@dataclass(frozen=True)
+class MapperPlan:
+    """One mapper a run applies to each target: its registered name, its parsed config as JSON (sorted keys) and
+    the model it maps through (``via``; empty for a direct map)."""
+
+    name: str
+    config: str
+    via: str = ""
+
+    def matches(self, recorded: str) -> bool:
+        """Whether a row's ``mapper_config`` (config, version, resolved start and via, as :meth:`Runner._map
+        <upgradebench.runner.Runner>` records it) is this plan's."""
+        values = json.loads(recorded)
+        via = values.pop(VIA, "")
+        for key in RECORDED_ONLY:
+            values.pop(key, None)
+        return bool(values == json.loads(self.config) and via == self.via)
+
+    def label(self) -> str:
+        """The row files' suffix for this mapper: ``<name>-<hash of version, config and via>``."""
+        return _label(self.name, get_mapper(self.name).version, self.config, self.via)
+
+
+def _label(name: str, version: str, config: str, via: str) -> str:
+    return f"{safe_name(name)}-{stable_hash([name, version, config, via], 6)}"
+
+
+def mapper_label(mapper: str, recorded: str) -> str:
+    """The file-name suffix (``<model>--<dataset>@<label>``) of a row of ``mapper`` whose ``mapper_config`` is
+    ``recorded``: what :meth:`MapperPlan.label` gave when the row was written (its version as recorded)."""
+    values = json.loads(recorded)
+    via, version = values.pop(VIA, ""), str(values.pop("version", ""))
+    for key in RECORDED_ONLY:
+        values.pop(key, None)
+    return _label(mapper, version, json.dumps(values, sort_keys=True), via)
+
+
+def make_mapper_plans(requests: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[MapperPlan, ...]:
+    """Mapper requests ((name, config overrides with ``via``) pairs) checked and parsed: unknown mappers, config
+    keys and values out of range are errors here, before anything runs. A request given twice is planned once."""
+    out: list[MapperPlan] = []
+    for name, overrides in requests:
+        cls = get_mapper(name)
+        values = dict(overrides or {})
+        via = str(values.pop(VIA, "") or "")
+        if via:
+            parse_model(via)
+        config = cls.make_config(values)
+        plan = MapperPlan(name, json.dumps(cls.config_dict(config), sort_keys=True), via)
+        if plan not in out:
+            out.append(plan)
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -76,6 +142,7 @@ class RunPlan:
     ood: tuple[str, ...] = ()
     pretrained: Mapping[str, str] = field(default_factory=dict)
     role: str = BASE
+    mappers: tuple[MapperPlan, ...] = ()
 
     def __getstate__(self) -> dict[str, Any]:
         # a plan crosses into worker processes (--jobs, submitit) with its method as the registered name: the
@@ -128,7 +195,8 @@ class RunPlan:
     def also_evaluated_as(self, other: RunPlan) -> RunPlan:
         """This run, evaluated also on the targets and OOD sets of ``other`` (the same run asked for again)."""
         return dataclasses.replace(self, targets=tuple(dict.fromkeys(self.targets + other.targets)),
-                                   ood=tuple(dict.fromkeys(self.ood + other.ood)))
+                                   ood=tuple(dict.fromkeys(self.ood + other.ood)),
+                                   mappers=tuple(dict.fromkeys(self.mappers + other.mappers)))
 
 
 def parse_views(value: object) -> int | str:
@@ -189,7 +257,8 @@ def make_plan(spec: RunSpec) -> RunPlan:
     _check_models(spec)
     return RunPlan(method=method, config=config, source=spec.source, targets=tuple(spec.targets),
                    dataset=spec.dataset, shots=check_shots(spec.shots), seed=check_seed(spec.seed),
-                   views=views if method.uses_train_views else 0, ood=tuple(spec.ood), pretrained=dict(spec.pretrained))
+                   views=views if method.uses_train_views else 0, ood=tuple(spec.ood), pretrained=dict(spec.pretrained),
+                   mappers=make_mapper_plans(spec.mappers))
 
 
 def _with_data(plan: RunPlan, datasets: Callable[[str], Dataset]) -> RunPlan:
@@ -205,14 +274,15 @@ def _oracles(plan: RunPlan) -> list[RunPlan]:
     """The same method and config fitted on each target and evaluated there."""
     if plan.method.name == ZERO_SHOT:  # zero-shot fits nothing: its oracle would be its New row
         return []
-    return [dataclasses.replace(plan, source=target, targets=(), ood=(), role=ORACLE) for target in plan.targets]
+    return [dataclasses.replace(plan, source=target, targets=(), ood=(), role=ORACLE, mappers=())
+            for target in plan.targets]
 
 
 def _zeroshot(plan: RunPlan) -> RunPlan:
     """The zero-shot run of the same models, dataset, shots and seed."""
     zeroshot = get_method(ZERO_SHOT)
     return dataclasses.replace(plan, method=zeroshot, config=zeroshot.make_config({}),
-                               views=plan.views if zeroshot.uses_train_views else 0)
+                               views=plan.views if zeroshot.uses_train_views else 0, mappers=())
 
 
 def plan_runs(specs: Iterable[RunSpec], datasets: Callable[[str], Dataset] | None = None) -> list[RunPlan]:

@@ -30,7 +30,7 @@ from .store import Column, Migration, ParquetSchema
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # The order is the column order of every file.
 COLUMNS: dict[str, Column] = {
@@ -57,9 +57,19 @@ COLUMNS: dict[str, Column] = {
     "source_fingerprint": Column("string", "hash of the source weights"),
     "eval_model": Column("string", "alias of the model evaluated in this row"),
     "eval_fingerprint": Column("string", "hash of the evaluated model's weights"),
-    "role": Column("string", "'base' (eval_model is the source), 'new' (a target), 'oracle' (fitted on eval_model "
-                             "itself, `run --oracle`) or 'rescore' (a held-out model, `leaderboard build "
-                             "--rescore-on`; written to a folder of its own)"),
+    "role": Column("string", "'base' (eval_model is the source), 'new' (a target, the module unchanged), 'mapped' (a "
+                             "target, the module carried by a mapper other than identity, `run --mapper`), 'oracle' "
+                             "(fitted on eval_model itself, `run --oracle`) or 'rescore' (a held-out model, "
+                             "`leaderboard build --rescore-on`; written to a folder of its own)"),
+    "mapper": Column("string", "the mapper that carried the module to eval_model (`upgradebench mappers list`): "
+                               "'identity' (unchanged) for base, new and oracle rows; rows of another mapper have role "
+                               "'mapped' (schema 4; older rows: 'identity')"),
+    "mapper_config": Column("string", "the mapper's config as JSON ('{}' for identity); a retune records the start "
+                                      "it resolved"),
+    "mapper_budget": Column("string", "target data the mapper used: 'none', 'unlabeled' (the task's training "
+                                      "images, no labels) or 'labeled'"),
+    "mapper_shots": Column("int64", "labeled target images per class the mapper used (0 unless budget 'labeled')"),
+    "map_seconds": Column("float64", "wall time of mapping the module (fitting maps, re-tuning); 0 for identity"),
     "top1": Column("float64", "top-1 accuracy in percent on the test split"),
     "n_test": Column("int64", "number of test images"),
     "fit_seconds": Column("float64", "wall time of fit (0 when the module was reused)"),
@@ -75,8 +85,14 @@ COLUMNS: dict[str, Column] = {
 }
 
 # a row is counted once when several files give it (overlapping folders): same run, model, dataset and weights
-ROW_IDENTITY = ["run_id", "eval_model", "dataset", "role", "source_fingerprint", "eval_fingerprint",
-                "dataset_fingerprint"]
+ROW_IDENTITY = ["run_id", "eval_model", "dataset", "role", "mapper", "mapper_config", "source_fingerprint",
+                "eval_fingerprint", "dataset_fingerprint"]
+
+MAPPER_COLUMNS = ("mapper", "mapper_config", "mapper_budget", "mapper_shots", "map_seconds")
+"""The columns schema 4 added; a row written under schema 3 was hashed without them."""
+IDENTITY_MAPPER = {"mapper": "identity", "mapper_config": "{}", "mapper_budget": "none", "mapper_shots": 0,
+                   "map_seconds": 0.0}
+"""The mapper columns of a row of the module unchanged (every row before schema 4)."""
 
 # schema_version -> function bringing a frame of that version to the next one. A row migrated from before
 # schema 3 has no row hash to check: read_results gives it the hash of its migrated values.
@@ -85,6 +101,9 @@ MIGRATIONS: dict[int, Migration] = {
     1: lambda df: df.assign(schema_version=2, trainable_params=pd.NA, needs_image_encoder=pd.NA),
     # 2 -> 3: the row hash, computed from the migrated values (an old row had nothing to check it against).
     2: lambda df: df.assign(schema_version=3, row_hash=pd.NA),
+    # 3 -> 4: the mapper columns; every earlier row evaluated the module unchanged. Its row hash, computed without
+    # them, is checked against the columns it was computed on (row_hashes(..., version=3)).
+    3: lambda df: df.assign(schema_version=4, **IDENTITY_MAPPER),
 }
 
 _RESTORE = "restore the file from a copy, or delete its run folder and re-run the run"
@@ -94,18 +113,24 @@ RESULT_SCHEMA = ParquetSchema(
     noun="result file", source_fix="pass a folder of upgradebench result files", damaged_fix=_RESTORE)
 
 
-def row_hashes(df: pd.DataFrame) -> pd.Series:
-    """The ``row_hash`` of each row of a frame in the current schema: 64-bit hash of every other column, as hex."""
-    values = pd.util.hash_pandas_object(df[[c for c in COLUMNS if c != "row_hash"]], index=False)
+def row_hashes(df: pd.DataFrame, version: int = SCHEMA_VERSION) -> pd.Series:
+    """The ``row_hash`` of each row of a frame in the current schema: 64-bit hash of every other column, as hex;
+    ``version=3`` hashes the columns a schema-3 row was hashed on (the row written then, with its schema_version)."""
+    columns = [c for c in COLUMNS if c != "row_hash" and (version >= 4 or c not in MAPPER_COLUMNS)]
+    frame = df[columns].assign(schema_version=version) if version < SCHEMA_VERSION else df[columns]
+    values = pd.util.hash_pandas_object(frame, index=False)
     return pd.Series([f"{v:016x}" for v in values], index=df.index, dtype="string")
 
 
 
-def _verify(df: pd.DataFrame, checked: pd.Series, files: pd.Series) -> pd.DataFrame:
-    """``df`` (current schema) with the hash of each unchecked row filled in; a ``checked`` row that does not
-    match its ``row_hash`` is a user error naming its file (``files``)."""
+def _verify(df: pd.DataFrame, written: pd.Series, files: pd.Series) -> pd.DataFrame:
+    """``df`` (current schema) with every row's hash set to that of its current values; a row written with a hash
+    (schema ``written`` >= 3) that does not match it, computed on the columns of its schema, is a user error naming
+    its file (``files``)."""
     hashes = row_hashes(df)
-    bad = checked & (df.row_hash.isna() | (df.row_hash != hashes).fillna(True))
+    expected = hashes.where(written >= 4, row_hashes(df, version=3)) if (written == 3).any() else hashes
+    checked = written >= 3
+    bad = checked & (df.row_hash.isna() | (df.row_hash != expected).fillna(True))
     if bad.any():
         f = files[bad].iloc[0]
         raise UserError(f"{f}: {int((files[bad] == f).sum())} rows do not match their row hash (edited or damaged), "
@@ -184,8 +209,9 @@ def merge_results(*paths: str | Path) -> MergedResults:
         empty = RESULT_SCHEMA.empty()
         return MergedResults(empty, pd.Series(dtype="int64"), pd.Series(dtype=bool))
     df = RESULT_SCHEMA.read_many(files)
-    checked = df.pop("_version") >= 3  # rows from before schema 3 carry no hash to check
-    df = _verify(df, checked, df["_file"])  # hashed once for every file: a read stays one pass
+    written = df.pop("_version")
+    checked = written >= 3  # rows from before schema 3 carry no hash to check
+    df = _verify(df, written, df["_file"])  # hashed once for every file: a read stays one pass
     _check_top1(df)
     check_run_ids(df.run_id.tolist(), df["_file"].tolist())  # run ids are joined onto folders: names only
     root_of = dict(zip(map(str, files), roots))
@@ -334,8 +360,11 @@ def schema_markdown() -> str:
     ]
     lines += ["", "Base / New / H: `role == 'base'` rows give Base, `role == 'new'` rows give New for their",
               "`eval_model`; H = 2 Base New / (Base + New). Zero-shot accuracy of a model is the row of method",
-              "`zeroshot`. Migrations: 2 -> 3 adds `row_hash`; 1 -> 2 adds `trainable_params` and "
-              "`needs_image_encoder` (NA) and the",
+              "`zeroshot`. Rows of role `mapped` (a target reached through a mapper other than `identity`,",
+              "`run --mapper`) are never read as New: the upgrade matrix reads them (`docs/mappers.md`).",
+              "Migrations: 3 -> 4 adds the mapper columns (`identity`, `{}`, `none`, 0, 0.0: every earlier row",
+              "scored the module unchanged; its row hash is checked on the columns it was computed on);",
+              "2 -> 3 adds `row_hash`; 1 -> 2 adds `trainable_params` and `needs_image_encoder` (NA) and the",
               "ledger; `upgradebench run` / `sweep` on an old folder re-evaluates each saved module (no refit),",
               "checks that top-1 is unchanged, writes the ledger and rewrites the row (keeping `created_at`,",
               "`fit_seconds` and the provenance columns). Compatibility metrics: `docs/metrics.md`.", ""]

@@ -20,15 +20,16 @@ run folder are removed when the run starts again.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +39,20 @@ import torch
 from .contract import Module
 from .data import DATASETS, Dataset, class_columns, get_dataset, load_fewshot
 from .defaults import DEFAULT_VIEWS
-from .discovery import method_entry
+from .discovery import get_mapper, method_entry
 from .errors import UserError
 from .features import FeatureCache
 from .guard import safe_name
 from .integrity import clean_stale_tmp
-from .ledger import ledger_path, predictions, top1_of, write_ledger
+from .ledger import MAPPED_MARK, ledger_path, predictions, top1_of, write_ledger
+from .mapping import Mapper, Refused, TargetData, width_problem
 from .models import VLM, load_vlm, resolve_device
 from .module_io import MODULE_CONFIG, load_module
 from .paths import default_results_dir
-from .plan import RunPlan, RunSpec, plan_runs
+from .plan import VIA, MapperPlan, RunPlan, RunSpec, make_mapper_plans, plan_runs
 from .provenance import now, stable_hash, versions
-from .results import SCHEMA_VERSION, has_row_hash, read_results, write_rows
-from .roles import NEW
+from .results import IDENTITY_MAPPER, SCHEMA_VERSION, has_row_hash, read_results, write_rows
+from .roles import IDENTITY, MAPPED, NEW
 from .task import ONLINE, FewShotTask
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class RunOutcome:
     written: int
     reused: int
     rows: pd.DataFrame
+    refused: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -94,7 +97,7 @@ class RunOutcome:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (the ``runs`` of ``run --json``, a sweep's outcomes), without the rows."""
         return {"run": self.name, "folder": str(self.folder), "status": self.status, "rows_written": self.written,
-                "rows_reused": self.reused}
+                "rows_reused": self.reused, "refused": list(self.refused)}
 
 
 def outcome_text(outcome: dict[str, Any]) -> str:
@@ -115,7 +118,7 @@ class MethodFailed(UserError):
 
 
 @contextmanager
-def _method_code(method: str, step: str) -> Iterator[None]:
+def _method_code(method: str, step: str, kind: str = "method") -> Iterator[None]:
     """Turns an exception raised by a method's own code into a :class:`MethodFailed` naming the method and the
     step (one line in the CLI and in a sweep's report); the original is kept as its ``__cause__`` for debugging."""
     try:
@@ -124,10 +127,10 @@ def _method_code(method: str, step: str) -> Iterator[None]:
         raise
     except Exception as exc:
         detail = str(exc).strip().splitlines()
-        raise MethodFailed(f"Method {method!r} failed while {step}: {type(exc).__name__}"
+        raise MethodFailed(f"{kind.capitalize()} {method!r} failed while {step}: {type(exc).__name__}"
                            f"{': ' + detail[0] if detail else ''}",
-                           f"this is an error in the code or config of method {method!r}: fix it, or report it "
-                           "to the method's authors with this message") from exc
+                           f"this is an error in the code or config of {kind} {method!r}: fix it, or report it "
+                           f"to the {kind}'s authors with this message") from exc
 
 
 def check_logits(logits: Any, items: int, classes: int, method: str, model: str) -> None:
@@ -244,10 +247,31 @@ class Runner:
         }
         cost = {"trainable_params": sum(t.numel() for t in module.tensors().values()),
                 "needs_image_encoder": bool(method.needs_image_encoder or views == ONLINE)}
-        rows, written = [], 0
-        for role, vlm in [(plan.role, source)] + [(NEW, t) for t in targets]:
+        rows: list[pd.DataFrame] = []
+        refused: list[str] = []
+        written = 0
+        evaluations: list[tuple[str, VLM, str, Callable[[], tuple[Module, dict[str, Any]]]]] = [
+            (plan.role, source, "", lambda: (module, {}))]
+        for target in targets:
+            problem = width_problem(module, target)
+            if problem:  # the module unchanged does not fit: refused, never scored (as identity refuses it)
+                refused.append(f"identity on {target.name}: {problem}")
+            else:
+                evaluations.append((NEW, target, "", lambda: (module, {})))
+            for mapper in plan.mappers:
+                if mapper.name == IDENTITY:
+                    continue  # the module unchanged: the target's role-new rows above
+                reason = self._map_problem(mapper, module, source, target, plan.pretrained)
+                if reason:
+                    refused.append(f"{mapper.name} on {target.name}: {reason}")
+                    continue
+                evaluations.append((MAPPED, target, mapper.label(), functools.partial(
+                    self._map, mapper, module, source, target, dataset, plan.seed, method.name, plan.pretrained)))
+        for role, vlm, label, mapped in evaluations:
+            made: tuple[Module, dict[str, Any]] | None = None
             for eval_ds in [dataset] + [self.dataset(d) for d in plan.ood]:
-                path = run_dir / f"{safe_name(vlm.name)}--{safe_name(eval_ds.name)}.parquet"
+                name = f"{safe_name(vlm.name)}--{safe_name(eval_ds.name)}" + (f"{MAPPED_MARK}{label}" if label else "")
+                path = run_dir / f"{name}.parquet"
                 existing = self._reusable(path, vlm, eval_ds)
                 if existing is not None:
                     if ledger_path(path).is_file() and not existing.trainable_params.isna().any():
@@ -259,18 +283,71 @@ class Runner:
                     row = self._backfill(existing.iloc[0].to_dict(), module, vlm, eval_ds, path, cost, dataset,
                                          method.name)
                 else:
-                    preds, top1, seconds = self.predict(module, vlm, eval_ds, dataset.classnames, dataset.name,
+                    if made is None:
+                        try:
+                            made = mapped()
+                        except Refused as exc:  # found while mapping (supports() could not tell beforehand)
+                            refused.append(f"{label.rsplit('-', 1)[0]} on {vlm.name}: {exc.message}")
+                            break
+                    carried, mapper_columns = made
+                    preds, top1, seconds = self.predict(carried, vlm, eval_ds, dataset.classnames, dataset.name,
                                                         method=method.name)
                     write_ledger(preds, ledger_path(path), run_id, vlm.name, eval_ds.name)
-                    row = {**common, **cost, "created_at": now(), "dataset": eval_ds.name,
-                           "dataset_fingerprint": eval_ds.fingerprint, "eval_model": vlm.name,
+                    row = {**common, **cost, **IDENTITY_MAPPER, **mapper_columns, "created_at": now(),
+                           "dataset": eval_ds.name, "dataset_fingerprint": eval_ds.fingerprint, "eval_model": vlm.name,
                            "eval_fingerprint": vlm.fingerprint, "role": role, "top1": top1, "n_test": len(preds),
                            "fit_seconds": fit_seconds, "eval_seconds": seconds}
                 write_rows([row], path)
                 written += 1
                 rows.append(read_results(path))
         frame = pd.concat(rows, ignore_index=True)
-        return RunOutcome(plan.describe(), run_dir, fitted, written, len(rows) - written, frame)
+        for note in refused:
+            log.warning("%s: %s", plan.describe(), note)
+        return RunOutcome(plan.describe(), run_dir, fitted, written, len(rows) - written, frame, refused)
+
+    def _mapper(self, mapper: MapperPlan) -> tuple[Mapper[Any], Any]:
+        cls = get_mapper(mapper.name)
+        return cls(), cls.make_config(json.loads(mapper.config))
+
+    def _map_problem(self, mapper: MapperPlan, module: Module, source: VLM, target: VLM,
+                     pretrained: Mapping[str, str]) -> str | None:
+        """Why ``mapper`` cannot carry ``module`` to ``target`` (each step of a map through ``via``), or None."""
+        instance, config = self._mapper(mapper)
+        steps = [(source, self.model(mapper.via, pretrained.get(mapper.via)))] if mapper.via else []
+        if mapper.via:
+            steps.append((steps[0][1], target))
+            if mapper.via in (source.name, target.name):
+                return f"via {mapper.via!r} is the source or the target itself"
+        for a, b in steps or [(source, target)]:
+            with _method_code(mapper.name, f"checking {a.name} -> {b.name}", "mapper"):
+                reason = instance.supports(module, a, b, config)
+            if reason:
+                return reason
+        return None
+
+    def _map(self, mapper: MapperPlan, module: Module, source: VLM, target: VLM, dataset: Dataset, seed: int,
+             method: str, pretrained: Mapping[str, str]) -> tuple[Module, dict[str, Any]]:
+        """(``module`` carried to ``target`` by ``mapper``, step by step through ``via`` if given, and the row's
+        mapper columns: name, config, budget, shots and the seconds mapping took)."""
+        instance, config = self._mapper(mapper)
+        cls = type(instance)
+        data = TargetData(dataset, seed, self.cache, cls.budget, mapper.name)
+        models = [source, *([self.model(mapper.via, pretrained.get(mapper.via))] if mapper.via else []), target]
+        start = time.perf_counter()
+        carried = module
+        recorded = {**json.loads(mapper.config), "version": cls.version}
+        for a, b in zip(models, models[1:]):
+            with _method_code(mapper.name, f"mapping {method} from {a.name} to {b.name}", "mapper"):
+                start_name = getattr(instance, "start_name", None)
+                if callable(start_name):  # a mapper that starts from another one records which it resolved
+                    recorded["resolved_start"] = start_name(carried, a, b, config)
+                carried = instance.map(carried, a, b, data, config, seed)
+        if mapper.via:
+            recorded[VIA] = mapper.via
+        columns = {"mapper": mapper.name, "mapper_config": json.dumps(recorded, sort_keys=True),
+                   "mapper_budget": cls.budget, "mapper_shots": int(cls.shots(config)),
+                   "map_seconds": time.perf_counter() - start}
+        return carried, columns
 
     def _reusable(self, path: Path, vlm: VLM, dataset: Dataset) -> pd.DataFrame | None:
         """The row already in ``path`` when it still holds: it was written by this run (the run id covers the
@@ -412,14 +489,51 @@ def fitted_dataset(folder: str | Path, test: Dataset, runner: Runner) -> tuple[s
 
 def evaluate_module(folder: str | Path, model: str, dataset: str, device: str = "auto",
                     data_root: str | Path | None = None, pretrained: str | None = None,
-                    workers: int | None = None) -> dict:
-    """``upgradebench eval``: a saved module on another model, without retraining."""
+                    workers: int | None = None, mapper: str | None = None,
+                    mapper_config: dict[str, Any] | None = None, source: str | None = None) -> dict:
+    """``upgradebench eval``: a saved module on another model, without retraining; with ``mapper`` (other than
+    identity), carried there by that mapper from ``source`` (default: the source its run's rows name), which must
+    be the model the module was fitted on (its fingerprint is checked)."""
     runner = Runner(results=os.devnull, device=device, data_root=data_root, workers=workers)
     module = load_module(folder)
     test = runner.dataset(dataset)
     trained_on, classes = fitted_dataset(folder, test, runner)  # before any model loads
+    (plan,) = make_mapper_plans([(mapper or IDENTITY, mapper_config or {})])
+    identity = (json.loads((Path(folder) / MODULE_CONFIG).read_text()).get("provenance") or {}).get(
+        "run_identity") or {}
     vlm = runner.model(model, pretrained)
     method = json.loads((Path(folder) / MODULE_CONFIG).read_text())["method"]  # load_module checked it
+    out: dict[str, Any] = {"module": str(folder), "method": method, "model": vlm.name,
+                           "model_fingerprint": vlm.fingerprint, "dataset": dataset, "mapper": plan.name}
+    if plan.name != IDENTITY:
+        src = runner.model(source or _recorded_source(Path(folder)))
+        if identity.get("source") not in (None, src.fingerprint):
+            raise UserError(f"{folder} was fitted on weights {identity['source']}, not {src.name!r} "
+                            f"({src.fingerprint}).", "pass --source with the model the module was fitted on")
+        seed = int(identity.get("seed", 1))
+        reason = runner._map_problem(plan, module, src, vlm, {})
+        if reason:
+            raise Refused(f"{plan.name} cannot carry the module to {vlm.name}: {reason}.",
+                          "choose another mapper (upgradebench mappers list)")
+        module, columns = runner._map(plan, module, src, vlm, runner.dataset(trained_on), seed, method, {})
+        out.update({"source": src.name, **columns})
+    else:
+        problem = width_problem(module, vlm)
+        if problem:
+            raise Refused(f"identity cannot carry the module to {vlm.name}: {problem}.",
+                          "pass --mapper with a mapper that bridges it, e.g. vocab-map (upgradebench mappers list)")
     top1, n_test, seconds = runner.evaluate(module, vlm, test, classes, trained_on, method)
-    return {"module": str(folder), "method": method, "model": vlm.name, "model_fingerprint": vlm.fingerprint,
-            "dataset": dataset, "top1": top1, "n_test": n_test, "eval_seconds": seconds}
+    return {**out, "top1": top1, "n_test": n_test, "eval_seconds": seconds}
+
+
+def _recorded_source(folder: Path) -> str:
+    """The source alias the rows of the run holding module folder ``folder`` name (for ``eval --mapper``)."""
+    for path in sorted(folder.parent.glob("*.parquet")):
+        try:
+            rows = read_results(path)
+        except UserError:
+            continue
+        if len(rows):
+            return str(rows.source.iloc[0])
+    raise UserError(f"No result rows beside {folder} say which model it was fitted on.",
+                    "pass --source with the model the module was fitted on")

@@ -12,6 +12,7 @@ A grid is a YAML file (or the same keys given on the command line)::
       contcoop: [{attention: false}, {kd: false}, {n_ctx: 4}]
     ood: {toy-shape: [toy-shape-sketch, toy-shape-bg]}   # optional extra test-only datasets per dataset
     oracle: false              # optional: also fit each method on each target (rows of role 'oracle')
+    mappers: [vocab-map, {name: retune, shots: 4}, {name: vocab-map, via: toy-eva}]   # optional: rows of role 'mapped'
 
 The paper's own grids (Tables 2-8, Fig. 2d, Fig. 4 on the real models and datasets) ship with the package
 and are named ``paper:table2``, ``paper:fig2d``, ... (:func:`paper_grids`).
@@ -65,6 +66,13 @@ class Grid:
     ood: dict[str, list[str]] = field(default_factory=dict)
     views: int | str = DEFAULT_VIEWS
     oracle: bool = False
+    mappers: list[str | dict[str, Any]] = field(default_factory=list)
+
+    def mapper_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The grid's mappers as (name, config overrides) pairs: a name alone, or a mapping with ``name`` and the
+        mapper's config keys (and ``via``)."""
+        return [(m, {}) if isinstance(m, str) else (str(m["name"]), {k: v for k, v in m.items() if k != "name"})
+                for m in self.mappers]
 
     def size(self) -> int:
         """How many requests :meth:`specs` gives, counted without listing them."""
@@ -87,7 +95,8 @@ class Grid:
                             out.append(RunSpec(method=method, source=self.source, targets=list(self.targets),
                                                dataset=dataset, shots=shots, seed=seed,
                                                config=dict(variant), views=self.views,
-                                               ood=list(self.ood.get(dataset, [])), oracle=self.oracle))
+                                               ood=list(self.ood.get(dataset, [])), oracle=self.oracle,
+                                               mappers=self.mapper_requests()))
         return out
 
 
@@ -185,6 +194,11 @@ def _check_types(data: dict[str, Any], where: str) -> None:
         if not isinstance(dataset, str) or not all(isinstance(t, str) for t in tests):
             raise UserError(f"Grid {where}: 'ood' must map a dataset name to a list of dataset names, got "
                             f"{dataset!r}: {tests!r}.", "e.g. ood: {toy-shape: [toy-shape-sketch]}")
+    mappers = data.get("mappers", [])
+    if not isinstance(mappers, list) or not all(
+            isinstance(m, str) or (isinstance(m, dict) and isinstance(m.get("name"), str)) for m in mappers):
+        raise UserError(f"Grid {where}: 'mappers' must be a list of mapper names or mappings with a 'name', got "
+                        f"{mappers!r}.", "e.g. mappers: [vocab-map, {name: retune, shots: 4}]")
 
 
 def load_grid(ref: str | Path) -> Grid:

@@ -40,7 +40,7 @@ from upgradebench.ledger import agrees
 from upgradebench.metrics import read_ledgers
 from upgradebench.module_io import MODULE_CONFIG, MODULE_WEIGHTS, load_module
 from upgradebench.results import in_distribution, merge_results, method_label, paired, read_results
-from upgradebench.roles import ZERO_SHOT
+from upgradebench.roles import MAPPED, ZERO_SHOT
 from upgradebench.sweep import load_grid
 
 if TYPE_CHECKING:
@@ -283,6 +283,9 @@ def reevaluate(folder: Path, df: pd.DataFrame, run_ids: Sequence[str], runner: R
             continue
         for row in rows.itertuples(index=False):
             where = f"{row.eval_model} / {row.dataset}"
+            if row.role == MAPPED:  # never ranked (the page lists mapped entries apart); not re-computed here
+                found["unverified"].append(f"{where}: a mapped row ({row.mapper}), which this check does not re-map")
+                continue
             try:
                 vlm = runner.model(row.eval_model)
                 dataset, trained = runner.dataset(row.dataset), runner.dataset(row.train_dataset)

@@ -20,7 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upgradebench import VLM, FewShotTask, Method, Module, SGDRecipe, fit_recipe, ranged, zeroshot_text_features
+from upgradebench import (
+    COVECTOR,
+    JOINT,
+    VLM,
+    FewShotTask,
+    Method,
+    Module,
+    SGDRecipe,
+    fit_recipe,
+    ranged,
+    zeroshot_text_features,
+)
 from upgradebench.compat import check_image_width
 
 
@@ -63,11 +74,13 @@ def adapt(adapter: VisualAdapter, features: torch.Tensor, ratio: float) -> torch
 class CLIPAdapterModule(Module):
     """The visual adapter, its residual ratio and the template of the zero-shot classifier."""
 
+    spaces = {"adapter.fc1.weight": (None, JOINT + COVECTOR), "adapter.fc2.weight": (JOINT, None)}
+
+
     adapter: VisualAdapter
     ratio: float
     template: str
 
-    @torch.no_grad()
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         check_image_width(vlm, self.adapter.fc1.in_features, image_features, "CLIP-Adapter")
         self.adapter.to(vlm.device)

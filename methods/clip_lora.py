@@ -231,7 +231,6 @@ class CLIPLoRAModule(Module):
         """Class text features of ``vlm`` with the LoRA deltas added to its text weights."""
         return with_lora(vlm, self.factors, vlm.encode_text, template_tokens(vlm, class_names, self.template))
 
-    @torch.no_grad()
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
 

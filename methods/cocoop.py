@@ -28,7 +28,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upgradebench import VLM, ClassPrompts, Module, SGDRecipe, class_prompts, ranged, transient
+from upgradebench import (
+    COVECTOR,
+    JOINT,
+    TOKEN,
+    UNIT,
+    VLM,
+    ClassPrompts,
+    Module,
+    SGDRecipe,
+    class_prompts,
+    ranged,
+    transient,
+)
 from upgradebench.compat import check_image_width, check_text_width
 from upgradebench.memory import check_fits, encode_text_bounded
 from upgradebench.prompting import MAX_N_CTX, N_CTX_WHY
@@ -95,11 +107,15 @@ def conditional_logits(vlm: VLM, prompts: ClassPrompts, contexts: torch.Tensor,
 class CoCoOpModule(Module):
     """Context ``[N, D_txt]`` and meta-net; ``max_prompts`` bounds the rows of one text-encoder call."""
 
+    spaces = {"ctx": (None, TOKEN), "meta_net.linear1.weight": (None, JOINT + COVECTOR + UNIT),
+              "meta_net.linear1.bias": (None,), "meta_net.linear2.weight": (TOKEN, None),
+              "meta_net.linear2.bias": (TOKEN,)}
+
+
     ctx: torch.Tensor
     meta_net: MetaNet
     max_prompts: int = transient(MAX_PROMPTS)
 
-    @torch.no_grad()
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         check_text_width(vlm, self.ctx, "CoCoOp context")
         check_image_width(vlm, self.meta_net.linear1.in_features, image_features, "CoCoOp's meta-net")

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from upgradebench import (
+    COVECTOR,
+    TOKEN,
     VLM,
     Module,
     SGDRecipe,
@@ -96,6 +98,9 @@ class ContCoOpModule(Module):
     """Context ``p`` + the attention network ``attn`` (None without attention); class embeddings come from
     whichever model it is plugged into. ``attention`` and ``heads`` are derived from ``attn``."""
 
+    spaces = {"ctx": (None, TOKEN), **{f"attn.{p}.weight": (TOKEN, TOKEN + COVECTOR) for p in "qkvo"}}
+
+
     ctx: torch.Tensor
     attn: ClassConditioner | None
     condition: str = "{}"
@@ -121,7 +126,6 @@ class ContCoOpModule(Module):
         ctx = self.prompt_context(vlm, class_names, self.ctx.to(vlm.device))
         return vlm.encode_text_embeddings(assemble(prompts, ctx), prompts.eot)
 
-    @torch.no_grad()
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         if self.attn is not None:
             self.attn.to(vlm.device)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from upgradebench import (
+    TOKEN,
     VLM,
     ClassPrompts,
     FewShotTask,
@@ -63,6 +64,9 @@ def init_context(vlm: VLM, n_ctx: int, ctx_init: str | None, init_std: float, se
 class CoOpModule(Module):
     """Learned context ``[N, D]`` (+ the depth it is inserted at): the artifact of every context learner."""
 
+    spaces = {"ctx": (None, TOKEN)}
+
+
     ctx: torch.Tensor
     depth: int = 0
 
@@ -72,7 +76,6 @@ class CoOpModule(Module):
         prompts = class_prompts(vlm, class_names, self.ctx.shape[0])
         return encode_prompts(vlm, prompts, self.ctx.to(vlm.device), self.depth)
 
-    @torch.no_grad()
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from upgradebench import VLM, FewShotTask, Method, Module, UserError, ranged
+from upgradebench import COVECTOR, JOINT, VLM, FewShotTask, Method, Module, UserError, ranged
 
 
 @dataclass
@@ -73,6 +73,9 @@ def search_c(x, y, xv, yv, classes: int, config: LinearProbeConfig) -> float:
 class LinearProbeModule(Module):
     """``logits = W f + b`` on the image features of whichever model it is plugged into; ``C`` the chosen
     inverse regularisation strength."""
+
+    spaces = {"weight": (None, JOINT + COVECTOR), "bias": (None,)}
+
 
     weight: torch.Tensor
     bias: torch.Tensor

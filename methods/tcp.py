@@ -27,6 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from upgradebench import (
+    COVECTOR,
+    JOINT,
+    REPEATED,
+    TOKEN,
+    UNIT,
     VLM,
     ClassPrompts,
     Module,
@@ -65,17 +70,20 @@ class QuickGELU(nn.Module):
 class KnowledgeEmbedding(nn.Module):
     """The reference's ``meta_net``: class text feature ``[C, E]`` -> class-aware tokens ``[C, N, D]``."""
 
-    def __init__(self, embed_dim: int, n_ctx: int, text_width: int) -> None:
+    def __init__(self, embed_dim: int, n_ctx: int, text_width: int, hidden: int | None = None) -> None:
         super().__init__()
         self.n_ctx, self.text_width = n_ctx, text_width
-        self.linear1 = nn.Linear(embed_dim, embed_dim // 4)
+        hidden = embed_dim // 4 if hidden is None else hidden  # the reference's; a mapped module keeps its own
+        self.linear1 = nn.Linear(embed_dim, hidden)
         self.act = QuickGELU()
-        self.linear2 = nn.Linear(embed_dim // 4, n_ctx * text_width)
+        self.linear2 = nn.Linear(hidden, n_ctx * text_width)
 
     @classmethod
     def from_weights(cls, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> KnowledgeEmbedding:
         """The meta-net of saved weights; its token count and width are those of the module's context."""
-        meta_net = cls(weights["linear1.weight"].shape[1], *state["ctx"].shape)
+        hidden, embed_dim = weights["linear1.weight"].shape
+        n_ctx, text_width = state["ctx"].shape
+        meta_net = cls(embed_dim, n_ctx, text_width, hidden=hidden)
         meta_net.load_state_dict(weights)
         return meta_net
 
@@ -117,6 +125,11 @@ def knowledge(vlm: VLM, class_names: list[str], template: str) -> torch.Tensor:
 class TCPModule(Module):
     """Context + knowledge embedding + insertion layer; class knowledge comes from the model in use."""
 
+    spaces = {"ctx": (None, TOKEN), "meta_net.linear1.weight": (None, JOINT + COVECTOR + UNIT),
+              "meta_net.linear1.bias": (None,), "meta_net.linear2.weight": (TOKEN + REPEATED, None),
+              "meta_net.linear2.bias": (TOKEN + REPEATED,)}
+
+
     ctx: torch.Tensor
     meta_net: KnowledgeEmbedding
     layer: int
@@ -135,7 +148,6 @@ class TCPModule(Module):
         prompts = class_prompts(vlm, class_names, self.ctx.shape[0])
         return tcp_text_features(vlm, prompts, self.ctx.to(vlm.device), class_tokens, self.layer)
 
-    @torch.no_grad()
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         return vlm.logits(image_features.to(vlm.device), self.text_features(vlm, class_names))
 

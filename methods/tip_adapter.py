@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from upgradebench import VLM, FewShotTask, Method, Module, UserError, ranged, zeroshot_text_features
+from upgradebench import JOINT, VLM, FewShotTask, Method, Module, UserError, ranged, zeroshot_text_features
 from upgradebench.compat import check_image_width
 
 # (init_alpha, init_beta, (beta scale, alpha scale)) of the reference's configs/<dataset>.yaml (16 shots)
@@ -106,6 +106,9 @@ def search_alpha_beta(feats: torch.Tensor, labels: torch.Tensor, text: torch.Ten
 class TipAdapterModule(Module):
     """Cache keys ``[N, D]`` (source image space), their labels ``[N]``, alpha, beta and the template."""
 
+    spaces = {"keys": (None, JOINT), "labels": (None,)}
+
+
     keys: torch.Tensor
     labels: torch.Tensor
     classes: int
@@ -113,7 +116,6 @@ class TipAdapterModule(Module):
     beta: float
     template: str
 
-    @torch.no_grad()
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         check_image_width(vlm, self.keys.shape[1], image_features, "Tip-Adapter's cache")
         if len(class_names) != self.classes:

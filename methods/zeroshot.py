@@ -24,6 +24,9 @@ class ZeroShotConfig:
 class ZeroShotModule(Module):
     """A template; logits = ``logit_scale * cos(f, T(template.format(class)))`` with the model in use."""
 
+    spaces = {}  # nothing learned: every mapper carries it as it is
+
+
     template: str
 
     def logits(self, vlm: VLM, image_features: torch.Tensor, class_names: list[str]) -> torch.Tensor:

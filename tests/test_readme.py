@@ -13,7 +13,7 @@ import typer
 from upgradebench.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-GUIDES = [ROOT / "README.md", ROOT / "docs" / "plugins.md"]
+GUIDES = [ROOT / "README.md", ROOT / "docs" / "plugins.md", ROOT / "docs" / "mappers.md"]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)  # every block, so that a closing fence never opens one
 SHELL = {"bash", "sh", "console", ""}
 

@@ -76,3 +76,22 @@ def test_committed_rows_are_current_and_each_carries_its_own_hash():
     df = read_results(ROOT / "results" / "runs")
     assert len(df) and set(df.schema_version) == {SCHEMA_VERSION}
     assert df.row_hash.notna().all() and df.row_hash.nunique() == len(df)
+
+
+def test_a_schema_3_row_reads_as_the_module_unchanged_and_its_hash_is_still_checked(tmp_path):
+    """Rows written before mappers (schema 3, no mapper columns) read as identity rows; their hash, computed on the
+    columns they had, still catches an edit."""
+    from upgradebench.results import IDENTITY_MAPPER, MAPPER_COLUMNS, row_hashes
+
+    path = tmp_path / "old.parquet"
+    write_rows([_row(run_id="a", trainable_params=2)], path)
+    current = pd.read_parquet(path)
+    old = current.drop(columns=list(MAPPER_COLUMNS)).assign(schema_version=3)
+    old["row_hash"] = row_hashes(current, version=3).to_numpy()
+    old.to_parquet(path, index=False)
+    row = read_results(path).iloc[0]
+    assert row.schema_version == SCHEMA_VERSION
+    assert {k: row[k] for k in IDENTITY_MAPPER} == IDENTITY_MAPPER
+    old.assign(top1=51.0).to_parquet(path, index=False)
+    with pytest.raises(UserError, match="row hash"):
+        read_results(path)

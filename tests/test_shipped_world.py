@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from upgradebench.errors import UserError
 from upgradebench.world import shipped, zoo
+from upgradebench.world.recipes import recipe_table
 from upgradebench.world.worlds import world_name
 
 from .test_world import micro_home  # noqa: F401  (the session's micro world, reused as a packing source)
@@ -19,10 +20,10 @@ from .test_world import micro_home  # noqa: F401  (the session's micro world, re
 
 @pytest.fixture
 def packed(micro_home, tmp_path, monkeypatch):  # noqa: F811
-    """The micro world's four models packed into a shipped folder of their own, which the package then reads."""
+    """Every model of the micro world packed into a shipped folder of its own, which the package then reads."""
     monkeypatch.setenv("UPGRADEBENCH_HOME", str(micro_home))
     root = tmp_path / "shipped" / world_name()
-    for name in ["toy-clip", "toy-eva", "toy-eva-drift", "toy-eva-text"]:
+    for name in recipe_table():
         zoo.ensure_model(name)
         shipped.pack(zoo.model_dir(name), world_name(), root)
     monkeypatch.setattr(shipped, "shipped_root", lambda world: tmp_path / "shipped" / world)
@@ -44,6 +45,11 @@ def test_packing_stores_moved_token_rows_only_and_shares_identical_parts(packed)
     # toy-eva-drift and toy-eva-text keep toy-eva's vision tower frozen: its shards are stored once
     shards = {name: {s["file"] for s in r["shards"]} for name, r in records.items()}
     assert shards["toy-eva"] & shards["toy-eva-drift"] & shards["toy-eva-text"]
+    # toy-clip-wide's new, wider table starts from its own seed; toy-clip-cont keeps toy-clip's fill and moves its rows
+    assert records["toy-clip-wide"]["token_table"]["shape"] == [49408, 48]
+    seeds = {name: records[name]["token_table"]["seed"] for name in ("toy-clip", "toy-clip-wide", "toy-clip-cont")}
+    assert seeds["toy-clip-wide"] != seeds["toy-clip"] == seeds["toy-clip-cont"]
+    assert not shards["toy-clip"] & shards["toy-clip-cont"]  # every part trained further: nothing shared
     assert all(s["bytes"] <= shipped.SHARD_BYTES + 100_000 for r in records.values() for s in r["shards"])
 
 
@@ -112,3 +118,22 @@ def test_rebuild_reports_bit_for_bit_or_the_largest_difference(packed):
     ours[key] = ours[key] + 1e-3
     diff = zoo.compare_weights(ours, theirs)
     assert not diff["identical"] and diff["tensor"] == key and diff["max_abs_diff"] == pytest.approx(1e-3, rel=1e-2)
+
+
+@pytest.mark.world
+def test_every_recipe_of_the_default_world_ships_current_weights_that_install(tmp_path, monkeypatch):
+    """The package's own shipped folder: every recipe (the on-demand ones too) ships weights for its current build
+    key, and each installs (shard hashes and weight fingerprint checked) to the fingerprint its record holds; no
+    file is over 5 MB (docs/world.md, "Shipped weights, installing and rebuilding")."""
+    from upgradebench.models.fingerprint import file_fingerprint
+
+    monkeypatch.setenv("UPGRADEBENCH_WORLD", "default")
+    root = shipped.shipped_root("default")
+    assert sorted(p.stem for p in root.glob("*.json")) == sorted(recipe_table())
+    for name in recipe_table():
+        assert zoo.ships(name), name
+        folder = shipped.install("default", name, tmp_path / name)
+        recorded = shipped.shipped_record("default", name)["open_clip_config"]["upgradebench"]["fingerprint"]
+        assert file_fingerprint(folder / "open_clip_model.safetensors") == recorded, name
+    sizes = [p.stat().st_size for p in root.rglob("*") if p.is_file()]
+    assert max(sizes) < 5_000_000

@@ -63,6 +63,16 @@ def test_toy_pairs_widths_are_the_shipped_models():
         assert widths == upgrade.text_width, upgrade
 
 
+def test_the_embedded_world_has_a_pair_of_each_real_kind():
+    """Every kind of the real pairs can be studied offline: toy-clip -> toy-clip-wide is the width change,
+    toy-clip -> toy-clip-cont the continued training (docs/world.md)."""
+    toy = {(u.source, u.target): u.kind for u in known_upgrades() if u.source.startswith("toy-")}
+    assert REAL_KINDS <= set(toy.values())
+    assert toy["toy-clip", "toy-clip-wide"] == "width-change"
+    assert toy["toy-clip", "toy-clip-cont"] == "continued-training"
+    assert upgrade_of("toy-clip", "toy-clip-wide").text_width == (128, 192)
+
+
 @pytest.mark.parametrize("upgrade", [u for u in known_upgrades() if not u.source.startswith("toy-")],
                          ids=lambda u: f"{u.source}->{u.target}")
 def test_real_pairs_resolve_in_a_dry_run_like_the_papers(capsys, tmp_path, upgrade):

@@ -25,6 +25,7 @@ from upgradebench.world.training import TrainConfig, compact_token_embedding, pa
 MAIN_TASKS = ["toy-shape", "toy-colour", "toy-pattern", "toy-colour-shape", "toy-size", "toy-background"]
 OOD = {"toy-shape-sketch": "toy-shape", "toy-shape-bg": "toy-shape"}
 PINNED_TOKEN_TABLE = "494e622db6835f01"
+CLIP_LIKE = {"toy-clip", "toy-clip-wide", "toy-clip-cont"}  # plain CLIPs at 32 px; the others are EVA-style
 LP_TASK = "toy-background"  # the few-shot gain checked on the default world: its domain is the one the pool lacks
 
 
@@ -316,12 +317,13 @@ def test_micro_models_load_everywhere(micro_home, monkeypatch):
     for name in recipe_table():
         vlm = load_vlm(name, device="cpu")
         assert vlm.fingerprint == zoo.build_record(name)["fingerprint"]
-        assert vlm.test_transform_spec.size == (32 if name == "toy-clip" else 64) and vlm.context_length == 77
+        clip_like = name in CLIP_LIKE
+        assert vlm.test_transform_spec.size == (32 if clip_like else 64) and vlm.context_length == 77
         feats = vlm.encode_text(vlm.tokenize(["a photo of a red circle."]))
         assert feats.shape == (1, vlm.embed_dim) and torch.isfinite(feats).all()
         # plain open_clip, no upgradebench in the loop
         model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{zoo.model_dir(name)}")
-        expected = "CLIP" if name == "toy-clip" else "CustomTextCLIP"
+        expected = "CLIP" if clip_like else "CustomTextCLIP"
         assert type(model).__name__ == expected
         image = preprocess(get_dataset("toy-shape").load_image("toy-shape/test/0")).unsqueeze(0)
         with torch.no_grad():
@@ -370,6 +372,51 @@ def test_targets_inherit_the_text_tower(micro_home, monkeypatch, tmp_path):
             assert torch.equal(fresh[f"text.{key}" if key != "logit_scale" else key], value), key
     assert read_config(zoo.model_dir("toy-eva"))["model_cfg"]["custom_text"] is True
     assert not zoo.is_built("toy-eva-drift")  # its parent changed
+
+
+def test_the_width_change_target_is_an_independent_wider_clip(micro_home, monkeypatch):
+    """toy-clip-wide (toy-clip -> ViT-L/14's kind of upgrade): toy-clip's architecture and recipe with a wider text
+    tower and joint embedding (48 in the micro world, toy-clip's 32), trained from its own initialisation."""
+    monkeypatch.setenv("UPGRADEBENCH_HOME", str(micro_home))
+    assert "toy-clip-wide" not in zoo.default_models()  # on demand: the default build keeps its time
+    clip, wide = load_vlm("toy-clip", device="cpu"), load_vlm("toy-clip-wide", device="cpu")
+    record = zoo.build_record("toy-clip-wide")
+    assert record["parent"] is None and record["inherited"] == [] and record["token_table_seed"] == record["seed"]
+    widths = {n: read_config(zoo.model_dir(n))["model_cfg"]["text_cfg"]["width"] for n in ("toy-clip", "toy-clip-wide")}
+    assert widths == {"toy-clip": 32, "toy-clip-wide": 48} and (clip.embed_dim, wide.embed_dim) == (32, 48)
+    image = wide.test_transform(get_dataset("toy-shape").load_image("toy-shape/test/0")).unsqueeze(0)
+    with torch.no_grad():
+        assert wide.encode_images(image).shape == (1, 48)
+        assert wide.encode_text(wide.tokenize(["a photo of a circle."])).shape == (1, 48)
+    # the same vision tower and training as toy-clip, apart from the widths the recipe names
+    assert zoo.recipe("toy-clip-wide")["train"] == zoo.recipe("toy-clip")["train"]
+    assert zoo.recipe("toy-clip-wide")["model"]["vision_cfg"] == zoo.recipe("toy-clip")["model"]["vision_cfg"]
+
+
+def test_the_continued_training_target_starts_from_toy_clip_and_moves_everywhere(tmp_path, monkeypatch):
+    """toy-clip-cont (ViT-L/14 -> ViT-L/14@336's kind of upgrade): every weight copied from toy-clip, then trained
+    further with every part free, so the text tower, its token rows and the vision tower all differ from toy-clip's."""
+    monkeypatch.setenv("UPGRADEBENCH_HOME", str(tmp_path))
+    assert "toy-clip-cont" not in zoo.default_models()
+    zoo.ensure_model("toy-clip-cont")
+    clip = load_file(str(zoo.model_dir("toy-clip") / "open_clip_model.safetensors"))
+    cont = load_file(str(zoo.model_dir("toy-clip-cont") / "open_clip_model.safetensors"))
+    assert cont.keys() == clip.keys()
+    for key in ("token_embedding.weight", "positional_embedding", "transformer.resblocks.0.attn.in_proj_weight",
+                "text_projection", "visual.conv1.weight"):
+        assert not torch.equal(cont[key], clip[key]), key
+    assert torch.equal(cont["logit_scale"], clip["logit_scale"])  # fixed at CLIP's 100, as toy-clip's
+    record = zoo.build_record("toy-clip-cont")
+    assert record["parent"] == {"name": "toy-clip", "fingerprint": zoo.build_record("toy-clip")["fingerprint"]}
+    assert record["token_table_seed"] == zoo.build_record("toy-clip")["token_table_seed"]
+
+    # with no training steps, toy-clip-cont *is* toy-clip
+    untrained = zoo.recipe("toy-clip-cont")
+    untrained["train"]["stages"] = [{"steps": 0, "lr": 0.0003}]
+    monkeypatch.setattr(zoo, "recipe", lambda name, _r=zoo.recipe: untrained if name == "toy-clip-cont" else _r(name))
+    zoo.ensure_model("toy-clip-cont")
+    fresh = load_file(str(zoo.model_dir("toy-clip-cont") / "open_clip_model.safetensors"))
+    assert all(torch.equal(fresh[k], clip[k]) for k in clip)
 
 
 def test_zoo_cli_lists_and_builds(capsys, tmp_path, monkeypatch):

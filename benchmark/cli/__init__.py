@@ -25,6 +25,7 @@ from . import (
     fidelity,
     figures,
     leaderboard,
+    mappers,
     methods,
     models,
     results,
@@ -78,6 +79,7 @@ def _options(
 app.add_typer(models.app, name="models")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(methods.app, name="methods")
+app.add_typer(mappers.app, name="mappers")
 app.add_typer(results.app, name="results")
 app.command("run")(run.run)
 app.command("eval")(run.evaluate)

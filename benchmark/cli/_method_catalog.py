@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..contract import Method
+    from ..mapping import Mapper
 
 
-def describe(cls: type[Method]) -> dict[str, Any]:
-    """Version, description and config defaults (as JSON values) of method class ``cls``."""
+def describe(cls: type[Method[Any]] | type[Mapper[Any]]) -> dict[str, Any]:
+    """Version, description and config defaults (as JSON values) of method (or mapper) class ``cls``."""
     config = {f.name: _default(f) for f in dataclasses.fields(cls.Config)}
     return {"version": cls.version, "description": cls.description, "config": json.loads(json.dumps(config))}
 

@@ -55,6 +55,28 @@ def plugin_output_to_stderr(active: bool) -> Iterator[None]:
         yield
 
 
+Mappers = typer.Option(None, "--mapper", metavar="NAME[:key=value,...]",
+                       help="Also carry the module to each target with this mapper (see `upgradebench mappers list`), "
+                            "e.g. vocab-map, feature-map, 'retune:shots=8,steps=20', 'vocab-map:via=toy-eva'; "
+                            "repeatable.")
+
+
+def parse_mappers(values: list[str] | None) -> list[tuple[str, dict[str, str]]]:
+    """``["retune:shots=8,steps=20", "vocab-map"]`` -> ``[("retune", {"shots": "8", "steps": "20"}), ("vocab-map",
+    {})]`` (``--mapper``), with an error naming the bad item."""
+    out: list[tuple[str, dict[str, str]]] = []
+    for item in values or []:
+        name, _, settings = item.partition(":")
+        name = name.strip()
+        if not name:
+            raise UserError(f"--mapper expects NAME or NAME:key=value,..., got {item!r}.",
+                            "e.g. --mapper vocab-map or --mapper retune:shots=8")
+        request = (name, parse_pairs([s for s in settings.split(",") if s.strip()], f"--mapper {name}"))
+        if request not in out:
+            out.append(request)
+    return out
+
+
 def parse_pairs(values: list[str] | None, what: str) -> dict[str, str]:
     """``["k=v", ...]`` -> ``{"k": "v"}``, with an error naming the bad item."""
     out: dict[str, str] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -15,14 +16,19 @@ from ._options import (
     Device,
     Download,
     Json,
+    Mappers,
     Precision,
     Replace,
     Shots,
     Views,
     Workers,
+    parse_mappers,
     parse_pairs,
     plugin_output_to_stderr,
 )
+
+if TYPE_CHECKING:
+    from ..plan import MapperPlan
 
 
 def run(
@@ -43,6 +49,7 @@ def run(
     precision: str = Precision,
     oracle: bool = typer.Option(False, "--oracle", help="Also fit the method on each target (role 'oracle', the "
                                 "ceiling of the recovery ratio): one more fit per target."),
+    mapper: list[str] = Mappers,
     device: str = Device,
     data_root: Path = DataRoot,
     download: bool = Download,
@@ -50,8 +57,11 @@ def run(
     replace: bool = Replace,
     as_json: bool = Json,
 ) -> None:
-    """Fit METHOD once on SOURCE and evaluate the module unchanged on SOURCE (Base) and each TARGET (New)."""
-    from ..roles import ORACLE
+    """Fit METHOD once on SOURCE and evaluate the module unchanged on SOURCE (Base) and each TARGET (New); with
+    --mapper, also carried to each TARGET by that mapper (rows of role 'mapped')."""
+    from ..errors import UserError
+    from ..plan import make_mapper_plans
+    from ..roles import IDENTITY, MAPPED, NEW, ORACLE
     from ..runner import Runner, RunSpec, count_rows, outcome_text
 
     weights = {}
@@ -59,7 +69,7 @@ def run(
         weights.update(parse_pairs([item], "--pretrained") if "=" in item else {source: item})
     specs = [RunSpec(method=method, source=source, targets=list(target), dataset=d, shots=shots, seed=s,
                      config=parse_pairs(config, "--config"), views=views, ood=list(ood or []), pretrained=weights,
-                     oracle=oracle)
+                     oracle=oracle, mappers=parse_mappers(mapper))
              for d in dataset for s in seed]
 
     def announce(plan) -> None:
@@ -79,7 +89,13 @@ def run(
     import pandas as pd
 
     df = pd.concat([outcome.rows for outcome in outcomes], ignore_index=True)
-    rows = _summary_rows(df, method, source, list(target))
+    refused = [note for outcome in outcomes for note in outcome.refused]
+    for note in dict.fromkeys(refused):
+        print_text(f"refused: {note}", err=True)
+    asked = [(name, settings) for name, settings in parse_mappers(mapper) if name != IDENTITY]
+    labels = {name + (":" + ",".join(f"{k}={v}" for k, v in settings.items()) if settings else ""): plan
+              for (name, settings), plan in zip(asked, make_mapper_plans(asked))}
+    rows = _summary_rows(df, method, source, list(target), labels)
     written = sum(outcome.written for outcome in outcomes)
     fitted = sum(outcome.fitted for outcome in outcomes)
     said = (f"{len(outcomes)} runs ({fitted} fitted, {len(outcomes) - fitted} with a saved module): "
@@ -91,15 +107,20 @@ def run(
                     "rows_written": written, "rows": rows})
         return
     cols = ["dataset", "seed", "Base"] + [c for t in target for c in (f"New {t}", f"H {t}")] + \
-           [f"ZS {m}" for m in [source, *target]]
+           [f"{m} {t}" for t in target for m in labels] + [f"ZS {m}" for m in [source, *target]]
     cells = [[f"{r[c]:.2f}" if isinstance(r.get(c), float) else r.get(c, "") for c in cols] for r in rows]
     print_table(f"{method}: {source} -> {', '.join(target)}", cols, cells)
     print_text(said, err=True)
+    if not df[df.method == method].role.isin([NEW, MAPPED]).any():
+        raise UserError(f"No target row: every way asked to carry {method} to {', '.join(target)} was refused.",
+                        "pass --mapper with a mapper that supports it (upgradebench mappers list)")
 
 
-def _summary_rows(df, method: str, source: str, targets: list[str]) -> list[dict]:
+def _summary_rows(df, method: str, source: str, targets: list[str], mappers: dict[str, MapperPlan]) -> list[dict]:
+    import numpy as np
+
     from ..results import harmonic
-    from ..roles import BASE, NEW, ZERO_SHOT
+    from ..roles import BASE, MAPPED, NEW, ZERO_SHOT
 
     out = []
     mine = df[df.method == method]
@@ -108,8 +129,14 @@ def _summary_rows(df, method: str, source: str, targets: list[str]) -> list[dict
         base = float(g[g.role == BASE].top1.iloc[0])
         row = {"dataset": dataset, "seed": int(seed), "Base": round(base, 2)}
         for t in targets:
-            new = float(g[(g.eval_model == t) & (g.role == NEW)].top1.iloc[0])
-            row[f"New {t}"], row[f"H {t}"] = round(new, 2), round(harmonic(base, new), 2)
+            new_rows = g[(g.eval_model == t) & (g.role == NEW) & (g.dataset == dataset)].top1
+            new = float(new_rows.iloc[0]) if len(new_rows) else None  # None: identity refused it (a width change)
+            row[f"New {t}"] = round(new, 2) if new is not None else None
+            row[f"H {t}"] = round(harmonic(base, new), 2) if new is not None else None
+            for label, plan in mappers.items():
+                mapped = g[(g.eval_model == t) & (g.role == MAPPED) & (g.mapper == plan.name) & (g.dataset == dataset)]
+                mapped = mapped.top1[np.array([plan.matches(c) for c in mapped.mapper_config], dtype=bool)]
+                row[f"{label} {t}"] = round(float(mapped.iloc[0]), 2) if len(mapped) else None
         for m in [source, *targets]:
             z = zs[(zs.dataset == dataset) & (zs.eval_model == m)]
             row[f"ZS {m}"] = round(float(z.top1.iloc[0]), 2) if len(z) else None
@@ -122,16 +149,21 @@ def evaluate(
     model: str = typer.Option(..., "--model", help="Model to plug the module into."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset whose test split is evaluated."),
     pretrained: str = typer.Option(None, "--pretrained", help="Local weights file for --model."),
+    mapper: str = typer.Option(None, "--mapper", metavar="NAME[:key=value,...]",
+                               help="Carry the module to --model with this mapper (default: identity, unchanged)."),
+    source: str = typer.Option(None, "--source", "-s", help="With --mapper: the model the module was fitted on "
+                               "(default: the source its run's rows name)."),
     device: str = Device,
     data_root: Path = DataRoot,
     workers: int = Workers,
     as_json: bool = Json,
 ) -> None:
-    """Evaluate a saved module on any compatible model, without retraining."""
+    """Evaluate a saved module on any compatible model, without retraining (or carried there by --mapper)."""
     from ..runner import evaluate_module
 
+    ((name, settings),) = parse_mappers([mapper or "identity"])
     with plugin_output_to_stderr(as_json):  # a plugin's prints must not break the JSON on stdout
-        out = evaluate_module(module, model, dataset, device, data_root, pretrained, workers)
+        out = evaluate_module(module, model, dataset, device, data_root, pretrained, workers, name, settings, source)
     if as_json:
         print_json(out)
         return

@@ -126,7 +126,7 @@ def load_vlm(
             open_clip.create_model(spec.arch, pretrained=source, device="cpu", force_quick_gelu=force_quick,
                                    load_weights=True),
             open_clip.get_tokenizer(spec.arch)))
-    return VLM(model, tokenizer, spec, device)
+    return VLM(model, tokenizer, spec, device, folder)
 
 
 def describe_model(name: str, pretrained: str | None = None) -> dict[str, Any]:

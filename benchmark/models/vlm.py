@@ -24,7 +24,9 @@ from .transforms import TransformSpec
 class VLM:
     """A frozen open_clip model (``CLIP`` or ``CustomTextCLIP``) with the harness's text/image API."""
 
-    def __init__(self, model: nn.Module, tokenizer, spec: ModelSpec, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: nn.Module, tokenizer, spec: ModelSpec, device: str | torch.device = "cpu",
+                 folder: str | None = None) -> None:
+        self.folder = folder  # the open_clip local-dir folder the model was loaded from, if any
         self.model = model.eval().requires_grad_(False).to(device)
         self.tokenizer = tokenizer
         self.spec = spec
@@ -67,6 +69,11 @@ class VLM:
     def text_width(self) -> int:
         """Width D of the token embeddings / text transformer."""
         return self._tower.token_embedding.weight.shape[1]
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the token-embedding table (49408 for CLIP's tokenizer)."""
+        return int(self._tower.token_embedding.weight.shape[0])
 
     @property
     def embed_dim(self) -> int:
