@@ -22,24 +22,23 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.colors import TwoSlopeNorm
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch, Rectangle
 
 from upgradebench.metrics import N_BOOT, LedgerKey, summarize_with_intervals
 from upgradebench.models.upgrades import upgrade_kinds, upgrade_of
-from upgradebench.roles import BASE, NEW, ORACLE, ZERO_SHOT
+from upgradebench.plan import mapper_label
+from upgradebench.roles import BASE, IDENTITY, MAPPED, NEW, ORACLE, ZERO_SHOT
 
-from .figures import plot_style, save
 from .outputs import MissingInput, Outputs
 from .selection import ordered_labels
 
-MAPPED = "mapped"
-"""Role of the rows of a target evaluated through a mapper other than identity (schema 4)."""
-IDENTITY = "identity"
+if TYPE_CHECKING:
+    from matplotlib.patches import Rectangle
+
+MappedLedgerKey = tuple[str, str, str, str]  # (run_id, eval_model, dataset, mapper label): read_mapped_ledgers
 BUDGETS = ("none", "unlabeled", "labeled")
 """Target data a mapper may use, cheapest first: the order of the matrix's mappers."""
 UNKNOWN_KIND = "unknown"
@@ -55,7 +54,7 @@ def has_mapped_rows(rows: pd.DataFrame) -> bool:
     return "role" in rows and bool((rows.role == MAPPED).any())
 
 
-def mapper_label(mapper: str, config: str) -> str:
+def mapper_title(mapper: str, config: str) -> str:
     """The name a mapper is shown under: ``vocab-map``, or ``vocab-map via toy-eva`` for a chained mapping."""
     via = _config(config).get("via")
     return f"{mapper} via {via}" if via else mapper
@@ -64,13 +63,6 @@ def mapper_label(mapper: str, config: str) -> str:
 def _config(config: str) -> dict:
     parsed = json.loads(config or "{}")
     return parsed if isinstance(parsed, dict) else {}
-
-
-def mapped_ledger_key(run_id: str, eval_model: str, dataset: str, mapper: str, config: str) -> LedgerKey:
-    """Where the prediction ledger of a mapped row is found among :func:`upgradebench.metrics.read_ledgers`'s."""
-    from upgradebench.provenance import stable_hash
-
-    return run_id, f"{eval_model}@{mapper}-{stable_hash(_config(config), 6)}", dataset
 
 
 def mappers_of(rows: pd.DataFrame) -> list[tuple[str, str]]:
@@ -87,12 +79,14 @@ def mappers_of(rows: pd.DataFrame) -> list[tuple[str, str]]:
     return [(IDENTITY, "{}"), *sorted(found, key=order)]
 
 
-def mapper_view(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], mapper: str,
+def mapper_view(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
+                mapped_ledgers: dict[MappedLedgerKey, pd.DataFrame], mapper: str,
                 config: str) -> tuple[pd.DataFrame, dict[LedgerKey, pd.DataFrame]]:
     """The rows and ledgers of one mapper as :func:`upgradebench.metrics.cells` reads a plain upgrade: its rows
     (role ``mapped``) stand as the ``new`` rows of their runs, beside the runs' Base rows, the oracle rows and the
     target's zero-shot rows; the unmapped New rows of other methods are left out. ``identity``: the rows without
-    the mapped ones. A mapped row's ledger takes the place of its run's unmapped one on that model and dataset.
+    the mapped ones. A mapped row's ledger (``mapped_ledgers``, :func:`upgradebench.metrics.read_mapped_ledgers`)
+    takes the place of its run's unmapped one on that model and dataset.
     """
     if mapper == IDENTITY:
         return rows[rows.role != MAPPED], ledgers
@@ -101,9 +95,10 @@ def mapper_view(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], mapp
     kept = rows[rows.role.isin([BASE, ORACLE]) | ((rows.role == NEW) & (rows.method == ZERO_SHOT))]
     view = pd.concat([kept, mine.assign(role=NEW)], ignore_index=True)
     moved = dict(ledgers)
+    label = mapper_label(mapper, config)
     for r in mine.itertuples():
         key = (r.run_id, r.eval_model, r.dataset)
-        ledger = ledgers.get(mapped_ledger_key(r.run_id, r.eval_model, r.dataset, mapper, config))
+        ledger = mapped_ledgers.get((*key, label))
         if ledger is None:
             moved.pop(key, None)  # never the unmapped module's predictions under the mapper's name
         else:
@@ -117,13 +112,16 @@ def kind_of(source: str, target: str) -> str:
     return upgrade.kind if upgrade is not None else UNKNOWN_KIND
 
 
-def matrix_table(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], n_boot: int = N_BOOT,
+def matrix_table(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
+                 mapped_ledgers: dict[MappedLedgerKey, pd.DataFrame] | None = None, n_boot: int = N_BOOT,
                  seed: int = 0) -> pd.DataFrame:
     """One row per (source, target, kind, method, mapper, budget, shots): :data:`COLUMNS`, averages over seeds and
-    the in-distribution datasets with 95% intervals where the runs have ledgers (module docstring)."""
+    the in-distribution datasets with 95% intervals where the runs have ledgers (``ledgers``:
+    :func:`upgradebench.metrics.read_ledgers`, ``mapped_ledgers``: :func:`~upgradebench.metrics.read_mapped_ledgers`;
+    module docstring)."""
     records = []
-    for mapper, config in mappers_of(rows):
-        view, view_ledgers = mapper_view(rows, ledgers, mapper, config)
+    for order, (mapper, config) in enumerate(mappers_of(rows)):
+        view, view_ledgers = mapper_view(rows, ledgers, mapped_ledgers or {}, mapper, config)
         summary = summarize_with_intervals(view, view_ledgers, n_boot, seed)
         if summary.empty:
             continue
@@ -135,13 +133,16 @@ def matrix_table(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], n_b
         for r in average.itertuples():
             spent = cost.get((r.source, r.target, r.label, r.shots), (0.0, 0.0))
             records.append({"source": r.source, "target": r.target, "kind": kind_of(r.source, r.target),
-                            "method": r.label, "mapper": mapper_label(mapper, config), "mapper_config": config,
+                            "method": r.label, "mapper": mapper_title(mapper, config), "mapper_config": config,
                             "budget": budget, "shots": int(r.shots),
                             **{f"{m}{s}": float(getattr(r, f"{m}{s}")) for m in ("new", "nfr", "reuse_gain", "recovery")
                                for s in ("", "_lo", "_hi")},
                             "map_seconds": spent[0], "mapper_shots": spent[1], "seeds": int(r.seeds),
-                            "datasets": int(r.datasets)})
-    return pd.DataFrame(records, columns=COLUMNS)
+                            "datasets": int(r.datasets), "_order": order})
+    table = pd.DataFrame(records, columns=[*COLUMNS, "_order"])
+    # a pair's rows together, each method's mappers from identity to the largest budget
+    return table.sort_values(["source", "target", "method", "_order"], kind="stable",
+                             ignore_index=True).drop(columns="_order")
 
 
 def _budget(rows: pd.DataFrame, mapper: str, config: str) -> str:
@@ -197,6 +198,13 @@ def panel_order(table: pd.DataFrame) -> list[str]:
 def fig_matrix(table: pd.DataFrame, out: Path) -> list[Path]:
     """The compatibility matrix per shots: methods x upgrade kinds, colour = reuse gain (diverging, centred at 0,
     number written in), one panel per mapper; a hatched grey cell has no row (refused or not run)."""
+    # imported here: the leaderboard reads the matrix table without drawing it, and matplotlib is slow to import
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    from .figures import plot_style, save
+
     table = table[table.method != ZERO_SHOT]
     if table.empty or not (table.mapper != IDENTITY).any():
         raise MissingInput("no rows of modules carried by a mapper (role 'mapped')")
@@ -243,13 +251,16 @@ def fig_matrix(table: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def _hatch(x: int, y: int) -> Rectangle:
+    from matplotlib.patches import Rectangle
+
     return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.5", linewidth=0)
 
 
-def write_matrix(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame], out: str | Path) -> Outputs:
+def write_matrix(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
+                 mapped_ledgers: dict[MappedLedgerKey, pd.DataFrame], out: str | Path) -> Outputs:
     """``upgradebench figures``'s upgrade-matrix figures when the rows hold mapped ones; nothing (not even a skip)
     when they hold none, since most results folders never used a mapper."""
     outputs = Outputs()
     if has_mapped_rows(df):
-        outputs.attempt("fig-matrix", lambda: fig_matrix(matrix_table(df, ledgers), Path(out)))
+        outputs.attempt("fig-matrix", lambda: fig_matrix(matrix_table(df, ledgers, mapped_ledgers), Path(out)))
     return outputs

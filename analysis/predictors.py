@@ -28,10 +28,9 @@ from matplotlib.figure import Figure
 
 from upgradebench.metrics import N_BOOT, LedgerKey, interval
 from upgradebench.results import in_distribution
-from upgradebench.roles import BASE, NEW, ZERO_SHOT
+from upgradebench.roles import BASE, IDENTITY, NEW, ZERO_SHOT
 
 from .figures import PALETTE, plot_style, save
-from .matrix import IDENTITY
 from .outputs import MissingInput
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader
 
-from upgradebench.analysis.matrix import MAPPED, has_mapped_rows, matrix_table
+from upgradebench.analysis.matrix import MappedLedgerKey, has_mapped_rows, matrix_table
 from upgradebench.analysis.selection import main_summary_with_intervals, ordered_datasets, ordered_pairs
 from upgradebench.atomic import write_atomic, write_text
 from upgradebench.data import get_dataset
@@ -49,7 +49,7 @@ from upgradebench.guard import check_png, clean_data, input_files
 from upgradebench.metrics import METRICS, LedgerKey, cells, class_flips, cost_summary
 from upgradebench.provenance import now
 from upgradebench.results import MergedResults, in_distribution, method_label, paired, summarize
-from upgradebench.roles import ZERO_SHOT
+from upgradebench.roles import MAPPED, ZERO_SHOT
 
 from .rescore import held_out_scores
 from .submission import Protocol, check_entries, check_submission, integrity_gaps, protocol_of
@@ -157,6 +157,7 @@ def unverified_entries(merged: MergedResults, folders: Sequence[Path], ledgers: 
     (``recomputed``: (folder index, label) pairs whose sample of modules gave their rows, see
     :func:`upgradebench.leaderboard.submission.check_submission`)."""
     df = merged.rows.assign(_folder=merged.folder.to_numpy(), _hashed=merged.hashed.to_numpy())
+    df = df[df.role != MAPPED].copy()  # never ranked (the upgrade matrix lists them): they neither mark nor clear
     df["_label"] = [method_label(m, v) for m, v in zip(df.method, df.method_variant)]
     gaps: dict[tuple[int, str], list[str]] = {}
     for index, folder in enumerate(folders):
@@ -301,10 +302,11 @@ def compatibility(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
 
 
 # ---- upgrade matrix (mapped modules, never ranked) ------------------------------------------------------------------
-def upgrade_matrix(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame]) -> dict[str, Any]:
+def upgrade_matrix(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
+                   mapped_ledgers: dict[MappedLedgerKey, pd.DataFrame]) -> dict[str, Any]:
     """The page's "Upgrade matrix" section: one entry per row of :func:`upgradebench.analysis.matrix.matrix_table`
     (in-distribution rows), in its order."""
-    table = matrix_table(in_distribution(df), ledgers)
+    table = matrix_table(in_distribution(df), ledgers, mapped_ledgers)
     return {"entries": table.drop(columns="mapper_config").to_dict(orient="records")}
 
 
@@ -368,7 +370,8 @@ def _environment() -> Environment:
 def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = None,
                ledgers: dict[LedgerKey, pd.DataFrame] | None = None, flips: str | None = None,
                protocol: Protocol | None = None, rescored: pd.DataFrame | None = None,
-               unverified: dict[str, str] | None = None, rejected: list[dict[str, Any]] | None = None) -> list[Path]:
+               unverified: dict[str, str] | None = None, rejected: list[dict[str, Any]] | None = None,
+               mapped_ledgers: dict[MappedLedgerKey, pd.DataFrame] | None = None) -> list[Path]:
     """Write ``index.html``, its assets and copies of the figure PNGs into ``out``; returns the files written.
 
     Entries are checked against ``protocol`` (default: the protocol of ``df`` itself); only complete, matching
@@ -378,11 +381,12 @@ def build_site(df: pd.DataFrame, out: str | Path, figures: str | Path | None = N
     entries add a column per held-out model. An entry named in ``unverified`` (:func:`unverified_entries`) is
     marked so wherever it is ranked, with the reason; ``rejected`` entries (reports of
     :func:`upgradebench.leaderboard.submission.check_submission` whose re-computation did not match, their rows
-    already left out of ``df``) are listed with the unranked ones.
+    already left out of ``df``) are listed with the unranked ones. Rows of modules carried by a mapper (role
+    ``mapped``, their ledgers in ``mapped_ledgers``) are never ranked: the page lists them in its "Upgrade matrix".
     """
     out = Path(out)
     all_rows = df
-    matrix = upgrade_matrix(df, ledgers or {}) if has_mapped_rows(df) else None
+    matrix = upgrade_matrix(df, ledgers or {}, mapped_ledgers or {}) if has_mapped_rows(df) else None
     df = df[df.role != MAPPED]  # mapped modules are listed in the matrix, never ranked against unmapped ones
     protocol = protocol or protocol_of(df, "the results themselves")
     df, unranked = split_entries(df, protocol)

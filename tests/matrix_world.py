@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pandas as pd
 
-from upgradebench.analysis.matrix import mapped_ledger_key
 from upgradebench.guard import safe_name
 from upgradebench.ledger import ledger_path, write_ledger
+from upgradebench.plan import mapper_label
 from upgradebench.results import SCHEMA_VERSION, write_rows
 
-from .rows import mapper_row
+from .rows import blank_row
 
 SRC, TGT, TEXT, DRIFT, DS = "toy-clip", "toy-eva", "toy-eva-text", "toy-eva-drift", "toy-pattern"
 VOCAB = ("vocab-map", "{}", "none", 0, 3.0)
@@ -41,7 +41,7 @@ def _preds(right: list[int]) -> pd.DataFrame:
 def _evaluation(method: str, run: str, seed: int, model: str, role: str, right: list[int], source: str = SRC,
                 mapper: tuple | None = None) -> tuple[str, dict, pd.DataFrame]:
     """(file name, row, predictions) of one evaluation; ``mapper``: (mapper, config, budget, shots, seconds)."""
-    row = mapper_row(schema_version=SCHEMA_VERSION, run_id=run, method=method, method_variant="",
+    row = blank_row(schema_version=SCHEMA_VERSION, run_id=run, method=method, method_variant="",
                      method_config="{}", dataset=DS, train_dataset=DS, shots=16, seed=seed, source=source,
                      eval_model=model, role=role, top1=100 * float(np.mean(right)), n_test=len(right),
                      fit_seconds=2.0, eval_seconds=0.1, trainable_params=10, needs_image_encoder=False, device="cpu")
@@ -49,7 +49,7 @@ def _evaluation(method: str, run: str, seed: int, model: str, role: str, right: 
     if mapper is not None:
         kind, config, budget, shots, seconds = mapper
         row.update(mapper=kind, mapper_config=config, mapper_budget=budget, mapper_shots=shots, map_seconds=seconds)
-        name += f"@{mapper_ledger_tag(kind, config)}"
+        name += f"@{mapper_label(kind, config)}"
     return f"{run}/{name}.parquet", row, _preds(right)
 
 
@@ -73,23 +73,19 @@ def matrix_world(seeds: tuple[int, ...] = (1,), mapped: bool = True) -> list[tup
     return out
 
 
-def mapper_ledger_tag(mapper: str, config: str) -> str:
-    """The ``@<mapper>-<hash6>`` part of a mapped row's file name (as the ledger key carries it)."""
-    return mapped_ledger_key("", "", "", mapper, config)[1].lstrip("@")
-
-
-def in_memory(world: list[tuple[str, dict, pd.DataFrame]]) -> tuple[pd.DataFrame, dict]:
-    """The rows as one frame and the ledgers by key, as read_results and read_ledgers would give them."""
+def in_memory(world: list[tuple[str, dict, pd.DataFrame]]) -> tuple[pd.DataFrame, dict, dict]:
+    """The rows as one frame and the ledgers by key, as read_results, read_ledgers and read_mapped_ledgers give
+    them."""
     rows = pd.DataFrame([row for _, row, _ in world])
-    ledgers = {}
+    ledgers, mapped = {}, {}
     for _, row, preds in world:
+        key = (row["run_id"], row["eval_model"], row["dataset"])
+        ledger = preds.assign(run_id=key[0], eval_model=key[1], dataset=key[2])
         if row["role"] == "mapped":
-            key = mapped_ledger_key(row["run_id"], row["eval_model"], row["dataset"], row["mapper"],
-                                    row["mapper_config"])
+            mapped[(*key, mapper_label(row["mapper"], row["mapper_config"]))] = ledger
         else:
-            key = (row["run_id"], row["eval_model"], row["dataset"])
-        ledgers[key] = preds.assign(run_id=key[0], eval_model=key[1], dataset=key[2])
-    return rows, ledgers
+            ledgers[key] = ledger
+    return rows, ledgers, mapped
 
 
 def write_world(world: list[tuple[str, dict, pd.DataFrame]], folder) -> None:
@@ -97,7 +93,4 @@ def write_world(world: list[tuple[str, dict, pd.DataFrame]], folder) -> None:
     for name, row, preds in world:
         path = folder / name
         write_rows([row], path)
-        key = (row["run_id"], row["eval_model"], row["dataset"])
-        if row["role"] == "mapped":
-            key = mapped_ledger_key(*key, row["mapper"], row["mapper_config"])
-        write_ledger(preds, ledger_path(path), *key)
+        write_ledger(preds, ledger_path(path), row["run_id"], row["eval_model"], row["dataset"])

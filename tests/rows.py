@@ -14,13 +14,3 @@ def blank_row(**values) -> dict:
     row.update(values)
     return row
 
-
-IDENTITY_MAPPER = {"mapper": "identity", "mapper_config": "{}", "mapper_budget": "none", "mapper_shots": 0,
-                   "map_seconds": 0.0}
-"""The mapper columns (schema 4) of a row whose module reached its model unchanged."""
-
-
-def mapper_row(**values) -> dict:
-    """:func:`blank_row` with the mapper columns of an identity row, ``values`` on top (a mapped row names its
-    ``mapper``, ``mapper_config``, ``mapper_budget``, ``mapper_shots`` and ``map_seconds``, role ``mapped``)."""
-    return blank_row(**{**IDENTITY_MAPPER, **values})

@@ -29,8 +29,7 @@ from .test_leaderboard import Tables
 
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    rows, ledgers = in_memory(matrix_world())
-    return matrix_table(rows, ledgers, n_boot=50)
+    return matrix_table(*in_memory(matrix_world()), n_boot=50)
 
 
 def cell(table: pd.DataFrame, target: str, mapper: str, method: str = "m") -> pd.Series:
@@ -70,8 +69,7 @@ def test_mapped_rows_are_their_own_rows_with_their_cost(table):
 
 
 def test_matrix_without_mapped_rows_is_the_identity_rows():
-    rows, ledgers = in_memory(matrix_world(mapped=False))
-    t = matrix_table(rows, ledgers, n_boot=20)
+    t = matrix_table(*in_memory(matrix_world(mapped=False)), n_boot=20)
     assert set(t.mapper) == {"identity"} and set(t.method) == {"m", "zeroshot"}
 
 
@@ -112,7 +110,7 @@ def test_predictor_table_correlates_each_measure_with_the_identity_gain():
 
 
 def test_zeroshot_agreement_and_identity_gain_from_the_hand_built_world(table):
-    rows, ledgers = in_memory(matrix_world(seeds=(1, 2)))
+    rows, ledgers, _ = in_memory(matrix_world(seeds=(1, 2)))
     agreement = zeroshot_agreement(rows, ledgers).set_index("target").zeroshot_agreement
     # labels alternate 0, 1: two models predict alike where both are right or both wrong (two classes)
     assert agreement.to_dict() == pytest.approx({TGT: 60.0, TEXT: 20.0, DRIFT: 40.0})
@@ -128,11 +126,11 @@ def test_linear_cka_is_one_under_rotation_and_scale():
     assert linear_cka(x, rng.normal(size=(12, 7))) < 0.9
 
 
-def _page(rows: pd.DataFrame, ledgers: dict, out) -> tuple[str, Tables]:
+def _page(rows: pd.DataFrame, ledgers: dict, mapped: dict, out) -> tuple[str, Tables]:
     """The page of ``rows`` on toy-eva alone, so that m covers the protocol and is ranked (its other targets have
     only mapped rows); mapped rows on the other targets stay."""
     rows = rows[(rows.role == "mapped") | rows.eval_model.isin([SRC, TGT])]
-    build_site(rows, out, ledgers=ledgers)
+    build_site(rows, out, ledgers=ledgers, mapped_ledgers=mapped)
     html = (out / "index.html").read_text()
     return html, Tables(html)
 

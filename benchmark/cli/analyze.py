@@ -141,9 +141,9 @@ def matrix(
     from upgradebench.analysis.matrix import fig_matrix, has_mapped_rows, matrix_table
     from upgradebench.analysis.predictors import fig_predictors, identity_gains, pair_measures, predictor_table
 
-    from ..metrics import read_ledgers
+    from ..metrics import read_ledgers, read_mapped_ledgers
     from ..results import read_results
-    from .results import cell
+    from .results import cell, print_packed
 
     folders = list(results) if results else [default_results_dir()]
     folder = output_folder(out, force=force) if out is not None else None  # a wrong --out fails before reading
@@ -154,7 +154,7 @@ def matrix(
                         "run modules onto their targets through a mapper first (docs/metrics.md, "
                         "\"Upgrade matrix\"), or pass the folder those runs wrote")
     ledgers = read_ledgers(*folders)
-    table = matrix_table(rows, ledgers)
+    table = matrix_table(rows, ledgers, read_mapped_ledgers(*folders))
     loaded = _model_measures(rows, parse_pairs(pretrained, "--pretrained"), device, data_root, download) \
         if model_measures else None
     measures = pair_measures(rows, ledgers, loaded)
@@ -172,12 +172,12 @@ def matrix(
         return
     columns = ["method · mapper\nsource -> target", "kind", "target data", "shots", "New", "NFR", "reuse gain",
                "recovery", "map s", "map shots", "seeds", "datasets"]
-    print_table("Upgrade matrix: mean over seeds and datasets [95% interval]", columns, [
-        [f"{r.method} · {r.mapper}\n{r.source} -> {r.target}", r.kind, r.budget, r.shots,
+    print_packed("Upgrade matrix: mean over seeds and datasets [95% interval]", columns, [
+        [f"{r.method} · {r.mapper}\n{r.source} -> {r.target}", r.kind, r.budget, str(r.shots),
          *(cell(getattr(r, m), getattr(r, f"{m}_lo"), getattr(r, f"{m}_hi")) for m in ("new", "nfr", "reuse_gain",
                                                                                       "recovery")),
-         f"{r.map_seconds:.1f}", f"{r.mapper_shots:g}", r.seeds, r.datasets] for r in table.itertuples()],
-        parts=[(" (metrics)", slice(0, 7)), (" (cost and counts)", slice(7, None))])
+         f"{r.map_seconds:.1f}", f"{r.mapper_shots:g}", str(r.seeds), str(r.datasets)] for r in table.itertuples()],
+        lead=1, groups=[(" (metrics)", [4, 5, 6, 7]), (" (kind and cost)", [1, 2, 3, 8, 9, 10, 11])])
     print_table("Drift predictors: Spearman rho across pairs with the mean reuse gain under identity",
                 ["measure", "pairs", "rho [95% interval]"],
                 [[s.measure, s.pairs, cell(s.rho, s.rho_lo, s.rho_hi)] for s in stats.itertuples()])
@@ -190,11 +190,10 @@ def _model_measures(rows, weights: dict[str, str], device: str, data_root: Path,
     target) pair of ``rows``, on the datasets its modules were trained on."""
     import pandas as pd
 
-    from upgradebench.analysis.matrix import MAPPED
     from upgradebench.analysis.predictors import model_measures
 
     from ..models import load_vlm, resolve_device
-    from ..roles import NEW
+    from ..roles import MAPPED, NEW
 
     dev = resolve_device(device)
     pairs = rows[rows.role.isin([NEW, MAPPED])][["source", "eval_model", "train_dataset"]].drop_duplicates()

@@ -29,7 +29,7 @@ def figures(
     from upgradebench.analysis.matrix import write_matrix
     from upgradebench.analysis.tables import write_tables
 
-    from ..metrics import read_ledgers
+    from ..metrics import read_ledgers, read_mapped_ledgers
     from ..results import read_results
 
     folder = output_folder(out, force=force)  # a wrong --out fails before anything is read
@@ -39,7 +39,7 @@ def figures(
     outputs = write_figures(df, drift_rows, folder, ledgers)
     outputs.extend(write_tables(df, folder))
     outputs.extend(write_compatibility(df, ledgers, folder))
-    outputs.extend(write_matrix(df, ledgers, folder))
+    outputs.extend(write_matrix(df, ledgers, read_mapped_ledgers(*results), folder))
     outputs.extend(write_scorecards(df, drift_rows, folder))
     if as_json:
         print_json(outputs.as_dict())

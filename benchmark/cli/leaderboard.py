@@ -54,7 +54,7 @@ def build(
     from upgradebench.leaderboard.rescore import rescore
     from upgradebench.leaderboard.submission import load_protocol, protocol_of
 
-    from ..metrics import read_ledgers
+    from ..metrics import read_ledgers, read_mapped_ledgers
     from ..results import merge_results, read_results
     from ..runner import Runner, check_writable
 
@@ -76,7 +76,8 @@ def build(
         check_writable(rescored)
         runner = Runner(results=rescored, device=device, data_root=data_root)
         rows = rescore(list(results), list(rescore_on), rescored, runner)
-    written = build_site(merged.rows, site, figures, ledgers, flips, protocol, rows, unverified, rejected)
+    written = build_site(merged.rows, site, figures, ledgers, flips, protocol, rows, unverified, rejected,
+                         read_mapped_ledgers(*results))
     if as_json:
         print_json({"index": str(written[0]), "written": [str(p) for p in written],
                     "rescored": str(rescored) if rescore_on else None})
