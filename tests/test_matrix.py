@@ -195,3 +195,18 @@ def test_predictor_figure_names_each_pair(tmp_path):
     stats = predictor_table(measures, gains, n_boot=50)
     written = fig_predictors(measures, gains, stats, tmp_path)
     assert [p.name for p in written] == ["fig-predictors.png", "fig-predictors.pdf"]
+
+
+def test_leaderboard_build_ranks_an_entry_without_marks_from_its_mapped_rows(capsys, tmp_path):
+    world = [w for w in matrix_world(seeds=(1, 2)) if w[1]["role"] == "mapped" or w[1]["eval_model"] in (SRC, TGT)]
+    write_world(world, tmp_path / "results")
+    code, _, err = run_cli(capsys, "leaderboard", "build", "--results", str(tmp_path / "results"),
+                           "--out", str(tmp_path / "site"))
+    assert code == 0, err
+    html = (tmp_path / "site" / "index.html").read_text()
+    ranking = Tables(html).with_class("ranking")[0]["rows"]
+    # m's mapped rows on toy-eva-text have no unmapped ledger there: they are not ranked, so they mark nothing
+    assert [r["cells"][1] for r in ranking] == ["zeroshot reference", "m"]
+    matrix = Tables(html).with_class("matrix")[0]["rows"]
+    retune = next(r["cells"] for r in matrix if r["cells"][3] == "retune")
+    assert retune[8].startswith("+40.00") and retune[9].startswith("2.00")  # reuse gain, recovery from its ledgers
