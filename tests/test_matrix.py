@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from upgradebench.analysis.predictors import (
     fig_predictors,
     identity_gains,
     linear_cka,
+    model_measures,
     predictor_table,
     spearman,
     spearman_interval,
@@ -210,3 +212,12 @@ def test_leaderboard_build_ranks_an_entry_without_marks_from_its_mapped_rows(cap
     matrix = Tables(html).with_class("matrix")[0]["rows"]
     retune = next(r["cells"] for r in matrix if r["cells"][3] == "retune")
     assert retune[8].startswith("+40.00") and retune[9].startswith("2.00")  # reuse gain, recovery from its ledgers
+
+
+def test_model_measures_of_a_model_against_itself_and_another(pair):
+    source, target = pair
+    task = SimpleNamespace(classnames=["cat", "dog", "red car", "blue boat", "tree"], template="a photo of a {}.")
+    same = model_measures(source, source, [task])
+    assert same["embedding_residual"] == pytest.approx(0.0, abs=1e-4) and same["text_cka"] == pytest.approx(1.0)
+    other = model_measures(source, target, [task, task])
+    assert other["embedding_residual"] > 0.1 and 0.0 <= other["text_cka"] < 1.0
