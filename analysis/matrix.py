@@ -3,6 +3,7 @@
 One row per (source, target, upgrade kind, method, mapper, budget, shots), each an average over seeds and the
 in-distribution datasets (definitions: ``docs/metrics.md``, "Upgrade matrix"):
 
+- ``method`` (its label, ``variant`` the config keys that differ from the defaults, as in every table);
 - ``new``: top-1 of the module carried to the target (by the mapper; ``identity``: unchanged);
 - ``nfr``: negative flip rate against the source (right on the run's Base row, wrong on this row);
 - ``reuse_gain``: ``new`` minus the target's zero-shot (the ``zeroshot`` method's row on that model);
@@ -44,7 +45,7 @@ BUDGETS = ("none", "unlabeled", "labeled")
 UNKNOWN_KIND = "unknown"
 IDENTITY_BUDGET = "none"
 
-COLUMNS = ["source", "target", "kind", "method", "mapper", "mapper_config", "budget", "shots",
+COLUMNS = ["source", "target", "kind", "method", "variant", "mapper", "mapper_config", "budget", "shots",
            "new", "new_lo", "new_hi", "nfr", "nfr_lo", "nfr_hi", "reuse_gain", "reuse_gain_lo", "reuse_gain_hi",
            "recovery", "recovery_lo", "recovery_hi", "map_seconds", "mapper_shots", "seeds", "datasets"]
 
@@ -115,7 +116,7 @@ def kind_of(source: str, target: str) -> str:
 def matrix_table(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
                  mapped_ledgers: dict[MappedLedgerKey, pd.DataFrame] | None = None, n_boot: int = N_BOOT,
                  seed: int = 0) -> pd.DataFrame:
-    """One row per (source, target, kind, method, mapper, budget, shots): :data:`COLUMNS`, averages over seeds and
+    """One row per (source, target, kind, method label, mapper, budget, shots): :data:`COLUMNS`, averages over seeds and
     the in-distribution datasets with 95% intervals where the runs have ledgers (``ledgers``:
     :func:`upgradebench.metrics.read_ledgers`, ``mapped_ledgers``: :func:`~upgradebench.metrics.read_mapped_ledgers`;
     module docstring)."""
@@ -133,7 +134,8 @@ def matrix_table(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
         for r in average.itertuples():
             spent = cost.get((r.source, r.target, r.label, r.shots), (0.0, 0.0))
             records.append({"source": r.source, "target": r.target, "kind": kind_of(r.source, r.target),
-                            "method": r.label, "mapper": mapper_title(mapper, config), "mapper_config": config,
+                            "method": r.label, "variant": r.label[len(r.method) + 1:-1] if r.label != r.method else "",
+                            "mapper": mapper_title(mapper, config), "mapper_config": config,
                             "budget": budget, "shots": int(r.shots),
                             **{f"{m}{s}": float(getattr(r, f"{m}{s}")) for m in ("new", "nfr", "reuse_gain", "recovery")
                                for s in ("", "_lo", "_hi")},
@@ -196,8 +198,9 @@ def panel_order(table: pd.DataFrame) -> list[str]:
 
 
 def fig_matrix(table: pd.DataFrame, out: Path) -> list[Path]:
-    """The compatibility matrix per shots: methods x upgrade kinds, colour = reuse gain (diverging, centred at 0,
-    number written in), one panel per mapper; a hatched grey cell has no row (refused or not run)."""
+    """The compatibility matrix per shots: methods (reference configurations) x upgrade kinds, colour = reuse gain
+    (diverging, centred at 0, number written in), one panel per mapper; a hatched grey cell has no row (refused or
+    not run)."""
     # imported here: the leaderboard reads the matrix table without drawing it, and matplotlib is slow to import
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
@@ -205,7 +208,7 @@ def fig_matrix(table: pd.DataFrame, out: Path) -> list[Path]:
 
     from .figures import plot_style, save
 
-    table = table[table.method != ZERO_SHOT]
+    table = table[(table.method != ZERO_SHOT) & (table.variant == "")]  # reference configurations, as Table 2
     if table.empty or not (table.mapper != IDENTITY).any():
         raise MissingInput("no rows of modules carried by a mapper (role 'mapped')")
     written = []

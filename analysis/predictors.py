@@ -12,8 +12,8 @@ Measures of a pair:
 
 The first two load models (:func:`model_measures`); the third and the statistics read rows and ledgers only, so
 they are tested on synthetic frames. Per measure, :func:`predictor_table` gives Spearman's rho across pairs between
-the measure and the pair's mean reuse gain under identity (mean over the methods of the matrix, zero-shot aside),
-with a percentile bootstrap interval over pairs (seeded: the same inputs give the same interval).
+the measure and the pair's mean reuse gain under identity (mean over the methods' reference configurations,
+zero-shot aside), with a percentile bootstrap interval over pairs (seeded: the same inputs give the same interval).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from upgradebench.results import in_distribution
 from upgradebench.roles import BASE, IDENTITY, NEW, ZERO_SHOT
 
 from .figures import PALETTE, plot_style, save
+from .matrix import kind_of
 from .outputs import MissingInput
 
 if TYPE_CHECKING:
@@ -90,9 +91,11 @@ def zeroshot_agreement(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame
 
 def identity_gains(table: pd.DataFrame) -> pd.DataFrame:
     """Per (source, target) of a matrix table (:func:`upgradebench.analysis.matrix.matrix_table`): the mean reuse
-    gain of the modules carried unchanged (mapper identity), over methods but zero-shot. Columns: source, target,
-    kind, reuse_gain, methods."""
-    part = table[(table.mapper == IDENTITY) & (table.method != ZERO_SHOT)].dropna(subset=["reuse_gain"])
+    gain of the modules carried unchanged (mapper identity), over the reference configurations of the methods but
+    zero-shot (variants are ablations, often on fewer datasets). Columns: source, target, kind, reuse_gain,
+    methods."""
+    part = table[(table.mapper == IDENTITY) & (table.method != ZERO_SHOT) & (table.variant == "")]
+    part = part.dropna(subset=["reuse_gain"])
     if part.empty:
         return pd.DataFrame(columns=["source", "target", "kind", "reuse_gain", "methods"])
     return part.groupby(["source", "target", "kind"]).agg(reuse_gain=("reuse_gain", "mean"),
@@ -139,11 +142,12 @@ def predictor_table(measures: pd.DataFrame, gains: pd.DataFrame, n_boot: int = N
 
 def pair_measures(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
                   loaded: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every measure per (source, target): zero-shot agreement from the ledgers, joined with ``loaded`` (columns
+    """Every measure per (source, target, kind): zero-shot agreement from the ledgers, joined with ``loaded`` (columns
     source, target, embedding_residual, text_cka from :func:`model_measures`) where given."""
     found = zeroshot_agreement(rows, ledgers).drop(columns="datasets")
     if loaded is not None and len(loaded):
         found = found.merge(loaded, on=["source", "target"], how="outer")
+    found.insert(2, "kind", [kind_of(s, t) for s, t in zip(found.source, found.target)])
     return found
 
 
@@ -155,7 +159,7 @@ TITLES = {"embedding_residual": "token-embedding map residual", "text_cka": "tex
 def fig_predictors(measures: pd.DataFrame, gains: pd.DataFrame, stats: pd.DataFrame, out: Path) -> list[Path]:
     """One scatter panel per measure: each pair's measure against its mean reuse gain under identity, the pair
     named beside its point, rho and its interval in the title."""
-    joined = measures.merge(gains, on=["source", "target"])
+    joined = measures.merge(gains[["source", "target", "reuse_gain"]], on=["source", "target"])
     shown = [m for m in stats.measure if joined[m].notna().any()]
     if not shown:
         raise MissingInput("no pair has both a drift measure and a reuse gain under identity")

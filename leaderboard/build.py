@@ -305,9 +305,10 @@ def compatibility(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
 def upgrade_matrix(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
                    mapped_ledgers: dict[MappedLedgerKey, pd.DataFrame]) -> dict[str, Any]:
     """The page's "Upgrade matrix" section: one entry per row of :func:`upgradebench.analysis.matrix.matrix_table`
-    (in-distribution rows), in its order."""
+    of a reference configuration (variants are ablations, as in the compatibility tables), in its order."""
     table = matrix_table(in_distribution(df), ledgers, mapped_ledgers)
-    return {"entries": table.drop(columns="mapper_config").to_dict(orient="records")}
+    table = table[table.variant == ""]
+    return {"entries": table.drop(columns=["mapper_config", "variant"]).to_dict(orient="records")}
 
 
 def _value(cost: Any, key: str) -> Any:

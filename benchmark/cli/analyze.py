@@ -167,7 +167,8 @@ def matrix(
             written += fig_predictors(measures, gains, stats, folder)
     if as_json:
         print_json({"results": [str(f) for f in folders], "rows": table.to_dict(orient="records"),
-                    "pairs": measures.merge(gains, on=["source", "target"], how="outer").to_dict(orient="records"),
+                    "pairs": measures.merge(gains.drop(columns="kind"), on=["source", "target"],
+                                            how="left").to_dict(orient="records"),
                     "predictors": stats.to_dict(orient="records"), "written": [str(p) for p in written]})
         return
     columns = ["method · mapper\nsource -> target", "kind", "target data", "shots", "New", "NFR", "reuse gain",
