@@ -164,7 +164,7 @@ def fig_predictors(measures: pd.DataFrame, gains: pd.DataFrame, stats: pd.DataFr
     if not shown:
         raise MissingInput("no pair has both a drift measure and a reuse gain under identity")
     with plot_style():
-        fig = Figure(figsize=(4.2 * len(shown), 4.0))
+        fig = Figure(figsize=(max(7.0, 4.2 * len(shown)), 4.0))
         axes = np.atleast_1d(fig.subplots(1, len(shown), squeeze=False)[0])
         for ax, measure in zip(axes, shown):
             part = joined.dropna(subset=[measure, "reuse_gain"])
