@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from upgradebench.analysis.matrix import fig_matrix, matrix_grid, matrix_table, ordered_kinds, panel_order
+from upgradebench.analysis.matrix import fig_matrix, kind_of, matrix_grid, matrix_table, ordered_kinds, panel_order
 from upgradebench.analysis.predictors import (
     fig_predictors,
     identity_gains,
@@ -73,6 +73,7 @@ def test_mapped_rows_are_their_own_rows_with_their_cost(table):
 def test_matrix_without_mapped_rows_is_the_identity_rows():
     t = matrix_table(*in_memory(matrix_world(mapped=False)), n_boot=20)
     assert set(t.mapper) == {"identity"} and set(t.method) == {"m", "zeroshot"}
+    assert kind_of(SRC, TEXT) == "independent-retraining" and kind_of("my-model", "my-upgrade") == "unknown"
 
 
 def test_figure_hatches_absent_cells_and_orders_panels_by_budget(table, tmp_path):
