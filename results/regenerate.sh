@@ -13,6 +13,11 @@ upgradebench sweep --grid grids/main.yaml --results runs --jobs "${JOBS:-1}"
 upgradebench sweep --grid grids/ablations.yaml --results runs --jobs "${JOBS:-1}"
 upgradebench sweep --grid grids/oracle.yaml --results runs --jobs "${JOBS:-1}"
 upgradebench sweep --grid grids/oracle-coop.yaml --results runs --jobs "${JOBS:-1}"
+# The upgrade matrix (docs/mappers.md): the main grid's modules carried to one toy target of each upgrade kind by
+# every built-in mapper, oracle fits on those targets, and the chained upgrade toy-clip -> toy-eva -> toy-eva-drift.
+upgradebench sweep --grid grids/matrix.yaml --results runs --jobs "${JOBS:-1}"
+upgradebench sweep --grid grids/matrix-lora.yaml --results runs --jobs "${JOBS:-1}"
+upgradebench sweep --grid grids/matrix-chain.yaml --results runs --jobs "${JOBS:-1}"
 upgradebench analyze depth --dataset toy-pattern --layers 0-3 --target toy-eva --target toy-eva-drift \
     --seed 1 --seed 2 --seed 3 --results runs
 upgradebench analyze drift --source toy-clip --target toy-eva --target toy-eva-drift --out analysis/drift.parquet
