@@ -181,6 +181,15 @@ def declared_spaces(module: Module, who: str) -> dict[str, tuple[str | None, ...
     return spaces
 
 
+def spaces_problem(module: Module, who: str) -> str | None:
+    """Why ``who`` (a mapper) cannot read ``module``'s tensors (:func:`declared_spaces` refuses it), or None."""
+    try:
+        declared_spaces(module, who)
+    except Refused as exc:
+        return exc.message
+    return None
+
+
 def space_axes(module: Module) -> dict[str, int]:
     """How many axes of ``module``'s tensors lie in each space (empty when it declares no spaces)."""
     counts: dict[str, int] = {}
@@ -270,4 +279,5 @@ def _carry_axis(tensor: torch.Tensor, axis: int, linear: LinearMap, read: Axis) 
 
 
 __all__ = ["BUDGETS", "JOINT", "LABELED", "NONE", "TOKEN", "UNLABELED", "Axis", "Mapper", "Refused", "TargetData",
-           "acting_inside", "axis_space", "carry", "declared_spaces", "space_axes", "width_of", "width_problem"]
+           "acting_inside", "axis_space", "carry", "declared_spaces", "space_axes", "spaces_problem", "width_of",
+           "width_problem"]

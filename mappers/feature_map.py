@@ -21,13 +21,12 @@ from upgradebench import (
     Mapper,
     Module,
     TargetData,
-    UserError,
     carry,
     fit_map,
     ranged,
     token_map,
 )
-from upgradebench.mapping import declared_spaces, space_axes
+from upgradebench.mapping import space_axes, spaces_problem
 from upgradebench.spaces import MAP_KINDS
 
 from .vocab_map import token_problem
@@ -52,10 +51,9 @@ class FeatureMap(Mapper[FeatureMapConfig]):
     description = "Image-side weights carried by a map between the two models' features of unlabeled task images."
 
     def supports(self, module: Module, source: VLM, target: VLM, config: FeatureMapConfig) -> str | None:
-        try:
-            declared_spaces(module, "feature-map")
-        except UserError as exc:
-            return exc.message
+        unreadable = spaces_problem(module, "feature-map")
+        if unreadable:
+            return unreadable
         if config.kind not in MAP_KINDS:
             return f"feature-map has no map kind {config.kind!r} (use one of {', '.join(MAP_KINDS)})"
         if config.kind == "procrustes" and source.embed_dim != target.embed_dim:

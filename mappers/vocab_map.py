@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from upgradebench import NONE, TOKEN, VLM, Mapper, Module, TargetData, UserError, carry, ranged, token_map
-from upgradebench.mapping import acting_inside, declared_spaces, space_axes, width_problem
+from upgradebench.mapping import acting_inside, space_axes, spaces_problem, width_problem
 from upgradebench.spaces import JOINT, MAP_KINDS, check_same_tokenizer
 
 
@@ -56,10 +56,9 @@ class VocabMap(Mapper[VocabMapConfig]):
     description = "Prompt vectors carried by a map between the token-embedding tables (shared vocabulary); no data."
 
     def supports(self, module: Module, source: VLM, target: VLM, config: VocabMapConfig) -> str | None:
-        try:
-            declared_spaces(module, "vocab-map")
-        except UserError as exc:
-            return exc.message
+        unreadable = spaces_problem(module, "vocab-map")
+        if unreadable:
+            return unreadable
         if not space_axes(module).get(TOKEN):
             return (f"vocab-map has nothing to carry: {type(module).__name__} has no axis in the token space "
                     "(feature-map carries the joint space)")
