@@ -55,6 +55,16 @@ def has_mapped_rows(rows: pd.DataFrame) -> bool:
     return "role" in rows and bool((rows.role == MAPPED).any())
 
 
+def matrix_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows the matrix (and the drift predictors) read: those of the datasets that have mapped rows, so that every
+    mapper of a matrix row, and every pair's measures, are on the same tasks (the unmapped rows of a wider grid, the
+    main grid's six tasks, would otherwise be averaged over other datasets than the mapped ones); all rows when none
+    is mapped."""
+    if not has_mapped_rows(rows):
+        return rows
+    return rows[rows.dataset.isin(set(rows[rows.role == MAPPED].dataset))]
+
+
 def mapper_title(mapper: str, config: str) -> str:
     """The name a mapper is shown under: ``vocab-map``, or ``vocab-map via toy-eva`` for a chained mapping."""
     via = _config(config).get("via")
@@ -117,9 +127,11 @@ def matrix_table(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
                  mapped_ledgers: dict[MappedLedgerKey, pd.DataFrame] | None = None, n_boot: int = N_BOOT,
                  seed: int = 0) -> pd.DataFrame:
     """One row per (source, target, kind, method label, mapper, budget, shots): :data:`COLUMNS`, averages over seeds and
-    the in-distribution datasets with 95% intervals where the runs have ledgers (``ledgers``:
+    the in-distribution datasets that have mapped rows (every mapper on the same tasks; all of them when none is
+    mapped) with 95% intervals where the runs have ledgers (``ledgers``:
     :func:`upgradebench.metrics.read_ledgers`, ``mapped_ledgers``: :func:`~upgradebench.metrics.read_mapped_ledgers`;
     module docstring)."""
+    rows = matrix_rows(rows)
     records = []
     for order, (mapper, config) in enumerate(mappers_of(rows)):
         view, view_ledgers = mapper_view(rows, ledgers, mapped_ledgers or {}, mapper, config)

@@ -124,11 +124,35 @@ def spearman_interval(x: Sequence[float], y: Sequence[float], n_boot: int = N_BO
     return interval(np.array([spearman(xs[p], ys[p]) for p in picks]))
 
 
+EXACT_UP_TO = 8
+"""Up to this many pairs the permutation p-value enumerates every order (8! = 40320); beyond, it samples."""
+
+
+def spearman_p(x: Sequence[float], y: Sequence[float], samples: int = N_BOOT, seed: int = 0) -> float:
+    """Two-sided permutation p-value of Spearman's rho: the share of orders of ``y`` whose |rho| is at least the
+    observed one (every order up to :data:`EXACT_UP_TO` pairs, else ``samples`` seeded ones). With few pairs the
+    bootstrap interval is degenerate (a perfect order resampled stays perfect); this says how often chance alone
+    orders them as well: 2/24 = 0.083 for a perfect order of 4 pairs."""
+    import itertools
+
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    observed = spearman(xs, ys)
+    if not np.isfinite(observed):
+        return float("nan")
+    if len(ys) <= EXACT_UP_TO:
+        orders = [list(p) for p in itertools.permutations(range(len(ys)))]
+    else:
+        rng = np.random.default_rng(seed)
+        orders = [rng.permutation(len(ys)) for _ in range(samples)]
+    rhos = np.array([spearman(xs, ys[list(order)]) for order in orders])
+    return float(np.mean(np.abs(rhos) >= abs(observed) - 1e-12))
+
+
 def predictor_table(measures: pd.DataFrame, gains: pd.DataFrame, n_boot: int = N_BOOT,
                     seed: int = 0) -> pd.DataFrame:
     """Per measure (a column of ``measures``, keyed by source and target): the pairs that have both the measure and
-    a reuse gain (``gains``: :func:`identity_gains`), Spearman's rho and its bootstrap interval. Columns: measure,
-    pairs, rho, rho_lo, rho_hi."""
+    a reuse gain (``gains``: :func:`identity_gains`), Spearman's rho, its bootstrap interval and its permutation
+    p-value (:func:`spearman_p`). Columns: measure, pairs, rho, rho_lo, rho_hi, p."""
     joined = measures.merge(gains[["source", "target", "reuse_gain"]], on=["source", "target"])
     records = []
     for measure in [m for m in MEASURES if m in measures]:
@@ -136,8 +160,9 @@ def predictor_table(measures: pd.DataFrame, gains: pd.DataFrame, n_boot: int = N
         rho = spearman(both[measure], both.reuse_gain)
         lo, hi = spearman_interval(both[measure], both.reuse_gain, n_boot, seed) if np.isfinite(rho) \
             else (float("nan"), float("nan"))
-        records.append({"measure": measure, "pairs": len(both), "rho": rho, "rho_lo": lo, "rho_hi": hi})
-    return pd.DataFrame(records, columns=["measure", "pairs", "rho", "rho_lo", "rho_hi"])
+        records.append({"measure": measure, "pairs": len(both), "rho": rho, "rho_lo": lo, "rho_hi": hi,
+                        "p": spearman_p(both[measure], both.reuse_gain, n_boot, seed)})
+    return pd.DataFrame(records, columns=["measure", "pairs", "rho", "rho_lo", "rho_hi", "p"])
 
 
 def pair_measures(rows: pd.DataFrame, ledgers: dict[LedgerKey, pd.DataFrame],
@@ -176,7 +201,8 @@ def fig_predictors(measures: pd.DataFrame, gains: pd.DataFrame, stats: pd.DataFr
             s = stats[stats.measure == measure].iloc[0]
             rho = "n/a" if np.isnan(s.rho) else f"{s.rho:+.2f}"
             band = "" if np.isnan(s.rho_lo) else f" [{s.rho_lo:+.2f}, {s.rho_hi:+.2f}]"
-            ax.set_title(f"Spearman ρ = {rho}{band}, {int(s.pairs)} pairs", fontsize=9)
+            p = "" if np.isnan(s.p) else f", permutation p = {s.p:.3f}"
+            ax.set_title(f"Spearman ρ = {rho}{band}, {int(s.pairs)} pairs{p}", fontsize=9)
             ax.set_xlabel(TITLES[measure])
         axes[0].set_ylabel("mean reuse gain under identity (points)")
         fig.suptitle("Drift predictors: measured before fitting, against the reuse gain of modules carried unchanged",

@@ -22,6 +22,8 @@ upgradebench analyze depth --dataset toy-pattern --layers 0-3 --target toy-eva -
     --seed 1 --seed 2 --seed 3 --results runs
 upgradebench analyze drift --source toy-clip --target toy-eva --target toy-eva-drift --out analysis/drift.parquet
 upgradebench figures --results runs --drift analysis/drift.parquet --out figures --force
+# The upgrade matrix's table and drift predictors (the predictors load each pair's models: --model-measures).
+upgradebench analyze matrix --results runs --model-measures --out figures --force --json > analysis/matrix.json
 # Every saved module (not the oracle fits) also evaluated, without retraining, on the held-out toy target
 # toy-eva-text (built here on first use: 3.8 CPU-minutes; re-scoring the 240 modules: about 3 CPU-minutes,
 # extrapolated from 36, see README); rows of role 'rescore' go to rescored/, never into runs/.

@@ -222,3 +222,10 @@ def test_model_measures_of_a_model_against_itself_and_another(pair):
     assert same["embedding_residual"] == pytest.approx(0.0, abs=1e-4) and same["text_cka"] == pytest.approx(1.0)
     other = model_measures(source, target, [task, task])
     assert other["embedding_residual"] > 0.1 and 0.0 <= other["text_cka"] < 1.0
+
+
+def test_the_permutation_p_value_of_a_perfect_order_of_four_pairs_is_two_in_twenty_four() -> None:
+    from upgradebench.analysis.predictors import spearman_p
+
+    assert spearman_p([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(2 / 24)
+    assert spearman_p([1, 2, 3, 4, 5], [3, 1, 4, 1, 5]) > 0.2  # a weak relation is not called significant

@@ -138,7 +138,7 @@ def matrix(
     """Per (method, upgrade kind, mapper): New, NFR against the source, reuse gain over the target's zero-shot,
     recovery against the oracle and the mapper's cost; then how well cheap drift measures predict the reuse gain
     (docs/metrics.md, "Upgrade matrix")."""
-    from upgradebench.analysis.matrix import fig_matrix, has_mapped_rows, matrix_table
+    from upgradebench.analysis.matrix import fig_matrix, has_mapped_rows, matrix_rows, matrix_table
     from upgradebench.analysis.predictors import fig_predictors, identity_gains, pair_measures, predictor_table
 
     from ..metrics import read_ledgers, read_mapped_ledgers
@@ -153,6 +153,7 @@ def matrix(
                         "there is no upgrade matrix to show.",
                         "run modules onto their targets through a mapper first (docs/metrics.md, "
                         "\"Upgrade matrix\"), or pass the folder those runs wrote")
+    rows = matrix_rows(rows)  # the tasks the mapped rows cover, for the matrix and the pairs' measures alike
     ledgers = read_ledgers(*folders)
     table = matrix_table(rows, ledgers, read_mapped_ledgers(*folders))
     loaded = _model_measures(rows, parse_pairs(pretrained, "--pretrained"), device, data_root, download) \
@@ -180,8 +181,9 @@ def matrix(
          f"{r.map_seconds:.1f}", f"{r.mapper_shots:g}", str(r.seeds), str(r.datasets)] for r in table.itertuples()],
         lead=1, groups=[(" (metrics)", [4, 5, 6, 7]), (" (kind and cost)", [1, 2, 3, 8, 9, 10, 11])])
     print_table("Drift predictors: Spearman rho across pairs with the mean reuse gain under identity",
-                ["measure", "pairs", "rho [95% interval]"],
-                [[s.measure, s.pairs, cell(s.rho, s.rho_lo, s.rho_hi)] for s in stats.itertuples()])
+                ["measure", "pairs", "rho [95% interval]", "permutation p"],
+                [[s.measure, s.pairs, cell(s.rho, s.rho_lo, s.rho_hi), f"{s.p:.3f}" if s.p == s.p else "–"]
+                 for s in stats.itertuples()])
     for path in written:
         print_text(f"wrote {path}", err=True)
 
