@@ -103,7 +103,7 @@ def identity_gains(table: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---- statistics ----------------------------------------------------------------------------------------------------
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Spearman's rho: the Pearson correlation of the ranks (ties share their mean rank); NaN with fewer than
     :data:`MIN_PAIRS` points or when either side is constant."""
     a, b = pd.Series(x, dtype=float).rank(), pd.Series(y, dtype=float).rank()
@@ -140,11 +140,11 @@ def spearman_p(x: Sequence[float], y: Sequence[float], samples: int = N_BOOT, se
     if not np.isfinite(observed):
         return float("nan")
     if len(ys) <= EXACT_UP_TO:
-        orders = [list(p) for p in itertools.permutations(range(len(ys)))]
+        orders = [np.array(p) for p in itertools.permutations(range(len(ys)))]
     else:
         rng = np.random.default_rng(seed)
         orders = [rng.permutation(len(ys)) for _ in range(samples)]
-    rhos = np.array([spearman(xs, ys[list(order)]) for order in orders])
+    rhos = np.array([spearman(xs, ys[order]) for order in orders])
     return float(np.mean(np.abs(rhos) >= abs(observed) - 1e-12))
 
 
