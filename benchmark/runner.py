@@ -290,8 +290,19 @@ class Runner:
                             refused.append(f"{label.rsplit('-', 1)[0]} on {vlm.name}: {exc.message}")
                             break
                     carried, mapper_columns = made
-                    preds, top1, seconds = self.predict(carried, vlm, eval_ds, dataset.classnames, dataset.name,
-                                                        method=method.name)
+                    try:
+                        preds, top1, seconds = self.predict(carried, vlm, eval_ds, dataset.classnames, dataset.name,
+                                                            method=method.name)
+                    except MethodFailed:
+                        raise
+                    except UserError as exc:
+                        if role == plan.role:
+                            raise
+                        # the module's own check refuses this model (a module that declares no spaces, so no
+                        # mapper could tell beforehand, e.g. CLIP-LoRA across a width change): refused, not failed
+                        refused.append(f"{label.rsplit('-', 1)[0] if label else IDENTITY} on {vlm.name}: "
+                                       f"{exc.message}")
+                        break
                     write_ledger(preds, ledger_path(path), run_id, vlm.name, eval_ds.name)
                     row = {**common, **cost, **IDENTITY_MAPPER, **mapper_columns, "created_at": now(),
                            "dataset": eval_ds.name, "dataset_fingerprint": eval_ds.fingerprint, "eval_model": vlm.name,

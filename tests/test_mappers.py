@@ -284,3 +284,19 @@ def test_the_mapper_plugin_of_the_guide_runs(capsys, micro_dirs, tiny_dataset, t
     assert (row.mapper, row.mapper_budget, row.eval_model) == ("norm-scale", "unlabeled", tgt)
     assert {"name": "norm-scale", "budget": "unlabeled"}.items() <= next(
         m for m in listed["mappers"] if m["name"] == "norm-scale").items()
+
+
+def test_a_module_that_declares_no_spaces_is_refused_by_its_own_check_not_failed(capsys, micro_dirs, tiny_dataset,
+                                                                                wide, tmp_path) -> None:
+    """CLIP-LoRA declares no spaces, so identity cannot tell beforehand that its factors do not fit a wider tower:
+    its own check says so while evaluating, and the run reports a refusal (no row), never a failed run."""
+    from upgradebench.results import read_results
+
+    src, tgt = f"local-dir:{micro_dirs['clip']}", f"local-dir:{micro_dirs['eva']}"
+    code, _, err = run_cli(capsys, "run", "--method", "clip-lora", "--source", src, "--target", tgt, "--target",
+                           wide, "--dataset", tiny_dataset, "--shots", "2", "--config", "iters_per_shot=1",
+                           "--results", str(tmp_path / "r"))
+    assert code == 0, err
+    assert f"refused: identity on {wide}" in err and "Traceback" not in err
+    lora = read_results(tmp_path / "r").query("method == 'clip-lora'")
+    assert sorted(lora.role) == ["base", "new"] and set(lora[lora.role == "new"].eval_model) == {tgt}
