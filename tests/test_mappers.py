@@ -300,3 +300,19 @@ def test_a_module_that_declares_no_spaces_is_refused_by_its_own_check_not_failed
     assert f"refused: identity on {wide}" in err and "Traceback" not in err
     lora = read_results(tmp_path / "r").query("method == 'clip-lora'")
     assert sorted(lora.role) == ["base", "new"] and set(lora[lora.role == "new"].eval_model) == {tgt}
+
+
+def test_eval_with_a_mapper_finds_the_source_and_reproduces_the_mapped_row(capsys, pair_names, tiny_dataset,
+                                                                           tmp_path) -> None:
+    from upgradebench.results import read_results
+
+    _run_mapped(capsys, pair_names, tiny_dataset, tmp_path / "r", "vocab-map")
+    rows = read_results(tmp_path / "r").query("method == 'coop' and role == 'mapped'")
+    module = tmp_path / "r" / rows.run_id.iloc[0] / "module"
+    out = run_json(capsys, "eval", "--module", str(module), "--model", pair_names[1], "--dataset", tiny_dataset,
+                   "--mapper", "vocab-map")
+    assert out["source"] == pair_names[0] and out["mapper"] == "vocab-map"  # the source its run's rows name
+    assert out["top1"] == pytest.approx(rows.top1.iloc[0])
+    code, _, err = run_cli(capsys, "eval", "--module", str(module), "--model", pair_names[1], "--dataset",
+                           tiny_dataset, "--mapper", "vocab-map", "--source", pair_names[1])
+    assert code == 2 and "was fitted on weights" in err and "--source" in err
