@@ -164,6 +164,8 @@ def fig2d(df: pd.DataFrame, out: Path) -> list[Path]:
         raise MissingInput("no coop runs at several depths (run `upgradebench analyze depth`)")
     written = []
     for (source, target, dataset, shots), part in summary.groupby(["source", "target", "dataset", "shots"]):
+        if part[DEPTH_KEY].nunique() < 2:
+            continue  # a pair evaluated at the default depth only (another grid's target): no curve to draw
         part = part.sort_values(DEPTH_KEY)
         with plot_style():
             fig = Figure(figsize=(6.4, 4.2))
@@ -196,6 +198,8 @@ def fig4(df: pd.DataFrame, out: Path) -> list[Path]:
         raise MissingInput(f"no {REFERENCE_METHOD} runs that vary n_ctx")
     written = []
     for (source, target, dataset, shots), part in summary.groupby(["source", "target", "dataset", "shots"]):
+        if part.n_ctx.nunique() < 2:
+            continue  # the reference context length only (another grid's target): no sweep to draw
         part = part.sort_values("n_ctx").assign(length=lambda f: f.n_ctx.astype(str))
         with plot_style():
             fig = Figure(figsize=(6.4, 4.2))

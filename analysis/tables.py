@@ -233,9 +233,13 @@ def sweep_sections(df: pd.DataFrame, knobs: Sequence[str]) -> list[tuple[str, pd
         raise MissingInput(f"no {REFERENCE_METHOD} runs that vary {' and '.join(knobs)}")
     out = []
     for (source, target, dataset, shots), part in summary.groupby(["source", "target", "dataset", "shots"]):
+        if len(part) < 2:
+            continue  # the reference configuration only (a pair of another grid): nothing varies
         seeds = int(part.seeds.min())
         out.append((f"{dataset}, {shots} shots, {source} → {target}, mean over {seeds} seed{'s' * (seeds != 1)}",
                     part.sort_values(list(knobs)).reset_index(drop=True)))
+    if not out:
+        raise MissingInput(f"no {REFERENCE_METHOD} runs that vary {' and '.join(knobs)} on one pair")
     return out
 
 
