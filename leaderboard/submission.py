@@ -20,6 +20,7 @@ folder (schema, saved modules, re-computation) and is what ``upgradebench leader
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -110,6 +111,15 @@ def load_protocol(reference: str | Path) -> Protocol:
     cells = {(grid.source, t, d, k, s) for t in grid.targets for d in grid.datasets for k in grid.shots
              for s in grid.seeds}
     return Protocol(str(reference), cells)
+
+
+def within_grid(protocol: Protocol, grid: str | Path) -> Protocol:
+    """``protocol`` with its cells (and each variant's) restricted to those of ``grid`` (a YAML file or
+    ``paper:NAME``): the protocol of a reference folder that also holds other studies (the upgrade matrix's targets
+    on two tasks) is its main grid's, its fingerprints and method versions the folder's."""
+    cells = load_protocol(grid).cells
+    return dataclasses.replace(protocol, where=f"{protocol.where} (cells of {grid})", cells=protocol.cells & cells,
+                               variant_cells={k: v & cells for k, v in protocol.variant_cells.items()})
 
 
 def _cell_text(cell: Cell) -> str:

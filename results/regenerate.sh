@@ -27,5 +27,6 @@ upgradebench analyze matrix --results runs --model-measures --out figures --forc
 # Every saved module (not the oracle fits) also evaluated, without retraining, on the held-out toy target
 # toy-eva-text (built here on first use: 3.8 CPU-minutes; re-scoring the 240 modules: about 3 CPU-minutes,
 # extrapolated from 36, see README); rows of role 'rescore' go to rescored/, never into runs/.
+# The ranking's protocol is the main grid's cells (runs/ also holds the matrix's targets on two tasks).
 upgradebench leaderboard build --results runs --figures figures --out leaderboard --force \
-    --rescore-on toy-eva-text --rescored rescored
+    --protocol grids/main.yaml --rescore-on toy-eva-text --rescored rescored

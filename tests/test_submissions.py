@@ -234,3 +234,25 @@ def test_a_variant_the_reference_ran_is_held_to_the_reference_cells_of_that_vari
     found = {e["label"]: (e["complete"], e["covered"], e["expected"]) for e in check_entries(submitted, protocol)}
     assert found == {"contcoop[kd_weight=0.3]": (True, 2, 2), "contcoop[n_ctx=8]": (False, 2, 6),
                      "plugin": (False, 2, 6)}
+
+
+def test_a_protocol_grid_keeps_another_studys_targets_out_of_the_ranking(tmp_path):
+    """A reference folder that also holds the upgrade matrix (zero-shot on more targets, on fewer tasks): with the
+    main grid as the protocol, an entry complete on the main grid is complete; without it, it would miss cells."""
+    from upgradebench.leaderboard.submission import check_entries, protocol_of, within_grid
+
+    def rows(method, target, datasets, **config):
+        return [r for seed in (1, 2) for d in datasets
+                for r in result_rows(method, d, seed, "toy-clip", target, 70, 60, **config)]
+
+    datasets = ["toy-pattern", "toy-shape"]
+    reference = pd.DataFrame(rows("zeroshot", "toy-eva", datasets) + rows("coop", "toy-eva", datasets)
+                             + rows("zeroshot", "toy-clip-wide", datasets[:1]))
+    grid = tmp_path / "main.yaml"
+    grid.write_text("source: toy-clip\ntargets: [toy-eva]\nmethods: [coop]\ndatasets: [toy-pattern, toy-shape]\n"
+                    "seeds: [1, 2]\nshots: [16]\n")
+    entry = pd.DataFrame(rows("coop", "toy-eva", datasets))
+    assert [e["complete"] for e in check_entries(entry, protocol_of(reference, "ref"))] == [False]
+    protocol = within_grid(protocol_of(reference, "ref"), grid)
+    assert len(protocol.cells) == 4 and protocol.models == protocol_of(reference, "ref").models
+    assert [e["complete"] for e in check_entries(entry, protocol)] == [True]

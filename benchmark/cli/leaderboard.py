@@ -17,6 +17,10 @@ app = typer.Typer(help="The static leaderboard site, and checks of submitted res
 
 Against = typer.Option(None, "--against", help="Reference protocol: a reference results folder (cells and "
                        "fingerprints) or a grid (YAML file or paper:NAME; cells only).")
+ProtocolGrid = typer.Option(None, "--protocol", metavar="GRID",
+                            help="Only the cells of this grid (YAML file or paper:NAME) are the protocol, e.g. the "
+                                 "main grid of a reference folder that also holds other studies; fingerprints and "
+                                 "method versions still come from the --against / first folder.")
 Salt = typer.Option("", "--salt", help="Text mixed into the hash that picks the modules re-evaluated, so that a "
                     "submitter cannot know which ones will be (the sample is otherwise predictable).")
 
@@ -30,6 +34,7 @@ def build(
     flips: str = typer.Option(None, "--flips", help="Method label whose per-class flips are shown "
                               "(default: the method with the largest NFR)."),
     against: str = Against,
+    protocol_grid: str = ProtocolGrid,
     rescore_on: list[str] = typer.Option(None, "--rescore-on", help="Held-out model every saved module is also "
                                          "evaluated on, without retraining (a column of its own); repeatable."),
     rescored: Path = typer.Option(None, "--rescored", metavar="PATH",
@@ -52,7 +57,7 @@ def build(
 
     from upgradebench.leaderboard.build import build_site, reference_index, unverified_entries, verify_folders
     from upgradebench.leaderboard.rescore import rescore
-    from upgradebench.leaderboard.submission import load_protocol, protocol_of
+    from upgradebench.leaderboard.submission import load_protocol, protocol_of, within_grid
 
     from ..metrics import read_ledgers, read_mapped_ledgers
     from ..results import merge_results, read_results
@@ -64,6 +69,8 @@ def build(
     merged = merge_results(*results)
     ledgers = read_ledgers(*results)
     protocol = load_protocol(against) if against else protocol_of(read_results(results[0]), str(results[0]))
+    if protocol_grid:
+        protocol = within_grid(protocol, protocol_grid)
     reference = reference_index(results, against)
     recomputed: set[tuple[int, str]] = set()
     rejected: list[dict[str, Any]] = []
@@ -91,6 +98,7 @@ def build(
 def check(
     submission: Path = typer.Argument(..., help="The submitted results folder."),
     against: str = typer.Option(..., "--against", help=Against.help),
+    protocol_grid: str = ProtocolGrid,
     every: bool = typer.Option(False, "--all", help="Re-evaluate every saved module, not one per (entry, source, "
                                "dataset, shots)."),
     salt: str = Salt,
@@ -106,12 +114,15 @@ def check(
     forged row; rows without a row hash or ledger, and modules without a content hash, are reported unverified."""
     import os
 
-    from upgradebench.leaderboard.submission import check_submission, load_protocol
+    from upgradebench.leaderboard.submission import check_submission, load_protocol, within_grid
 
     from ..runner import Runner
 
     runner = Runner(results=os.devnull, device=device, data_root=data_root)
-    report = check_submission(submission, load_protocol(against), runner, every=every, salt=salt)
+    protocol = load_protocol(against)
+    if protocol_grid:
+        protocol = within_grid(protocol, protocol_grid)
+    report = check_submission(submission, protocol, runner, every=every, salt=salt)
     if as_json:
         print_json(report)
     else:
