@@ -36,10 +36,12 @@ def main_summary_with_intervals(df: pd.DataFrame, ledgers: dict[LedgerKey, pd.Da
 def ordered_pairs(summary: pd.DataFrame) -> list[tuple[str, str]]:
     """(source, target) pairs, the one with the most summary rows first (the paper's main pair). A pair where only
     zero-shot has New rows (every module refused, e.g. unchanged across a width change) has nothing to compare and
-    is left out."""
+    is left out, unless no pair has more (results of zero-shot alone)."""
     if summary.empty:
         return []
-    summary = summary[summary.groupby(["source", "target"]).method.transform(lambda m: (m != ZERO_SHOT).any())]
+    compared = summary.groupby(["source", "target"]).method.transform(lambda m: (m != ZERO_SHOT).any())
+    if compared.any():
+        summary = summary[compared]
     counts = summary.groupby(["source", "target"]).size().reset_index(name="n")
     counts = counts.sort_values(["n", "source", "target"], ascending=[False, True, True])
     return list(zip(counts.source, counts.target))
