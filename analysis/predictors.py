@@ -202,7 +202,7 @@ def fig_predictors(measures: pd.DataFrame, gains: pd.DataFrame, stats: pd.DataFr
             rho = "n/a" if np.isnan(s.rho) else f"{s.rho:+.2f}"
             band = "" if np.isnan(s.rho_lo) else f" [{s.rho_lo:+.2f}, {s.rho_hi:+.2f}]"
             p = "" if np.isnan(s.p) else f", permutation p = {s.p:.3f}"
-            ax.set_title(f"Spearman ρ = {rho}{band}, {int(s.pairs)} pairs{p}", fontsize=9)
+            ax.set_title(f"Spearman ρ = {rho}{band}\n{int(s.pairs)} pairs{p}", fontsize=9)
             ax.set_xlabel(TITLES[measure])
         axes[0].set_ylabel("mean reuse gain under identity (points)")
         fig.suptitle("Drift predictors: measured before fitting, against the reuse gain of modules carried unchanged",
