@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -18,12 +19,13 @@ from upgradebench.integrity import tensors_digest
 from upgradebench.module_io import load_module
 
 RUNS = Path(__file__).resolve().parents[1] / "results" / "runs"
+SOURCE_RUN = re.compile(r".*-toy-clip-[0-9a-f]{10}")  # fitted on toy-clip (not an oracle fit on toy-clip-cont, ...)
 BUILTINS = sorted(ep.name for ep in entry_points(group="upgradebench.methods") if ep.dist.name == "upgradebench")
 
 
 def committed_module(method: str) -> Path:
     """The module of the committed run of ``method`` on toy-background, 16 shots, seed 1, fitted on toy-clip."""
-    (run,) = RUNS.glob(f"{method}-toy-background-k16-s1-toy-clip-*")
+    (run,) = [p for p in RUNS.glob(f"{method}-toy-background-k16-s1-toy-clip-*") if SOURCE_RUN.fullmatch(p.name)]
     return run / "module"
 
 

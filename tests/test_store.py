@@ -20,7 +20,8 @@ RESULTS = ROOT / "results"
 
 # one committed file of each store (a row file and its ledger, the drift table)
 COMMITTED = {
-    "result": sorted(p for p in (RESULTS / "runs").glob("*/*.parquet"))[0],
+    # a row file of the current schema (older ones are migrated on read, so they do not read unchanged)
+    "result": sorted((RESULTS / "runs").glob("*/*@*.parquet"))[0],
     "ledger": sorted((RESULTS / "runs").glob("*/ledger/*.parquet"))[0],
     "drift": RESULTS / "analysis" / "drift.parquet",
 }
