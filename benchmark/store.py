@@ -124,10 +124,10 @@ class ParquetSchema:
         """Files of this store as one frame, migrated and conformed, with the ``_file`` each row came from and
         the ``_version`` it was written in.
 
-        Equal to concatenating :meth:`read` of each file, in order, but files of the current version that share
-        an arrow schema are converted and conformed together: pandas' per-file cost (~4 ms) dominates reading
-        a folder of a thousand small files. Anything else (older versions, a group that does not conform) is
-        read one file at a time, so that an error names its file.
+        Equal to concatenating :meth:`read` of each file, in order, but files of one version that share an arrow
+        schema are converted, migrated and conformed together: pandas' per-file cost (~4 ms, ~17 ms with a
+        migration) dominates reading a folder of a thousand small files. A group that does not conform is read
+        one file at a time, so that an error names its file.
         """
         import pyarrow.parquet as pq
 
@@ -162,16 +162,17 @@ class ParquetSchema:
         if self.version_column not in group[0][1].schema.names:
             return None
         table = pa.concat_tables([t for _, t in group])
-        if pc.unique(table.column(self.version_column)).to_pylist() != [self.version]:
+        versions = pc.unique(table.column(self.version_column)).to_pylist()
+        if len(versions) != 1 or not isinstance(versions[0], int) or not 1 <= versions[0] <= self.version:
             return None
-        try:
+        try:  # migrations are frame-level, so files of one older version migrate together too
             frame = self.conform(table.to_pandas(), f"{len(group)} files").reset_index(drop=True)
         except UserError:
             return None
         code = {path: i for i, path in enumerate(dict.fromkeys(path for path, _ in group))}  # a file given twice
         files = pd.Categorical.from_codes(np.repeat([code[path] for path, _ in group], [t.num_rows for _, t in group]),
                                           list(code))
-        return frame.assign(_file=files, _version=self.version)
+        return frame.assign(_file=files, _version=versions[0])
 
     def write(self, df: pd.DataFrame, path: str | Path) -> Path:
         """Write ``df`` (conformed first) to ``path`` atomically."""

@@ -50,6 +50,20 @@ def micro_dirs(tmp_path_factory) -> dict[str, Path]:
     return {"clip": make_micro(root / "clip", MICRO_CLIP, 0), "eva": make_micro(root / "eva", MICRO_EVA, 1)}
 
 
+@pytest.fixture(scope="session")
+def _committed_rows_once():
+    from upgradebench.results import read_results
+
+    return read_results(Path(__file__).resolve().parents[1] / "results" / "runs")
+
+
+@pytest.fixture
+def committed_rows(_committed_rows_once):
+    """The committed reference rows (``results/runs``), read once per session (seconds: two thousand files); each
+    test gets its own copy."""
+    return _committed_rows_once.copy()
+
+
 @pytest.fixture
 def tiny_dataset():
     """Register the tiny colour dataset for one test."""

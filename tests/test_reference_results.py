@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from upgradebench.results import in_distribution, read_results, summarize
+from upgradebench.results import in_distribution, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "results" / "runs"
@@ -18,9 +18,9 @@ TOY_TASKS = ["toy-shape", "toy-colour", "toy-pattern", "toy-colour-shape", "toy-
 TARGETS = ["toy-eva", "toy-eva-drift"]
 
 
-@pytest.fixture(scope="module")
-def reference():
-    return read_results(RUNS)
+@pytest.fixture
+def reference(committed_rows):
+    return committed_rows
 
 
 def test_every_builtin_method_is_in_the_main_grid():

@@ -71,9 +71,9 @@ def test_row_hash_catches_an_edited_value_of_any_type(tmp_path, column, value):
         read_results(path)
 
 
-def test_committed_rows_are_current_and_each_carries_its_own_hash():
+def test_committed_rows_are_current_and_each_carries_its_own_hash(committed_rows):
     # (schema-2 rows are migrated and rewritten with their hash: tests/test_runner.py)
-    df = read_results(ROOT / "results" / "runs")
+    df = committed_rows
     assert len(df) and set(df.schema_version) == {SCHEMA_VERSION}
     assert df.row_hash.notna().all() and df.row_hash.nunique() == len(df)
 

@@ -150,7 +150,7 @@ def test_dry_run_table_shows_variant_labels_as_written(capsys, tmp_path):
     assert code == 0 and "coop[n_ctx=4] toy-shape k=16 seed=1" in out and "\\[" not in out  # escaped once, not twice
 
 
-def test_the_planner_gives_exactly_the_committed_reference_runs():
+def test_the_planner_gives_exactly_the_committed_reference_runs(committed_rows):
     """Planning results/grids/*.yaml and regenerate.sh's depth study names every committed run folder and no other:
     the plan list (zero-shot and oracle runs included) and the run ids are those the reference results came from."""
     from pathlib import Path
@@ -159,7 +159,7 @@ def test_the_planner_gives_exactly_the_committed_reference_runs():
     from upgradebench.plan import plan_runs
 
     root = Path(__file__).resolve().parents[1] / "results"
-    rows = read_results(root / "runs")
+    rows = committed_rows
     datasets = dict(zip(rows.dataset, rows.dataset_fingerprint))
     models = dict(zip(rows.eval_model, rows.eval_fingerprint))
     specs = [spec for grid in sorted((root / "grids").glob("*.yaml")) for spec in load_grid(grid).specs()]

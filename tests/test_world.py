@@ -510,12 +510,10 @@ def test_default_world_meets_its_mechanism_targets(in_default_world):
 
 
 @pytest.mark.world
-def test_committed_reference_results_come_from_this_world(in_default_world):
+def test_committed_reference_results_come_from_this_world(in_default_world, committed_rows):
     """Rebuilding the world gives the model and dataset fingerprints recorded in ``results/``: the committed
     results are not stale (a task's rendering changes its dataset's fingerprint, not the models')."""
-    from upgradebench.results import read_results
-
-    rows = read_results(Path(__file__).resolve().parents[1] / "results" / "runs")
+    rows = committed_rows
     recorded = dict(zip(rows.eval_model, rows.eval_fingerprint))
     # the default world's models as built here; the on-demand ones (the matrix's targets) as they ship
     shipped = {name: zoo.shipped_record(zoo.world_name(), name)["open_clip_config"]["upgradebench"]["fingerprint"]
