@@ -107,9 +107,14 @@ def run(
                     "rows_written": written, "rows": rows})
         return
     cols = ["dataset", "seed", "Base"] + [c for t in target for c in (f"New {t}", f"H {t}")] + \
-           [f"{m} {t}" for t in target for m in labels] + [f"ZS {m}" for m in [source, *target]]
+           [f"ZS {m}" for m in [source, *target]]
     cells = [[f"{r[c]:.2f}" if isinstance(r.get(c), float) else r.get(c, "") for c in cols] for r in rows]
     print_table(f"{method}: {source} -> {', '.join(target)}", cols, cells)
+    if labels:  # one row per (dataset, seed, target, mapper): a column each would not fit a terminal
+        print_table(f"{method} carried by mappers (top-1 on the target)", ["dataset", "seed", "target", "mapper",
+                                                                           "top-1"],
+                    [[r["dataset"], r["seed"], t, m, f"{r[f'{m} {t}']:.2f}" if r[f"{m} {t}"] is not None
+                      else "refused"] for r in rows for t in target for m in labels])
     print_text(said, err=True)
     if not df[df.method == method].role.isin([NEW, MAPPED]).any():
         raise UserError(f"No target row: every way asked to carry {method} to {', '.join(target)} was refused.",
