@@ -8,6 +8,7 @@ shots) is recorded in the row.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,30 +33,33 @@ class RetuneConfig:
     start: str = "auto"
 
 
-def _reachable(module: Module) -> int:
-    """Floating values held in tensor fields and ``nn.Module`` parameters (what a re-fit can train)."""
-    count = 0
+def _trainable(module: Module) -> Iterator[tuple[str | None, torch.Tensor]]:
+    """What a re-fit can train: (field name, tensor) of each floating tensor field and (None, parameter) of each
+    floating parameter of an ``nn.Module`` field."""
     for field in dataclasses.fields(module):  # type: ignore[arg-type]  # a Module is a dataclass (its contract)
         value = getattr(module, field.name)
         if isinstance(value, torch.Tensor) and value.is_floating_point():
-            count += value.numel()
+            yield field.name, value
         elif isinstance(value, nn.Module):
-            count += sum(p.numel() for p in value.parameters() if p.is_floating_point())
-    return count
+            yield from ((None, p) for p in value.parameters() if p.is_floating_point())
+
+
+def _reachable(module: Module) -> int:
+    """Floating values a re-fit can train (:func:`_trainable`)."""
+    return sum(t.numel() for _, t in _trainable(module))
 
 
 def _leaves(module: Module) -> list[torch.Tensor]:
-    """The module's floating tensors as trainable leaves: its tensor fields (replaced by trainable copies) and the
-    parameters of its ``nn.Module`` fields."""
+    """The module's trainable tensors as leaves: its tensor fields replaced by trainable copies, the parameters of
+    its ``nn.Module`` fields set to require gradients."""
     leaves: list[torch.Tensor] = []
-    for field in dataclasses.fields(module):  # type: ignore[arg-type]  # a Module is a dataclass (its contract)
-        value = getattr(module, field.name)
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            leaf = value.detach().clone().requires_grad_(True)
-            setattr(module, field.name, leaf)
+    for name, tensor in list(_trainable(module)):
+        if name is None:
+            leaves.append(tensor.requires_grad_(True))
+        else:
+            leaf = tensor.detach().clone().requires_grad_(True)
+            setattr(module, name, leaf)
             leaves.append(leaf)
-        elif isinstance(value, nn.Module):
-            leaves += [p.requires_grad_(True) for p in value.parameters() if p.is_floating_point()]
     return leaves
 
 
