@@ -138,7 +138,8 @@ def main() -> None:
         "CoOp Base - ZS": avg("source coop") - avg("source zeroshot"),
         "linear probe Base - ZS": avg("source linear-probe") - avg("source zeroshot"),
         "oracle CoOp on target - its ZS": avg("target coop") - avg("target zeroshot"),
-        "frame sensitivity": frame_sensitivity(source, runner.dataset(args.capacity_dataset).classnames),
+        "frame sensitivity": {"frames": FRAMES,
+                              **frame_sensitivity(source, runner.dataset(args.capacity_dataset).classnames)},
         "context capacity": {"dataset": args.capacity_dataset, "seed": seeds[0],
                              **context_capacity(runner, source, args.capacity_dataset, seeds[0])},
     }
