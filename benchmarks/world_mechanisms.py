@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from upgradebench import VLM, FewShotTask, class_prompts, encode_prompts, get_method
 from upgradebench.data import load_fewshot
+from upgradebench.ledger import top1_of
 from upgradebench.runner import Runner
 
 TASKS = ["toy-shape", "toy-colour", "toy-pattern", "toy-size", "toy-background", "toy-colour-shape"]
@@ -53,7 +54,7 @@ def fit_and_score(runner: Runner, method: str, vlm: VLM, dataset: str, seed: int
     feats = runner.cache.get(vlm, ds, "train", split.train, vlm.test_transform_spec)
     labels = torch.tensor([y for _, y in split.train])
     with torch.no_grad():
-        fitted = (module.logits(vlm, feats, ds.classnames).argmax(1) == labels).float().mean().item() * 100
+        fitted = top1_of(module.logits(vlm, feats, ds.classnames), labels)
     return {"test": top1, "train": fitted}
 
 
@@ -96,8 +97,7 @@ def context_capacity(runner: Runner, vlm: VLM, dataset: str, seed: int) -> dict[
             loss.backward()
             opt.step()
         with torch.no_grad():
-            logits = vlm.logits(test, encode_prompts(vlm, prompts, ctx))
-        out[name] = (logits.argmax(1) == test_labels).float().mean().item() * 100
+            out[name] = top1_of(vlm.logits(test, encode_prompts(vlm, prompts, ctx)), test_labels)
     return out
 
 
